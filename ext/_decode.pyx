@@ -1,0 +1,788 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Walk pcap and pcapng records and decode link/IP/TCP headers into preallocated columns.
+
+The loop runs without the GIL and never raises: it stops with a STOP_* code and the byte offset where it
+stopped, and fastflow/decode.py turns that into exceptions or damage reports. Payload bytes are never read.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
+from decode_defs cimport *
+from libc.string cimport memcpy, memset
+
+import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+
+# ---------------------------------------------------------------------------------------------- byte loads
+# Shifts on bytes are alignment-safe and compile to a single load + bswap.
+
+cdef inline uint16_t be16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>((p[0] << 8) | p[1])
+
+cdef inline uint32_t be32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+cdef inline uint16_t le16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>((p[1] << 8) | p[0])
+
+cdef inline uint32_t le32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+
+cdef inline uint16_t rd16(const uint8_t *p, bint big) noexcept nogil:
+    return be16(p) if big else le16(p)
+
+cdef inline uint32_t rd32(const uint8_t *p, bint big) noexcept nogil:
+    return be32(p) if big else le32(p)
+
+
+# ---------------------------------------------------------------------------------------------- packets
+
+cdef inline void decode_tcp(const uint8_t *p, uint32_t avail, int64_t l4len, Columns *c,
+                            Py_ssize_t i) noexcept nogil:
+    """TCP header at p; avail captured bytes from p; l4len bytes of segment by the IP length fields."""
+    cdef uint32_t hlen, optend, k, kind, olen
+    if avail < 4:
+        c.status[i] = ST_TRUNCATED
+        return
+    c.sport[i] = be16(p)
+    c.dport[i] = be16(p + 2)
+    if avail < 20:
+        # keep the fields that did parse (tshark shows them too); the segment cannot join a connection
+        if avail >= 8:
+            c.seq[i] = be32(p + 4)
+        if avail >= 12:
+            c.ack[i] = be32(p + 8)
+        if avail >= 14:
+            c.tcp_hlen[i] = (p[12] >> 4) * 4
+            c.tcp_flags[i] = ((p[12] & 0x0f) << 8) | p[13]
+        c.status[i] = ST_TRUNCATED
+        return
+    c.seq[i] = be32(p + 4)
+    c.ack[i] = be32(p + 8)
+    hlen = (p[12] >> 4) * 4
+    c.tcp_hlen[i] = <uint8_t>hlen
+    c.tcp_flags[i] = ((p[12] & 0x0f) << 8) | p[13]
+    c.window[i] = be16(p + 14)
+    if hlen < 20 or hlen > l4len:
+        c.status[i] = ST_BAD_HEADER
+        return
+    c.payload_len[i] = <uint32_t>(l4len - hlen)
+    optend = hlen
+    if avail < hlen:
+        optend = avail
+        c.pflags[i] |= PF_OPTS_TRUNCATED
+    k = 20
+    while k < optend:
+        kind = p[k]
+        if kind == 0:
+            break
+        if kind == 1:
+            k += 1
+            continue
+        if k + 1 >= optend:
+            break
+        olen = p[k + 1]
+        if olen < 2 or k + olen > optend:
+            break
+        if kind == 2 and olen == 4:
+            c.mss[i] = be16(p + k + 2)
+        elif kind == 3 and olen == 3:
+            c.wscale[i] = p[k + 2]
+        elif kind == 4 and olen == 2:
+            c.sack_ok[i] = 1
+        elif kind == 8 and olen == 10:
+            c.tsval[i] = be32(p + k + 2)
+            c.tsecr[i] = be32(p + k + 6)
+            c.pflags[i] |= PF_HAS_TS
+        k += olen
+    c.status[i] = ST_TCP
+
+
+cdef inline void decode_l4(const uint8_t *p, uint32_t avail, int64_t l4len, uint8_t proto, bint v6,
+                           Columns *c, Py_ssize_t i) noexcept nogil:
+    c.ip_proto[i] = proto
+    if proto == IPPROTO_TCP:
+        decode_tcp(p, avail, l4len, c, i)
+    elif proto == IPPROTO_UDP:
+        if avail < 4:
+            c.status[i] = ST_TRUNCATED
+            return
+        c.sport[i] = be16(p)
+        c.dport[i] = be16(p + 2)
+        c.status[i] = ST_UDP
+    elif proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6:
+        # type and code stand in the port columns, as Zeek keys ICMP flows
+        if avail < 2:
+            c.status[i] = ST_TRUNCATED
+            return
+        c.sport[i] = p[0]
+        c.dport[i] = p[1]
+        c.status[i] = ST_ICMP6 if proto == IPPROTO_ICMPV6 else ST_ICMP
+    else:
+        c.status[i] = ST_OTHER_IP
+
+
+cdef inline void decode_ipv4(const uint8_t *p, uint32_t avail, uint32_t wire_avail, Columns *c,
+                             Py_ssize_t i) noexcept nogil:
+    cdef uint32_t ihl, total
+    cdef uint16_t frag
+    cdef uint8_t *a
+    c.ip_version[i] = 4
+    if avail < 20:
+        c.status[i] = ST_TRUNCATED
+        return
+    if (p[0] >> 4) != 4:
+        c.status[i] = ST_BAD_HEADER
+        return
+    ihl = (p[0] & 0x0f) * 4
+    a = c.src + 16 * i
+    a[10] = 0xff
+    a[11] = 0xff
+    memcpy(a + 12, p + 12, 4)
+    a = c.dst + 16 * i
+    a[10] = 0xff
+    a[11] = 0xff
+    memcpy(a + 12, p + 16, 4)
+    c.ip_proto[i] = p[9]
+    total = be16(p + 2)
+    if total == 0:
+        # segmentation offload writes 0: the packet is what was on the wire
+        total = wire_avail
+    c.ip_len[i] = total
+    if ihl < 20 or total < ihl:
+        c.status[i] = ST_BAD_HEADER
+        return
+    if avail < ihl:
+        c.status[i] = ST_TRUNCATED
+        return
+    if ihl > 20:
+        c.pflags[i] |= PF_IPV4_OPTIONS
+    frag = be16(p + 6)
+    if frag & 0x1fff:
+        c.status[i] = ST_FRAGMENT
+        return
+    if frag & 0x2000:
+        c.pflags[i] |= PF_FIRST_FRAGMENT
+    decode_l4(p + ihl, avail - ihl, <int64_t>total - ihl, p[9], False, c, i)
+    if (frag & 0x2000) and c.status[i] != ST_TCP and c.status[i] != ST_UDP \
+            and c.status[i] != ST_ICMP and c.status[i] != ST_OTHER_IP:
+        c.status[i] = ST_FRAGMENT
+
+
+cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_avail, Columns *c,
+                             Py_ssize_t i) noexcept nogil:
+    cdef uint32_t off = 40, hlen, k, optend
+    cdef int64_t l4len
+    cdef uint32_t plen
+    cdef uint8_t nh
+    cdef uint16_t fo
+    cdef bint first_fragment = False
+    c.ip_version[i] = 6
+    if avail < 40:
+        c.status[i] = ST_TRUNCATED
+        return
+    if (p[0] >> 4) != 6:
+        c.status[i] = ST_BAD_HEADER
+        return
+    memcpy(c.src + 16 * i, p + 8, 16)
+    memcpy(c.dst + 16 * i, p + 24, 16)
+    plen = be16(p + 4)
+    nh = p[6]
+    if plen == 0:
+        plen = wire_avail - 40 if wire_avail > 40 else 0  # jumbogram or offload; refined by a jumbo option
+    # extension headers: a loop over the key set; each step moves on by at least 8 bytes
+    while nh == IPPROTO_HOPOPTS or nh == IPPROTO_ROUTING or nh == IPPROTO_FRAGMENT \
+            or nh == IPPROTO_DSTOPTS or nh == IPPROTO_AH:
+        if avail < off + 8:
+            c.ip_proto[i] = nh
+            c.ip_len[i] = 40 + plen
+            c.status[i] = ST_TRUNCATED
+            return
+        if nh == IPPROTO_FRAGMENT:
+            hlen = 8
+            fo = be16(p + off + 2)
+            if fo & 0xfff8:
+                c.ip_proto[i] = p[off]
+                c.ip_len[i] = 40 + plen
+                c.status[i] = ST_FRAGMENT
+                return
+            if fo & 1:
+                first_fragment = True
+        elif nh == IPPROTO_AH:
+            hlen = (<uint32_t>p[off + 1] + 2) * 4
+        else:
+            hlen = (<uint32_t>p[off + 1] + 1) * 8
+            if nh == IPPROTO_HOPOPTS and be16(p + 4) == 0 and avail >= off + hlen:
+                # RFC 2675 jumbo payload option (type 0xC2, length 4)
+                k = off + 2
+                optend = off + hlen
+                while k + 1 < optend:
+                    if p[k] == 0:
+                        k += 1
+                        continue
+                    if p[k] == 0xC2 and p[k + 1] == 4 and k + 6 <= optend:
+                        plen = be32(p + k + 2)
+                        break
+                    k += 2 + p[k + 1]
+        nh = p[off]
+        off += hlen
+    c.ip_len[i] = 40 + plen
+    l4len = <int64_t>plen + 40 - off
+    if l4len < 0:
+        c.ip_proto[i] = nh
+        c.status[i] = ST_BAD_HEADER
+        return
+    if avail < off:
+        c.ip_proto[i] = nh
+        c.status[i] = ST_TRUNCATED
+        return
+    if first_fragment:
+        c.pflags[i] |= PF_FIRST_FRAGMENT
+    decode_l4(p + off, avail - off, l4len, nh, True, c, i)
+    if first_fragment and (c.status[i] == ST_TRUNCATED or c.status[i] == ST_BAD_HEADER):
+        c.status[i] = ST_FRAGMENT
+
+
+cdef inline void decode_ethertype(const uint8_t *p, uint32_t caplen, uint32_t wirelen, uint32_t off,
+                                  uint32_t etype, Columns *c, Py_ssize_t i) noexcept nogil:
+    """Follow VLAN tags, MPLS labels, PPPoE and LLC/SNAP from the ethertype at p[off-2] to IP."""
+    cdef int guard = 0
+    cdef uint8_t ver
+    while guard < 64:
+        guard += 1
+        if etype == ETHERTYPE_VLAN or etype == ETHERTYPE_QINQ or etype == ETHERTYPE_QINQ_OLD:
+            if caplen < off + 4:
+                c.status[i] = ST_TRUNCATED
+                return
+            if c.vlan[i] < 0:
+                c.vlan[i] = be16(p + off) & 0x0fff
+            etype = be16(p + off + 2)
+            off += 4
+        elif etype == ETHERTYPE_MPLS or etype == ETHERTYPE_MPLS_MCAST:
+            # pop labels to the bottom of the stack, then the first nibble says which IP follows
+            while True:
+                if caplen < off + 4:
+                    c.status[i] = ST_TRUNCATED
+                    return
+                off += 4
+                if p[off - 2] & 0x01:
+                    break
+            if caplen < off + 1:
+                c.status[i] = ST_TRUNCATED
+                return
+            ver = p[off] >> 4
+            if ver == 4:
+                etype = ETHERTYPE_IPV4
+            elif ver == 6:
+                etype = ETHERTYPE_IPV6
+            else:
+                c.status[i] = ST_NON_IP
+                return
+        elif etype == ETHERTYPE_PPPOE_SESSION:
+            if caplen < off + 8:
+                c.status[i] = ST_TRUNCATED
+                return
+            etype = be16(p + off + 6)
+            off += 8
+            if etype == 0x0021:
+                etype = ETHERTYPE_IPV4
+            elif etype == 0x0057:
+                etype = ETHERTYPE_IPV6
+            else:
+                c.status[i] = ST_NON_IP
+                return
+        elif etype == ETHERTYPE_FABRICPATH:
+            # Cisco FabricPath: a 2-byte FTag/TTL, then the original Ethernet frame
+            if caplen < off + 2 + 14:
+                c.status[i] = ST_TRUNCATED
+                return
+            etype = be16(p + off + 2 + 12)
+            off += 2 + 14
+        elif etype < 0x0600:
+            # 802.3 length field: LLC, and SNAP carries an ethertype
+            if caplen < off + 8:
+                c.status[i] = ST_TRUNCATED
+                return
+            if p[off] == 0xAA and p[off + 1] == 0xAA and p[off + 2] == 0x03:
+                etype = be16(p + off + 6)
+                off += 8
+            else:
+                c.status[i] = ST_NON_IP
+                return
+        else:
+            break
+    if etype == ETHERTYPE_IPV4:
+        decode_ipv4(p + off, caplen - off if caplen > off else 0, wirelen - off if wirelen > off else 0, c, i)
+    elif etype == ETHERTYPE_IPV6:
+        decode_ipv6(p + off, caplen - off if caplen > off else 0, wirelen - off if wirelen > off else 0, c, i)
+    else:
+        c.status[i] = ST_NON_IP
+
+
+cdef inline void decode_ip_by_version(const uint8_t *p, uint32_t caplen, uint32_t wirelen, uint32_t off,
+                                      Columns *c, Py_ssize_t i) noexcept nogil:
+    if caplen < off + 1:
+        c.status[i] = ST_TRUNCATED
+        return
+    if (p[off] >> 4) == 4:
+        decode_ipv4(p + off, caplen - off, wirelen - off if wirelen > off else 0, c, i)
+    elif (p[off] >> 4) == 6:
+        decode_ipv6(p + off, caplen - off, wirelen - off if wirelen > off else 0, c, i)
+    else:
+        c.status[i] = ST_NON_IP
+
+
+cdef void decode_packet(const uint8_t *p, uint32_t caplen, uint32_t wirelen, int32_t linktype,
+                        Columns *c, Py_ssize_t i) noexcept nogil:
+    cdef uint32_t family
+    c.caplen[i] = caplen
+    c.wirelen[i] = wirelen
+    c.status[i] = ST_UNSUPPORTED_LINK
+    c.pflags[i] = 0
+    c.ip_version[i] = 0
+    c.vlan[i] = -1
+    memset(c.src + 16 * i, 0, 16)
+    memset(c.dst + 16 * i, 0, 16)
+    c.ip_proto[i] = 0
+    c.ip_len[i] = 0
+    c.sport[i] = 0
+    c.dport[i] = 0
+    c.seq[i] = 0
+    c.ack[i] = 0
+    c.tcp_flags[i] = 0
+    c.window[i] = 0
+    c.tcp_hlen[i] = 0
+    c.payload_len[i] = 0
+    c.mss[i] = 0
+    c.wscale[i] = -1
+    c.sack_ok[i] = 0
+    c.tsval[i] = 0
+    c.tsecr[i] = 0
+    if linktype == LINKTYPE_ETHERNET:
+        if caplen < 14:
+            c.status[i] = ST_TRUNCATED
+            return
+        decode_ethertype(p, caplen, wirelen, 14, be16(p + 12), c, i)
+    elif linktype == LINKTYPE_LINUX_SLL:
+        if caplen < 16:
+            c.status[i] = ST_TRUNCATED
+            return
+        decode_ethertype(p, caplen, wirelen, 16, be16(p + 14), c, i)
+    elif linktype == LINKTYPE_LINUX_SLL2:
+        if caplen < 20:
+            c.status[i] = ST_TRUNCATED
+            return
+        decode_ethertype(p, caplen, wirelen, 20, be16(p), c, i)
+    elif linktype == LINKTYPE_RAW:
+        decode_ip_by_version(p, caplen, wirelen, 0, c, i)
+    elif linktype == LINKTYPE_IPV4:
+        decode_ipv4(p, caplen, wirelen, c, i)
+    elif linktype == LINKTYPE_IPV6:
+        decode_ipv6(p, caplen, wirelen, c, i)
+    elif linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:
+        # address family in the capturing host's byte order (NULL) or network order (LOOP)
+        if caplen < 4:
+            c.status[i] = ST_TRUNCATED
+            return
+        family = le32(p)
+        if family > 0xffff:
+            family = be32(p)
+        if family == 2:
+            decode_ipv4(p + 4, caplen - 4, wirelen - 4 if wirelen > 4 else 0, c, i)
+        elif family == 24 or family == 28 or family == 30:
+            decode_ipv6(p + 4, caplen - 4, wirelen - 4 if wirelen > 4 else 0, c, i)
+        else:
+            c.status[i] = ST_NON_IP
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+_COLUMN_DTYPES = (
+    ("frame", np.uint64), ("ts", np.int64), ("caplen", np.uint32), ("wirelen", np.uint32),
+    ("status", np.uint8), ("pflags", np.uint8), ("ip_version", np.uint8), ("vlan", np.int32),
+    ("src", np.uint8), ("dst", np.uint8), ("ip_proto", np.uint8), ("ip_len", np.uint32),
+    ("sport", np.uint16), ("dport", np.uint16), ("seq", np.uint32), ("ack", np.uint32),
+    ("tcp_flags", np.uint16), ("window", np.uint16), ("tcp_hlen", np.uint8), ("payload_len", np.uint32),
+    ("mss", np.uint16), ("wscale", np.int16), ("sack_ok", np.uint8), ("tsval", np.uint32),
+    ("tsecr", np.uint32),
+)
+COLUMN_NAMES = tuple(name for name, _ in _COLUMN_DTYPES)
+
+
+cdef inline void *_ptr(cnp.ndarray a):
+    return cnp.PyArray_DATA(a)
+
+
+cdef class Decoder:
+    """Incremental decoder: feed() consumes whole records from successive byte blocks."""
+    cdef Columns cols
+    cdef dict arrays
+    cdef readonly Py_ssize_t capacity
+    cdef readonly Py_ssize_t n
+    cdef readonly int fmt
+    cdef bint big                       # byte order of the current pcap file or pcapng section
+    cdef uint64_t pcap_units            # pcap: 10**6 or 10**9 fraction units
+    cdef int32_t pcap_linktype
+    cdef int32_t pcap_filter
+    cdef Iface ifaces[MAX_IFACES]
+    cdef int n_ifaces
+    cdef readonly uint64_t frames       # records seen (filtered or not)
+    cdef readonly uint64_t filtered     # records rejected by the BPF filter
+    cdef readonly uint64_t consumed     # bytes consumed so far, the offset of the next record
+    cdef readonly int sections
+    cdef uint64_t counts[N_STATUS]
+    cdef bytes filter_expr
+    cdef const char *filter_c           # points into filter_expr, which self keeps alive
+    cdef bpf_program filters[MAX_FILTERS]
+    cdef int32_t filter_linktypes[MAX_FILTERS]
+    cdef int n_filters
+    cdef char errbuf[512]
+    cdef readonly int stop
+    cdef readonly uint64_t stop_offset
+    cdef readonly int bad_linktype      # link type a filter failed to compile for
+    cdef readonly object linktypes      # every link type met, in order
+
+    def __cinit__(self, Py_ssize_t capacity=1 << 18, filter_expr=None):
+        cdef str name
+        if capacity < 1:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self.n = 0
+        self.fmt = FMT_UNKNOWN
+        self.n_ifaces = 0
+        self.n_filters = 0
+        self.frames = 0
+        self.filtered = 0
+        self.consumed = 0
+        self.sections = 0
+        self.stop = STOP_NEED_MORE
+        self.stop_offset = 0
+        self.bad_linktype = -1
+        self.linktypes = []
+        memset(self.counts, 0, sizeof(self.counts))
+        self.errbuf[0] = 0
+        self.filter_expr = filter_expr.encode() if filter_expr else None
+        self.filter_c = NULL
+        if self.filter_expr is not None:
+            self.filter_c = self.filter_expr
+        self.arrays = {}
+        self._allocate()
+
+    def __dealloc__(self):
+        cdef int k
+        for k in range(self.n_filters):
+            pcap_freecode(&self.filters[k])
+
+    cdef _allocate(self):
+        arrays = {}
+        for name, dtype in _COLUMN_DTYPES:
+            shape = [self.capacity, 16] if name in ("src", "dst") else [self.capacity]
+            arrays[name] = np.empty(shape, dtype=dtype)
+        self.arrays = arrays
+        c = &self.cols
+        c.frame = <uint64_t *>_ptr(arrays["frame"])
+        c.ts = <int64_t *>_ptr(arrays["ts"])
+        c.caplen = <uint32_t *>_ptr(arrays["caplen"])
+        c.wirelen = <uint32_t *>_ptr(arrays["wirelen"])
+        c.status = <uint8_t *>_ptr(arrays["status"])
+        c.pflags = <uint8_t *>_ptr(arrays["pflags"])
+        c.ip_version = <uint8_t *>_ptr(arrays["ip_version"])
+        c.vlan = <int32_t *>_ptr(arrays["vlan"])
+        c.src = <uint8_t *>_ptr(arrays["src"])
+        c.dst = <uint8_t *>_ptr(arrays["dst"])
+        c.ip_proto = <uint8_t *>_ptr(arrays["ip_proto"])
+        c.ip_len = <uint32_t *>_ptr(arrays["ip_len"])
+        c.sport = <uint16_t *>_ptr(arrays["sport"])
+        c.dport = <uint16_t *>_ptr(arrays["dport"])
+        c.seq = <uint32_t *>_ptr(arrays["seq"])
+        c.ack = <uint32_t *>_ptr(arrays["ack"])
+        c.tcp_flags = <uint16_t *>_ptr(arrays["tcp_flags"])
+        c.window = <uint16_t *>_ptr(arrays["window"])
+        c.tcp_hlen = <uint8_t *>_ptr(arrays["tcp_hlen"])
+        c.payload_len = <uint32_t *>_ptr(arrays["payload_len"])
+        c.mss = <uint16_t *>_ptr(arrays["mss"])
+        c.wscale = <int16_t *>_ptr(arrays["wscale"])
+        c.sack_ok = <uint8_t *>_ptr(arrays["sack_ok"])
+        c.tsval = <uint32_t *>_ptr(arrays["tsval"])
+        c.tsecr = <uint32_t *>_ptr(arrays["tsecr"])
+
+    def take(self):
+        """Hand over the rows decoded since the last take() as a dict of arrays."""
+        cdef Py_ssize_t n = self.n
+        if n == self.capacity:
+            out = self.arrays          # full batch: give the arrays away, no copy
+            self._allocate()
+        else:
+            out = {name: a[:n].copy() for name, a in self.arrays.items()}
+        self.n = 0
+        return out
+
+    @property
+    def status_counts(self):
+        return [self.counts[k] for k in range(N_STATUS)]
+
+    @property
+    def error_message(self):
+        return self.errbuf.decode("utf-8", "replace")
+
+    def feed(self, const uint8_t[::1] data not None, bint eof=False):
+        """Consume whole records from data (which starts at byte offset self.consumed of the input).
+
+        Returns the number of bytes consumed; self.stop says why it stopped."""
+        cdef const uint8_t *p = NULL
+        cdef Py_ssize_t length = data.shape[0]
+        cdef Py_ssize_t used = 0
+        cdef int stop
+        cdef Py_ssize_t n_iface_before = self.n_ifaces
+        if self.stop >= STOP_END:
+            return 0
+        if length > 0:
+            p = &data[0]
+        with nogil:
+            stop = self._run(p, length, eof, &used)
+        self.consumed += used
+        self.stop = stop
+        return used
+
+    cdef int _filter_slot(self, int32_t linktype) noexcept nogil:
+        """Compiled filter for this link type (compiled on first use); -1 unfiltered, -2 on error."""
+        cdef int k
+        if self.filter_c == NULL:
+            return -1
+        for k in range(self.n_filters):
+            if self.filter_linktypes[k] == linktype:
+                return k
+        if self.n_filters >= MAX_FILTERS:
+            self.bad_linktype = linktype
+            return -2
+        if ff_bpf_compile(linktype, self.filter_c, &self.filters[self.n_filters], self.errbuf) != 0:
+            self.bad_linktype = linktype
+            return -2
+        self.filter_linktypes[self.n_filters] = linktype
+        self.n_filters += 1
+        return self.n_filters - 1
+
+    cdef inline bint _emit(self, const uint8_t *pkt, uint32_t caplen, uint32_t wirelen, int64_t ts,
+                           int32_t linktype, int slot) noexcept nogil:
+        """One packet record: filter, decode into row n. Returns True when it was kept."""
+        cdef Py_ssize_t i
+        self.frames += 1
+        if slot >= 0 and not ff_bpf_match(&self.filters[slot], pkt, wirelen, caplen):
+            self.filtered += 1
+            return False
+        i = self.n
+        self.cols.frame[i] = self.frames
+        self.cols.ts[i] = ts
+        decode_packet(pkt, caplen, wirelen, linktype, &self.cols, i)
+        self.counts[self.cols.status[i]] += 1
+        self.n = i + 1
+        return True
+
+    cdef void _note_linktype(self, int32_t linktype) noexcept nogil:
+        with gil:
+            if linktype not in self.linktypes:
+                self.linktypes.append(linktype)
+
+    cdef int _run(self, const uint8_t *p, Py_ssize_t length, bint eof, Py_ssize_t *used) noexcept nogil:
+        cdef Py_ssize_t pos = 0, rem
+        cdef uint32_t magic, caplen, wirelen, btype, blen, ifid, opt_code, opt_len, k
+        cdef uint64_t units, ups, sec, frac
+        cdef int64_t ts
+        cdef int slot
+        cdef Iface *iface
+        cdef uint8_t res
+        while True:
+            used[0] = pos
+            rem = length - pos
+            if self.fmt == FMT_UNKNOWN:
+                if rem < 4:
+                    if not eof:
+                        return STOP_NEED_MORE
+                    self.stop_offset = self.consumed + pos
+                    if self.consumed + length == 0:
+                        return STOP_EMPTY
+                    return STOP_NOT_CAPTURE if self.consumed + pos == 0 else STOP_CUT_SHORT
+                magic = le32(p + pos)
+                if magic == 0x0a0d0d0a:
+                    self.fmt = FMT_PCAPNG
+                    continue
+                if magic == 0xa1b2c3d4U or magic == 0xa1b23c4dU:
+                    self.big = False
+                elif magic == 0xd4c3b2a1U or magic == 0x4d3cb2a1U:
+                    self.big = True
+                else:
+                    self.stop_offset = self.consumed + pos
+                    return STOP_NOT_CAPTURE
+                if rem < 24:
+                    if not eof:
+                        return STOP_NEED_MORE
+                    self.stop_offset = self.consumed + pos
+                    return STOP_CUT_SHORT
+                self.fmt = FMT_PCAP
+                self.sections = 1
+                self.pcap_units = 1000000000 if (magic == 0xa1b23c4dU or magic == 0x4d3cb2a1U) else 1000000
+                # the link type is the low 16 bits; the high bits may carry FCS information
+                self.pcap_linktype = rd32(p + pos + 20, self.big) & 0xffff
+                self._note_linktype(self.pcap_linktype)
+                self.pcap_filter = self._filter_slot(self.pcap_linktype)
+                if self.pcap_filter == -2:
+                    self.stop_offset = self.consumed + pos
+                    return STOP_FILTER_ERROR
+                pos += 24
+            elif self.fmt == FMT_PCAP:
+                if self.n >= self.capacity:
+                    return STOP_FULL
+                if rem < 16:
+                    if not eof:
+                        return STOP_NEED_MORE
+                    self.stop_offset = self.consumed + pos
+                    return STOP_END if rem == 0 else STOP_CUT_SHORT
+                caplen = rd32(p + pos + 8, self.big)
+                wirelen = rd32(p + pos + 12, self.big)
+                if caplen > MAX_CAPLEN or caplen > wirelen:
+                    self.stop_offset = self.consumed + pos
+                    return STOP_BAD_RECORD
+                if rem < 16 + <Py_ssize_t>caplen:
+                    if not eof:
+                        return STOP_NEED_MORE
+                    self.stop_offset = self.consumed + pos
+                    return STOP_CUT_SHORT
+                # seconds are signed 32-bit in practice (tshark prints pre-1970 times that way)
+                ts = <int64_t>(<int32_t>rd32(p + pos, self.big)) * 1000000000
+                if self.pcap_units == 1000000:
+                    ts += <int64_t>rd32(p + pos + 4, self.big) * 1000
+                else:
+                    ts += <int64_t>rd32(p + pos + 4, self.big)
+                self._emit(p + pos + 16, caplen, wirelen, ts, self.pcap_linktype, self.pcap_filter)
+                pos += 16 + caplen
+            else:
+                if self.n >= self.capacity:
+                    return STOP_FULL
+                if rem < 12:
+                    if not eof:
+                        return STOP_NEED_MORE
+                    self.stop_offset = self.consumed + pos
+                    return STOP_END if rem == 0 else STOP_CUT_SHORT
+                btype = le32(p + pos)
+                if btype == 0x0a0d0d0a:
+                    # Section Header Block: its byte-order magic sets the order for the whole section
+                    magic = le32(p + pos + 8)
+                    if magic == 0x1a2b3c4d:
+                        self.big = False
+                    elif magic == 0x4d3c2b1a:
+                        self.big = True
+                    else:
+                        self.stop_offset = self.consumed + pos
+                        return STOP_BAD_FILE_HEADER
+                else:
+                    btype = rd32(p + pos, self.big)
+                blen = rd32(p + pos + 4, self.big)
+                if blen < 12 or (blen & 3) or blen > MAX_BLOCK or (btype == 0x0a0d0d0a and blen < 28):
+                    self.stop_offset = self.consumed + pos
+                    return STOP_BAD_RECORD
+                if rem < <Py_ssize_t>blen:
+                    if not eof:
+                        return STOP_NEED_MORE
+                    self.stop_offset = self.consumed + pos
+                    return STOP_CUT_SHORT
+                if rd32(p + pos + blen - 4, self.big) != blen:
+                    self.stop_offset = self.consumed + pos
+                    return STOP_BAD_RECORD
+                if btype == 0x0a0d0d0a:
+                    self.n_ifaces = 0       # interface ids start again in each section
+                    self.sections += 1
+                elif btype == 1:
+                    if blen < 20 or self.n_ifaces >= MAX_IFACES:
+                        self.stop_offset = self.consumed + pos
+                        return STOP_BAD_RECORD
+                    iface = &self.ifaces[self.n_ifaces]
+                    iface.linktype = rd16(p + pos + 8, self.big)
+                    iface.units_per_sec = 1000000
+                    iface.offset_sec = 0
+                    k = 16
+                    while k + 4 <= blen - 4:
+                        opt_code = rd16(p + pos + k, self.big)
+                        opt_len = rd16(p + pos + k + 2, self.big)
+                        if opt_code == 0 or k + 4 + opt_len > blen - 4:
+                            break
+                        if opt_code == 9 and opt_len >= 1:
+                            res = p[pos + k + 4]
+                            if res & 0x80:
+                                if (res & 0x7f) > 63:
+                                    self.stop_offset = self.consumed + pos
+                                    return STOP_BAD_RECORD
+                                iface.units_per_sec = (<uint64_t>1) << (res & 0x7f)
+                            else:
+                                if res > 19:
+                                    self.stop_offset = self.consumed + pos
+                                    return STOP_BAD_RECORD
+                                iface.units_per_sec = 1
+                                while res > 0:
+                                    iface.units_per_sec *= 10
+                                    res -= 1
+                        elif opt_code == 14 and opt_len == 8:
+                            iface.offset_sec = <int64_t>((<uint64_t>rd32(p + pos + k + 4 + (0 if self.big else 4), self.big) << 32)
+                                                         | rd32(p + pos + k + 4 + (4 if self.big else 0), self.big))
+                        k += 4 + ((opt_len + 3) & ~3u)
+                    self._note_linktype(iface.linktype)
+                    iface.filter_slot = self._filter_slot(iface.linktype)
+                    if iface.filter_slot == -2:
+                        self.stop_offset = self.consumed + pos
+                        return STOP_FILTER_ERROR
+                    self.n_ifaces += 1
+                elif btype == 6 or btype == 2 or btype == 3:
+                    if btype == 3:
+                        if blen < 16 or self.n_ifaces < 1:
+                            self.stop_offset = self.consumed + pos
+                            return STOP_BAD_RECORD
+                        ifid = 0
+                        units = 0
+                        wirelen = rd32(p + pos + 8, self.big)
+                        caplen = blen - 16
+                        if caplen > wirelen:
+                            caplen = wirelen
+                        k = 12
+                    else:
+                        if blen < 32:
+                            self.stop_offset = self.consumed + pos
+                            return STOP_BAD_RECORD
+                        ifid = rd32(p + pos + 8, self.big) if btype == 6 else rd16(p + pos + 8, self.big)
+                        units = (<uint64_t>rd32(p + pos + 12, self.big) << 32) | rd32(p + pos + 16, self.big)
+                        caplen = rd32(p + pos + 20, self.big)
+                        wirelen = rd32(p + pos + 24, self.big)
+                        k = 28
+                        if ifid >= <uint32_t>self.n_ifaces or caplen > MAX_CAPLEN or caplen > wirelen \
+                                or k + caplen > blen - 4:
+                            self.stop_offset = self.consumed + pos
+                            return STOP_BAD_RECORD
+                    iface = &self.ifaces[ifid]
+                    ups = iface.units_per_sec
+                    if ups == 1000000000:
+                        ts = <int64_t>units
+                    elif ups == 1000000:
+                        ts = <int64_t>units * 1000
+                    else:
+                        sec = units // ups
+                        frac = units % ups
+                        if ups <= 1000000000:
+                            ts = <int64_t>(sec * 1000000000 + frac * (1000000000 // ups)) \
+                                if 1000000000 % ups == 0 else \
+                                <int64_t>(sec * 1000000000 + (frac * 1000000000) // ups)
+                        else:
+                            ts = <int64_t>(sec * 1000000000 + <uint64_t>(<double>frac * 1e9 / <double>ups))
+                    ts += iface.offset_sec * 1000000000
+                    self._emit(p + pos + k, caplen, wirelen, ts, iface.linktype, iface.filter_slot)
+                # any other block type is skipped whole
+                pos += blen
+
+
+def check_filter(str expr, int linktype=LINKTYPE_ETHERNET):
+    """Compile expr for a link type and throw it away: None if it compiles, else libpcap's message."""
+    cdef bpf_program prog
+    cdef char errbuf[512]
+    cdef bytes raw = expr.encode()
+    if ff_bpf_compile(linktype, raw, &prog, errbuf) != 0:
+        return errbuf.decode("utf-8", "replace")
+    pcap_freecode(&prog)
+    return None

@@ -1,0 +1,181 @@
+"""Thin wrapper around the decoder extension: allocate, feed blocks, turn stop codes into typed errors.
+
+This is the one place where the extension's status codes become Python exceptions or damage reports."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Iterator
+
+from . import _decode
+from .errors import FilterError, InputError
+from .source import Source, StreamDamage
+
+COLUMN_NAMES = _decode.COLUMN_NAMES
+
+
+class Status(enum.IntEnum):
+    """Per-packet decode status (ext/decode_defs.pxd ST_*)."""
+
+    TCP = 0
+    UDP = 1
+    ICMP = 2
+    ICMP6 = 3
+    OTHER_IP = 4
+    NON_IP = 5
+    UNSUPPORTED_LINK = 6
+    TRUNCATED = 7
+    FRAGMENT = 8
+    BAD_HEADER = 9
+
+
+class PFlag(enum.IntFlag):
+    FIRST_FRAGMENT = 1
+    OPTS_TRUNCATED = 2
+    HAS_TS = 4
+    IPV4_OPTIONS = 8
+
+
+class Stop(enum.IntEnum):
+    """Why Decoder.feed() returned (ext/decode_defs.pxd STOP_*)."""
+
+    NEED_MORE = 0
+    FULL = 1
+    END = 2
+    NOT_CAPTURE = 3
+    EMPTY = 4
+    CUT_SHORT = 5
+    BAD_RECORD = 6
+    FILTER_ERROR = 7
+    BAD_FILE_HEADER = 8
+
+
+# link types the decoder understands (on-disk LINKTYPE_* values)
+SUPPORTED_LINKTYPES = {0: "NULL", 1: "ETHERNET", 101: "RAW", 108: "LOOP", 113: "LINUX_SLL",
+                       228: "IPV4", 229: "IPV6", 276: "LINUX_SLL2"}
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Where and how an input stopped being readable; every packet before `offset` was delivered."""
+
+    kind: str          # cut_short | bad_record | bad_section_header | stream_damaged
+    offset: int        # byte offset (in the decompressed stream for compressed inputs)
+    message: str
+
+    def describe(self, name: str) -> str:
+        return f"{name}: {self.message} at byte offset {self.offset}"
+
+
+_DAMAGE = {
+    Stop.CUT_SHORT: ("cut_short", "capture cut short inside a record"),
+    Stop.BAD_RECORD: ("bad_record", "record header that cannot be right (bad length)"),
+    Stop.BAD_FILE_HEADER: ("bad_section_header", "section header with an unknown byte-order magic"),
+}
+
+
+def check_filter(expr: str) -> None:
+    """Raise FilterError with libpcap's message if the expression does not compile."""
+    message = _decode.check_filter(expr)
+    if message is not None:
+        raise FilterError(f"bad filter expression {expr!r}: {message}")
+
+
+class CaptureReader:
+    """Decode one input into batches of packet columns (dicts of numpy arrays, see docs/design.md)."""
+
+    def __init__(self, source: Source, filter_expr: str | None = None, batch_size: int = 1 << 18):
+        self.source = source
+        self.decoder = _decode.Decoder(batch_size, filter_expr)
+        self.filter_expr = filter_expr
+        self.damage: Damage | None = None
+
+    @property
+    def frames(self) -> int:
+        return self.decoder.frames
+
+    @property
+    def filtered(self) -> int:
+        return self.decoder.filtered
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        return {s.name.lower(): int(n) for s, n in zip(Status, self.decoder.status_counts)}
+
+    @property
+    def file_format(self) -> str:
+        return {0: "unknown", 1: "pcap", 2: "pcapng"}[self.decoder.fmt]
+
+    @property
+    def linktypes(self) -> list[int]:
+        return list(self.decoder.linktypes)
+
+    def batches(self) -> Iterator[dict]:
+        """Yield column batches; raise InputError/FilterError for fatal problems; record damage."""
+        dec = self.decoder
+        pending = b""
+        try:
+            for block in self.source.blocks():
+                data = memoryview(pending + block) if pending else memoryview(block)
+                while True:
+                    used = dec.feed(data, False)
+                    data = data[used:]
+                    if dec.stop == Stop.FULL:
+                        yield dec.take()
+                        continue
+                    if dec.stop != Stop.NEED_MORE:
+                        break
+                    break
+                self._check(dec.stop)
+                if dec.stop >= Stop.END:
+                    break
+                # the tail holds part of a record: keep it for the next block (a small copy)
+                pending = bytes(data)
+                del data
+            else:
+                data = memoryview(pending)
+                while True:
+                    used = dec.feed(data, True)
+                    data = data[used:]
+                    if dec.stop == Stop.FULL:
+                        yield dec.take()
+                        continue
+                    break
+                self._check(dec.stop)
+        except StreamDamage as exc:
+            self.damage = Damage("stream_damaged", dec.consumed, str(exc))
+        if dec.n:
+            yield dec.take()
+        self._check_linktypes()
+
+    def _check(self, stop: int) -> None:
+        name = self.source.name
+        dec = self.decoder
+        if stop == Stop.EMPTY:
+            raise InputError(f"{name}: empty file, not a capture")
+        if stop == Stop.NOT_CAPTURE:
+            raise InputError(f"{name}: not a pcap or pcapng capture (magic bytes {self._head()})")
+        if stop == Stop.FILTER_ERROR:
+            raise FilterError(f"bad filter expression {self.filter_expr!r} for link type "
+                              f"{dec.bad_linktype}: {dec.error_message}")
+        if stop == Stop.BAD_FILE_HEADER and dec.stop_offset == 0:
+            raise InputError(f"{name}: pcapng section header with an unknown byte-order magic")
+        if stop in _DAMAGE:
+            kind, message = _DAMAGE[Stop(stop)]
+            self.damage = Damage(kind, int(dec.stop_offset), message)
+        if stop in (Stop.END, *_DAMAGE) or self.damage:
+            self._check_linktypes()
+
+    def _check_linktypes(self) -> None:
+        types = self.linktypes
+        if types and not any(t in SUPPORTED_LINKTYPES for t in types):
+            names = ", ".join(str(t) for t in types)
+            raise InputError(f"{self.source.name}: unsupported link type {names} "
+                             f"(supported: {', '.join(f'{v} {k}' for k, v in SUPPORTED_LINKTYPES.items())})")
+
+    def _head(self) -> str:
+        try:
+            with open(self.source.name, "rb") as f:
+                return f.read(4).hex(" ") or "none"
+        except OSError:
+            return "unknown"

@@ -1,0 +1,170 @@
+"""Open an input (plain file, compressed stream or standard input) and yield large byte blocks.
+
+Plain files are mapped whole (zero-copy); compressed inputs are read as streams, the compression
+found by magic bytes, never by file name."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import mmap
+import os
+import sys
+from typing import BinaryIO, Iterator
+
+from .errors import InputError
+
+BLOCK_SIZE = 8 << 20
+
+# magic bytes at offset 0 -> compression name
+_MAGICS = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"BZh", "bz2"),
+)
+
+
+def sniff_compression(head: bytes) -> str | None:
+    for magic, name in _MAGICS:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+class _Prefixed:
+    """A read-only stream that first replays bytes already read from another (for sniffing stdin)."""
+
+    def __init__(self, prefix: bytes, rest: BinaryIO):
+        self._prefix = prefix
+        self._rest = rest
+        self.consumed = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._prefix:
+            if n is None or n < 0:
+                out = self._prefix + self._rest.read()
+                self._prefix = b""
+            else:
+                out, self._prefix = self._prefix[:n], self._prefix[n:]
+        else:
+            out = self._rest.read(n)
+        self.consumed += len(out)
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _decompressor(kind: str, raw) -> BinaryIO:
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if kind == "xz":
+        return lzma.LZMAFile(raw, mode="rb")
+    if kind == "bz2":
+        return bz2.BZ2File(raw, mode="rb")
+    import zstandard
+
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+
+
+class StreamDamage(Exception):
+    """The compressed stream is corrupt or ends early; everything before it was delivered."""
+
+
+class Source:
+    """One input. `blocks()` yields bytes-like blocks in order; `raw_consumed` counts input bytes read."""
+
+    def __init__(self, name: str, block_size: int = BLOCK_SIZE):
+        self.name = name
+        self.block_size = block_size
+        self.compression: str | None = None
+        self.size: int | None = None
+        self._file = None
+        self._raw = None
+        self._map = None
+        self._stream = None
+        try:
+            if name == "-":
+                self._file = sys.stdin.buffer
+                head = self._file.read(8)
+                self._raw = _Prefixed(head, self._file)
+            else:
+                if os.path.isdir(name):
+                    raise InputError(f"{name}: is a directory, not a capture file")
+                self._file = open(name, "rb")
+                self.size = os.fstat(self._file.fileno()).st_size
+                head = self._file.read(8)
+                self._file.seek(0)
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
+        except PermissionError:
+            raise InputError(f"{name}: permission denied") from None
+        except IsADirectoryError:
+            raise InputError(f"{name}: is a directory, not a capture file") from None
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        self.compression = sniff_compression(head)
+        if self.compression is not None:
+            raw = self._raw if self._raw is not None else self._file
+            self._stream = _decompressor(self.compression, raw)
+
+    @property
+    def raw_consumed(self) -> int:
+        if self._raw is not None:
+            return self._raw.consumed
+        if self._map is not None:
+            return self.size or 0
+        try:
+            return self._file.tell()
+        except (OSError, ValueError):
+            return 0
+
+    def blocks(self) -> Iterator[memoryview | bytes]:
+        if self._stream is None and self._raw is None:
+            if not self.size:
+                return
+            # map the whole file: the decoder walks it in place, the page cache does the reading
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._map.madvise(mmap.MADV_SEQUENTIAL)
+            yield memoryview(self._map)
+            return
+        stream = self._stream if self._stream is not None else self._raw
+        while True:
+            try:
+                block = stream.read(self.block_size)
+            except (EOFError, OSError, lzma.LZMAError, ValueError) as exc:
+                raise StreamDamage(f"{self.compression or 'input'} stream damaged: {exc}") from None
+            except Exception as exc:  # zstandard.ZstdError has no common base with the others
+                if type(exc).__module__.startswith("zstandard"):
+                    raise StreamDamage(f"zstd stream damaged: {exc}") from None
+                raise
+            if not block:
+                return
+            yield block
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a memoryview still refers to it; the mapping goes with the last reference
+            self._map = None
+        if self._stream is not None:
+            self._stream.close()
+        if self._file is not None and self._file is not sys.stdin.buffer:
+            self._file.close()
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,57 @@
+"""Build the decoder extension against libpcap (found with pkg-config) and numpy."""
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def pkg_config(*args):
+    try:
+        out = subprocess.run(["pkg-config", *args, "libpcap"], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return shlex.split(out.stdout)
+
+
+def libpcap_flags():
+    cflags, libs = pkg_config("--cflags"), pkg_config("--libs")
+    if cflags is None or libs is None:
+        if os.path.exists("/usr/include/pcap/pcap.h"):
+            return [], ["-lpcap"]
+        sys.exit(
+            "error: libpcap development files not found (pkg-config libpcap failed).\n"
+            "On Debian or Ubuntu: apt-get install libpcap-dev"
+        )
+    return cflags, libs
+
+
+cflags, libs = libpcap_flags()
+extra_compile = ["-O3"] + cflags
+extra_link = list(libs)
+directives = {"language_level": 3}
+# FASTFLOW_DEBUG_CYTHON=1 turns bounds checking back on (and keeps assertions) for debugging
+if os.environ.get("FASTFLOW_DEBUG_CYTHON"):
+    directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
+    extra_compile = ["-O1", "-g"] + cflags
+# FASTFLOW_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer
+if os.environ.get("FASTFLOW_SANITIZE"):
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    extra_compile += san
+    extra_link += san
+
+extensions = [
+    Extension(
+        "fastflow._decode",
+        ["ext/_decode.pyx"],
+        include_dirs=["ext", numpy.get_include()],
+        extra_compile_args=extra_compile,
+        extra_link_args=extra_link,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+    )
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives, include_path=["ext"]))
