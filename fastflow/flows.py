@@ -1,0 +1,308 @@
+"""Connection stage: group TCP segments into connections and orient them.
+
+Input is the dict of TCP packet columns fixed in docs/design.md (frame order).
+Everything is vectorized with numpy; the only Python loop runs over
+"ambiguous" SYNs (see ``_resolve_ambiguous_syns``), which real captures almost
+never contain.
+
+Definition of a connection (the product's fixed rules):
+
+* Segments of one (VLAN, unordered {(addr, port), (addr, port)}) pair, both
+  directions.  The key is symmetric like gopacket's ``Flow.FastHash``.
+* On a pair, a new connection starts
+    - on a pure SYN (SYN without ACK) that arrives after the current connection
+      closed (a FIN from each side, or any RST),
+    - on a pure SYN whose sequence number differs from the current
+      connection's SYN (a retransmitted SYN with the same ISN stays in the
+      connection).  A connection with no pure SYN yet takes its expected ISN
+      from a SYN-ACK sent towards the new SYN's sender (``ack - 1``); with no
+      SYN-ACK either, the SYN starts a new connection,
+    - on *any* segment that follows more than ``idle_timeout_ns`` of silence on
+      the pair (Zeek expires idle connections the same way; the next segment
+      then opens a fresh, usually midstream, connection).  Silence is measured
+      from the latest timestamp seen so far on the pair, so a capture whose
+      clock steps backwards does not invent gaps.
+  Known limitation: a simultaneous open (both sides send a pure SYN with
+  different ISNs) is split into two connections by the ISN rule.
+* The originator is the sender of the first pure SYN; without one, the
+  receiver of the first SYN-ACK; without one, the endpoint *not* on a
+  well-known server port (port < 1024 or in ``SERVER_PORTS``; when both are,
+  the lower port is the server); otherwise the sender of the first segment.
+
+``assign_connections`` returns per-segment ``conn_id`` (uint64, dense, in
+order of each connection's first segment) and ``from_orig`` (bool), plus the
+grouping the later stages reuse so that nothing is sorted twice:
+
+* ``order``   (int64[n]): segment indices grouped by conn_id, frame order
+  inside each connection,
+* ``offsets`` (int64[n_conns + 1]): connection k owns
+  ``order[offsets[k]:offsets[k + 1]]``,
+* ``n_conns`` (int).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+DEFAULT_IDLE_TIMEOUT_NS = 300 * 10**9
+
+# Common server ports above 1023 (used only when a connection has no SYN and
+# no SYN-ACK to tell who opened it).
+SERVER_PORTS = np.array(
+    sorted({1080, 1194, 1433, 1521, 1723, 1883, 2049, 2181, 3128, 3306, 3389,
+            5060, 5222, 5432, 5672, 5900, 5984, 6379, 6443, 6667, 6697, 8000,
+            8008, 8080, 8081, 8443, 8888, 9000, 9092, 9200, 9418, 11211,
+            27017}),
+    dtype=np.uint16)
+
+
+# ---------------------------------------------------------------------------
+# small vectorized helpers shared by tagging.py and summary.py
+# ---------------------------------------------------------------------------
+
+def first_in_group(group: np.ndarray, mask: np.ndarray, n_groups: int) -> np.ndarray:
+    """Position of the first True of ``mask`` in each group, -1 if none.
+
+    ``group`` must be non-decreasing (rows grouped, e.g. by conn_id)."""
+    idx = np.flatnonzero(mask)
+    out = np.full(n_groups, -1, dtype=np.int64)
+    if idx.size:
+        g = group[idx]
+        keep = np.empty(idx.size, dtype=bool)
+        keep[0] = True
+        np.not_equal(g[1:], g[:-1], out=keep[1:])
+        out[g[keep]] = idx[keep]
+    return out
+
+
+def last_before(mask: np.ndarray) -> np.ndarray:
+    """For each position i, the last position j <= i with mask[j], else -1.
+
+    Callers check the result against their group's start position."""
+    pos = np.where(mask, np.arange(mask.size, dtype=np.int64), -1)
+    return np.maximum.accumulate(pos) if pos.size else pos
+
+
+def seq_geq(a, b) -> np.ndarray:
+    """a >= b in TCP's modular uint32 sequence space (arrays)."""
+    diff = np.atleast_1d(np.asarray(a, dtype=np.uint32) - np.asarray(b, dtype=np.uint32))
+    return diff.astype(np.uint32).view(np.int32) >= 0
+
+
+def is_server_port(port: np.ndarray) -> np.ndarray:
+    port = np.asarray(port)
+    return (port < 1024) | np.isin(port, SERVER_PORTS)
+
+
+# ---------------------------------------------------------------------------
+
+def _addr_words(addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """16-byte addresses as (high, low) uint64 words in network byte order,
+    so that integer comparison is address comparison."""
+    words = np.ascontiguousarray(addr, dtype=np.uint8).reshape(-1, 16).view(">u8")
+    return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
+
+
+def _canonical_key(seg):
+    """Endpoints as (lower, higher) by (address, port); ``a_is_src`` tells
+    whether the segment's source is the lower endpoint."""
+    s_hi, s_lo = _addr_words(seg["src"])
+    d_hi, d_lo = _addr_words(seg["dst"])
+    sp = np.asarray(seg["sport"], dtype=np.uint16)
+    dp = np.asarray(seg["dport"], dtype=np.uint16)
+    a_is_src = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sp <= dp))))
+    a_hi = np.where(a_is_src, s_hi, d_hi)
+    a_lo = np.where(a_is_src, s_lo, d_lo)
+    a_p = np.where(a_is_src, sp, dp)
+    b_hi = np.where(a_is_src, d_hi, s_hi)
+    b_lo = np.where(a_is_src, d_lo, s_lo)
+    b_p = np.where(a_is_src, dp, sp)
+    vlan = np.asarray(seg["vlan"], dtype=np.int32)
+    return (vlan, a_hi, a_lo, a_p, b_hi, b_lo, b_p), a_is_src
+
+
+def _sort_by_pair(keys, n):
+    """Stable grouping permutation by pair key plus a pair-start mask.
+
+    Sorts a 64-bit mix of the key (one stable argsort keeps frame order inside
+    a pair) and falls back to a full lexsort if two different keys hash alike
+    and end up interleaved."""
+    vlan, a_hi, a_lo, a_p, b_hi, b_lo, b_p = keys
+    h = np.uint64(0x9E3779B97F4A7C15) * (vlan.astype(np.int64).view(np.uint64) + np.uint64(1))
+    for w in (a_hi, a_lo, a_p.astype(np.uint64) << np.uint64(16) | b_p.astype(np.uint64), b_hi, b_lo):
+        h = h ^ w
+        h = h * np.uint64(0xBF58476D1CE4E5B9)
+        h = h ^ (h >> np.uint64(31))
+    order = np.argsort(h, kind="stable")
+    ks = [k[order] for k in keys]
+    key_change = np.zeros(n, dtype=bool)
+    key_change[0] = True
+    for k in ks:
+        key_change[1:] |= k[1:] != k[:-1]
+    hs = h[order]
+    same_hash = np.zeros(n, dtype=bool)
+    same_hash[1:] = hs[1:] == hs[:-1]
+    if np.any(same_hash & key_change):  # hash collision: exact sort instead
+        order = np.lexsort((np.arange(n),) + tuple(reversed(keys)))
+        ks = [k[order] for k in keys]
+        key_change[:] = False
+        key_change[0] = True
+        for k in ks:
+            key_change[1:] |= k[1:] != k[:-1]
+    return order, key_change
+
+
+def _running_max_in_groups(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """Running maximum of int64 ``values`` restarted at each group start."""
+    n = values.size
+    gid = np.cumsum(group_start) - 1
+    if n < 2 or not np.any((values[1:] < values[:-1]) & ~group_start[1:]):
+        return values.copy()  # already monotonic inside every group
+    # Replace values by their ranks and lift each group above the previous
+    # one, so one global maximum.accumulate cannot leak across groups.
+    rank = np.empty(n, dtype=np.int64)
+    srt = np.argsort(values, kind="stable")
+    rank[srt] = np.arange(n, dtype=np.int64)
+    lifted = np.maximum.accumulate(gid.astype(np.int64) * n + rank)
+    return values[srt][lifted - gid.astype(np.int64) * n]
+
+
+def _closed_between(lo, hi, cum_rst, cum_fin_a, cum_fin_b):
+    """Whether [lo, hi) (sorted positions) holds a RST or a FIN from each side.
+
+    ``cum_*`` are exclusive prefix counts of length n + 1."""
+    rst = cum_rst[hi] - cum_rst[lo] > 0
+    fins = (cum_fin_a[hi] - cum_fin_a[lo] > 0) & (cum_fin_b[hi] - cum_fin_b[lo] > 0)
+    return rst | fins
+
+
+def _resolve_ambiguous_syns(amb, boundary, cum_rst, cum_fin_a, cum_fin_b):
+    """Sequential pass over SYNs whose split depends on earlier decisions.
+
+    A same-ISN SYN splits only if the connection closed since it started, and
+    where the connection started can depend on the previous ambiguous SYN.
+    Only SYNs with a close event between the last certain boundary and them
+    but none since the previous SYN get here (one-sided FIN before a SYN
+    retransmission, other side's FIN after it): a handful per capture."""
+    last_b = last_before(boundary)
+    last_amb_boundary = -1
+    for i in np.flatnonzero(amb).tolist():
+        start = max(int(last_b[i - 1]), last_amb_boundary)
+        if _closed_between(start, i, cum_rst, cum_fin_a, cum_fin_b):
+            boundary[i] = True
+            last_amb_boundary = i
+
+
+def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS) -> dict:
+    n = int(np.asarray(seg["frame"]).shape[0])
+    if n == 0:
+        return {"conn_id": np.zeros(0, np.uint64), "from_orig": np.zeros(0, bool),
+                "order": np.zeros(0, np.int64), "offsets": np.zeros(1, np.int64),
+                "n_conns": 0}
+    keys, a_is_src = _canonical_key(seg)
+    order, pair_start = _sort_by_pair(keys, n)
+
+    # Columns in pair-grouped order (frame order inside each pair).
+    flags = np.asarray(seg["tcp_flags"], dtype=np.uint16)[order]
+    seq = np.asarray(seg["seq"], dtype=np.uint32)[order]
+    ack = np.asarray(seg["ack"], dtype=np.uint32)[order]
+    ts = np.asarray(seg["ts"], dtype=np.int64)[order]
+    src_a = a_is_src[order]
+    pos = np.arange(n, dtype=np.int64)
+
+    is_syn = (flags & SYN) != 0
+    has_ack = (flags & ACK) != 0
+    pure_syn = is_syn & ~has_ack
+    synack = is_syn & has_ack
+
+    # Idle split: silence measured from the latest timestamp seen on the pair.
+    seen_max = _running_max_in_groups(ts, pair_start)
+    epoch_start = pair_start.copy()
+    epoch_start[1:] |= (ts[1:] - seen_max[:-1]) > idle_timeout_ns
+    epoch_first = last_before(epoch_start)  # position of own epoch's start
+
+    # Expected ISN for each pure SYN: previous pure SYN in the epoch, else a
+    # SYN-ACK sent towards this SYN's sender (ack - 1).
+    prev_syn = np.full(n, -1, dtype=np.int64)
+    prev_synack = np.full(n, -1, dtype=np.int64)
+    prev_syn[1:] = last_before(pure_syn)[:-1]
+    prev_synack[1:] = last_before(synack)[:-1]
+    prev_syn[prev_syn < epoch_first] = -1
+    prev_synack[prev_synack < epoch_first] = -1
+    use_syn = prev_syn >= 0
+    use_synack = ~use_syn & (prev_synack >= 0)
+    use_synack &= src_a[np.maximum(prev_synack, 0)] != src_a
+    expected = np.where(use_syn, seq[np.maximum(prev_syn, 0)],
+                        ack[np.maximum(prev_synack, 0)] - np.uint32(1))
+    has_expected = use_syn | use_synack
+
+    boundary = epoch_start | (pure_syn & ~(has_expected & (seq == expected)))
+
+    # Same-ISN SYNs split only if the connection closed before them.
+    fin_or_rst = flags & (FIN | RST)
+    cum_rst = np.zeros(n + 1, np.int64)
+    cum_fin_a = np.zeros(n + 1, np.int64)
+    cum_fin_b = np.zeros(n + 1, np.int64)
+    np.cumsum((fin_or_rst & RST) != 0, out=cum_rst[1:])
+    fin = (fin_or_rst & FIN) != 0
+    np.cumsum(fin & src_a, out=cum_fin_a[1:])
+    np.cumsum(fin & ~src_a, out=cum_fin_b[1:])
+
+    same_isn = pure_syn & ~boundary
+    # Connection start is at or before the previous SYN (or the epoch start
+    # when the evidence was a SYN-ACK): a close in between always splits.
+    ref = np.where(use_syn, prev_syn, epoch_first)
+    definite = same_isn & _closed_between(ref, pos, cum_rst, cum_fin_a, cum_fin_b)
+    boundary |= definite
+    # A close since the last certain boundary might split: decide in order.
+    cert_start = np.empty(n, dtype=np.int64)
+    cert_start[0] = 0
+    cert_start[1:] = last_before(boundary)[:-1]
+    maybe = same_isn & ~definite & _closed_between(cert_start, pos, cum_rst, cum_fin_a, cum_fin_b)
+    if maybe.any():
+        _resolve_ambiguous_syns(maybe, boundary, cum_rst, cum_fin_a, cum_fin_b)
+
+    # Connections in sorted order: contiguous blocks.
+    sc = np.cumsum(boundary) - 1  # sorted-connection index per sorted row
+    n_conns = int(sc[-1]) + 1
+    sc_start = np.flatnonzero(boundary)
+    sc_len = np.diff(np.append(sc_start, n))
+
+    # Originator, in terms of the canonical "a" endpoint.
+    first_syn = first_in_group(sc, pure_syn, n_conns)
+    first_synack = first_in_group(sc, synack, n_conns)
+    a_port = np.where(src_a, np.asarray(seg["sport"], np.uint16)[order],
+                      np.asarray(seg["dport"], np.uint16)[order])[sc_start]
+    b_port = np.where(src_a, np.asarray(seg["dport"], np.uint16)[order],
+                      np.asarray(seg["sport"], np.uint16)[order])[sc_start]
+    a_srv, b_srv = is_server_port(a_port), is_server_port(b_port)
+    by_port_a_is_orig = np.where(a_srv & b_srv, a_port > b_port, b_srv)
+    port_decides = (a_srv != b_srv) | (a_srv & b_srv & (a_port != b_port))
+    orig_is_a = np.where(
+        first_syn >= 0, src_a[np.maximum(first_syn, 0)],
+        np.where(first_synack >= 0, ~src_a[np.maximum(first_synack, 0)],
+                 np.where(port_decides, by_port_a_is_orig, src_a[sc_start])))
+
+    # Dense ids in order of each connection's first segment (frame order).
+    first_index = order[sc_start]
+    perm = np.argsort(first_index, kind="stable")
+    conn_of_sc = np.empty(n_conns, dtype=np.int64)
+    conn_of_sc[perm] = np.arange(n_conns, dtype=np.int64)
+
+    conn_sorted = conn_of_sc[sc]
+    conn_id = np.empty(n, dtype=np.uint64)
+    conn_id[order] = conn_sorted
+    from_orig = np.empty(n, dtype=bool)
+    from_orig[order] = src_a == orig_is_a[sc]
+
+    # Regroup blocks in conn_id order without another sort.
+    offsets = np.zeros(n_conns + 1, dtype=np.int64)
+    np.cumsum(sc_len[perm], out=offsets[1:])
+    new_pos = offsets[conn_sorted] + (pos - sc_start[sc])
+    conn_order = np.empty(n, dtype=np.int64)
+    conn_order[new_pos] = order
+
+    return {"conn_id": conn_id, "from_orig": from_orig, "order": conn_order,
+            "offsets": offsets, "n_conns": n_conns}

@@ -1,0 +1,283 @@
+"""Per-connection summary (the flows table), vectorized over connections.
+
+``summarize(seg, conn, tags)`` returns one row per connection in conn_id
+order: a dict of numpy arrays; nullable columns are ``np.ma`` masked arrays
+(mask True = null), categorical columns are arrays of str.
+
+Choices worth knowing:
+
+* ``ts_start`` / ``ts_end`` are the minimum / maximum timestamp of the
+  connection's segments (robust to clocks stepping backwards);
+  ``first_frame`` / ``last_frame`` follow frame order.
+* ``handshake`` follows the number-checked steps of tagging.py: ``complete``
+  (steps 1-3), ``syn_synack`` (1-2), ``refused`` (step 1, no step 2, a RST from
+  the responder after the SYN), ``syn_only`` (step 1 only), ``partial`` (no SYN
+  from the originator: the capture started after it).
+* ``rtt_syn_synack`` is measured from the LAST originator SYN sent before the
+  step-2 SYN-ACK (a retransmitted SYN with the same ISN restarts the clock,
+  since the SYN-ACK most likely answers it); ``rtt_synack_ack`` likewise from
+  the last responder SYN-ACK before the step-3 ACK.  Both are masked (data NaN)
+  when not measurable.
+* MSS / window scale / SACK-permitted come from the originator's step-1 SYN and
+  the responder SYN-ACK that gave its ISN.
+* ``close``: refused (handshake refused) > fin / simultaneous_fin (a FIN from
+  each side before any RST; a RST after both FINs does not change it) > rst >
+  half_closed (one side's FIN only) > none.
+* ``conn_state`` / ``history`` are a first version of Zeek's conn.log values
+  (see ``_conn_state``).  history letters: S SYN, H SYN-ACK, A pure ACK (ACK
+  flag, no SYN/FIN/RST, no payload), D payload, F FIN, R RST; uppercase for
+  the originator, lowercase for the responder, each letter once per direction
+  in order of first occurrence (letters of one segment in the order S H F R A D).
+  Midstream connections (no SYN, no SYN-ACK) are always OTH here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .flows import ACK, DEFAULT_IDLE_TIMEOUT_NS, FIN, RST, SYN, assign_connections, first_in_group, last_before
+from .tagging import SEGMENT_COLUMNS, tag_segments
+
+HANDSHAKE_VALUES = ("complete", "syn_synack", "syn_only", "refused", "partial")
+CLOSE_VALUES = ("fin", "simultaneous_fin", "half_closed", "rst", "refused", "none")
+
+_HISTORY_LETTERS = np.frombuffer(b"SHFRADshfrad", dtype=np.uint8)
+
+
+def _masked(values, present):
+    return np.ma.masked_array(values, mask=~np.asarray(present, dtype=bool))
+
+
+def _at(grouped, positions, fill=0):
+    """grouped[positions] with ``fill`` where position is -1."""
+    return np.where(positions >= 0, grouped[np.maximum(positions, 0)], fill)
+
+
+def _conn_state(orig_syn, resp_synack, orig_fin, resp_fin, orig_rst, resp_rst, fins_before_rst):
+    """Zeek conn_state, first version (common cases)."""
+    established = orig_syn & resp_synack
+    syn_only = orig_syn & ~resp_synack
+    synack_only = resp_synack & ~orig_syn
+    conds = [
+        established & fins_before_rst,               # FIN from each side
+        established & resp_rst,
+        established & orig_rst,
+        established & orig_fin,
+        established & resp_fin,
+        established,
+        syn_only & resp_rst,
+        syn_only & orig_rst,
+        syn_only & orig_fin,
+        syn_only,
+        synack_only & resp_rst,
+        synack_only & resp_fin,
+    ]
+    names = ["SF", "RSTR", "RSTO", "S2", "S3", "S1", "REJ", "RSTOS0", "SH", "S0", "RSTRH", "SHR"]
+    return np.select(conds, np.array(names, dtype=object), default="OTH").astype(str)
+
+
+def summarize(seg: dict, conn: dict, tags: dict) -> dict:
+    order = conn["order"]
+    offsets = conn["offsets"]
+    n_conns = conn["n_conns"]
+    ev = tags["conn_events"]
+    starts = offsets[:-1]
+
+    g = np.asarray(conn["conn_id"])[order].astype(np.int64)
+    fo = np.asarray(conn["from_orig"])[order]
+    flags = np.asarray(seg["tcp_flags"], dtype=np.uint16)[order]
+    ts = np.asarray(seg["ts"], dtype=np.int64)[order]
+    plen = np.asarray(seg["payload_len"], dtype=np.uint32)[order]
+    pos = np.arange(order.size, dtype=np.int64)
+
+    if n_conns == 0:
+        return _empty_flows()
+
+    is_syn = (flags & SYN) != 0
+    has_ack = (flags & ACK) != 0
+    is_rst = (flags & RST) != 0
+    is_fin = (flags & FIN) != 0
+    pure_syn = is_syn & ~has_ack
+    synack = is_syn & has_ack
+
+    def per_conn_sum(values):
+        return np.add.reduceat(np.asarray(values, dtype=np.uint64), starts)
+
+    out = {"conn_id": np.arange(n_conns, dtype=np.uint64)}
+    out["ts_start"] = np.minimum.reduceat(ts, starts)
+    out["ts_end"] = np.maximum.reduceat(ts, starts)
+    out["duration"] = (out["ts_end"] - out["ts_start"]) / 1e9
+
+    first = order[starts]
+    first_fo = fo[starts]
+    src = np.asarray(seg["src"], dtype=np.uint8)[first]
+    dst = np.asarray(seg["dst"], dtype=np.uint8)[first]
+    sport = np.asarray(seg["sport"], dtype=np.uint16)[first]
+    dport = np.asarray(seg["dport"], dtype=np.uint16)[first]
+    out["orig_addr"] = np.where(first_fo[:, None], src, dst)
+    out["resp_addr"] = np.where(first_fo[:, None], dst, src)
+    out["orig_p"] = np.where(first_fo, sport, dport).astype(np.uint16)
+    out["resp_p"] = np.where(first_fo, dport, sport).astype(np.uint16)
+    out["ip_version"] = np.asarray(seg["ip_version"], dtype=np.uint8)[first]
+    vlan = np.asarray(seg["vlan"], dtype=np.int32)[first]
+    out["vlan"] = _masked(vlan, vlan >= 0)
+
+    n_pkts = np.diff(offsets).astype(np.uint64)
+    out["orig_pkts"] = per_conn_sum(fo)
+    out["resp_pkts"] = n_pkts - out["orig_pkts"]
+    out["orig_payload_bytes"] = per_conn_sum(np.where(fo, plen, 0))
+    out["resp_payload_bytes"] = per_conn_sum(np.where(fo, 0, plen))
+    ip_len = np.asarray(seg["ip_len"], dtype=np.uint32)[order]
+    out["orig_ip_bytes"] = per_conn_sum(np.where(fo, ip_len, 0))
+    out["resp_ip_bytes"] = per_conn_sum(np.where(fo, 0, ip_len))
+
+    # --- handshake -------------------------------------------------------------
+    s1, s2, s3 = ev["syn"], ev["synack"], ev["handshake_ack"]
+    has_s1, has_s2, has_s3 = s1 >= 0, s2 >= 0, s3 >= 0
+    s1_at = np.where(has_s1, s1, np.iinfo(np.int64).max)
+    resp_rst_after_syn = first_in_group(g, is_rst & ~fo & (pos > s1_at[g]), n_conns) >= 0
+    out["handshake"] = np.select(
+        [~has_s1, has_s3, has_s2, resp_rst_after_syn],
+        np.array(["partial", "complete", "syn_synack", "refused"], dtype=object),
+        default="syn_only").astype(str)
+    out["syn_ts"] = _masked(_at(ts, s1), has_s1)
+    out["synack_ts"] = _masked(_at(ts, s2), has_s2)
+    out["handshake_ack_ts"] = _masked(_at(ts, s3), has_s3)
+    out["orig_isn"] = _masked(ev["orig_isn"].astype(np.uint32), ev["has_orig_isn"])
+    out["resp_isn"] = _masked(ev["resp_isn"].astype(np.uint32), ev["has_resp_isn"])
+    orig_syn_mask = pure_syn & fo
+    resp_synack_mask = synack & ~fo
+    out["syn_count"] = per_conn_sum(orig_syn_mask).astype(np.uint32)
+    out["synack_count"] = per_conn_sum(resp_synack_mask).astype(np.uint32)
+
+    # RTTs from the last SYN (SYN-ACK) sent before the answer.
+    last_syn = last_before(orig_syn_mask)
+    last_synack = last_before(resp_synack_mask)
+    syn_before_s2 = _at(last_syn, s2, -1)
+    ok1 = has_s2 & (syn_before_s2 >= starts)
+    rtt1 = np.where(ok1, (_at(ts, s2) - _at(ts, syn_before_s2)) / 1e9, np.nan)
+    synack_before_s3 = _at(last_synack, s3, -1)
+    ok2 = has_s3 & (synack_before_s3 >= starts)
+    rtt2 = np.where(ok2, (_at(ts, s3) - _at(ts, synack_before_s3)) / 1e9, np.nan)
+    out["rtt_syn_synack"] = _masked(rtt1, ok1)
+    out["rtt_synack_ack"] = _masked(rtt2, ok2)
+
+    # TCP options of each side's opening segment.
+    mss = np.asarray(seg["mss"], dtype=np.uint16)[order]
+    wscale = np.asarray(seg["wscale"], dtype=np.int16)[order]
+    sack_ok = np.asarray(seg["sack_ok"], dtype=np.uint8)[order] != 0
+    r_open = ev["resp_isn_segment"]
+    for side, p in (("orig", s1), ("resp", r_open)):
+        m = _at(mss, p).astype(np.uint16)
+        w = _at(wscale, p, -1).astype(np.int16)
+        out[f"{side}_mss"] = _masked(m, (p >= 0) & (m > 0))
+        out[f"{side}_wscale"] = _masked(w, (p >= 0) & (w >= 0))
+        out[f"{side}_sack_ok"] = _at(sack_ok, p, False).astype(bool)
+
+    # --- close -----------------------------------------------------------------
+    t1, t3, t4 = ev["fin1"], ev["fin2"], ev["fin2_ack"]
+    t2, combined = ev["fin1_ack"], ev["fin_combined"]
+    has_t1, has_t3 = t1 >= 0, t3 >= 0
+    first_rst = first_in_group(g, is_rst, n_conns)
+    has_rst = first_rst >= 0
+    orig_rst = per_conn_sum(is_rst & fo) > 0
+    resp_rst = per_conn_sum(is_rst & ~fo) > 0
+    fins_before_rst = has_t3 & (~has_rst | (first_rst > t3))
+    out["close"] = np.select(
+        [out["handshake"] == "refused", fins_before_rst & ev["simultaneous_fin"],
+         fins_before_rst, has_rst, has_t1],
+        np.array(["refused", "simultaneous_fin", "fin", "rst", "half_closed"], dtype=object),
+        default="none").astype(str)
+    fin_first = has_t1 & (~has_rst | (t1 < first_rst))
+    initiator_is_orig = np.where(fin_first, ev["closer_is_orig"], _at(fo, first_rst, False))
+    out["close_initiator"] = _masked(np.where(initiator_is_orig, "orig", "resp"), fin_first | has_rst)
+    out["rst_by"] = _masked(
+        np.where(orig_rst & resp_rst, "both", np.where(orig_rst, "orig", "resp")), has_rst)
+    out["fin1_ts"] = _masked(_at(ts, t1), has_t1)
+    out["fin2_ts"] = _masked(_at(ts, t3), has_t3)
+    out["rst_ts"] = _masked(_at(ts, first_rst), has_rst)
+    teardown_done = has_t1 & has_t3 & (t4 >= 0) & ((t2 >= 0) | combined)
+    out["teardown_segments"] = _masked(np.where(combined, 3, 4).astype(np.uint8), teardown_done)
+
+    # --- Zeek-style state and history ------------------------------------------
+    orig_fin = per_conn_sum(is_fin & fo) > 0
+    resp_fin = per_conn_sum(is_fin & ~fo) > 0
+    out["conn_state"] = _conn_state(out["syn_count"] > 0, out["synack_count"] > 0,
+                                    orig_fin, resp_fin, orig_rst, resp_rst, fins_before_rst)
+    out["history"] = _history(g, fo, flags, plen, n_conns)
+
+    frame = np.asarray(seg["frame"], dtype=np.uint64)[order]
+    out["first_frame"] = frame[starts]
+    out["last_frame"] = frame[offsets[1:] - 1]
+    return out
+
+
+def _history(g, fo, flags, plen, n_conns):
+    """Zeek-like history strings, built as a byte matrix (no per-row Python)."""
+    is_syn = (flags & SYN) != 0
+    has_ack = (flags & ACK) != 0
+    is_fin = (flags & FIN) != 0
+    is_rst = (flags & RST) != 0
+    events = (is_syn & ~has_ack, is_syn & has_ack, is_fin, is_rst,
+              has_ack & ~is_syn & ~is_fin & ~is_rst & (plen == 0), plen > 0)
+    big = np.iinfo(np.int64).max
+    first = np.empty((n_conns, 2 * len(events)), dtype=np.int64)
+    for side, side_mask in enumerate((fo, ~fo)):
+        for k, e in enumerate(events):
+            p = first_in_group(g, e & side_mask, n_conns)
+            first[:, side * len(events) + k] = np.where(p >= 0, p, big)
+    # Ties (one segment, several letters) keep the column order S H F R A D,
+    # and the originator's letters cannot tie with the responder's.
+    rank = np.argsort(first, axis=1, kind="stable")
+    letters = _HISTORY_LETTERS[rank]
+    letters[np.take_along_axis(first, rank, axis=1) == big] = 0  # absent: trailing NULs
+    return np.ascontiguousarray(letters).view(f"S{letters.shape[1]}").ravel().astype(str)
+
+
+def _empty_flows():
+    e = np.zeros(0)
+    return {"conn_id": np.zeros(0, np.uint64), "ts_start": np.zeros(0, np.int64),
+            "ts_end": np.zeros(0, np.int64), "duration": e,
+            "orig_addr": np.zeros((0, 16), np.uint8), "resp_addr": np.zeros((0, 16), np.uint8),
+            "orig_p": np.zeros(0, np.uint16), "resp_p": np.zeros(0, np.uint16),
+            "ip_version": np.zeros(0, np.uint8), "vlan": _masked(np.zeros(0, np.int32), np.zeros(0, bool)),
+            **{k: np.zeros(0, np.uint64) for k in ("orig_pkts", "resp_pkts", "orig_payload_bytes",
+                                                   "resp_payload_bytes", "orig_ip_bytes", "resp_ip_bytes")},
+            "handshake": np.zeros(0, "<U1"),
+            **{k: _masked(np.zeros(0, np.int64), np.zeros(0, bool))
+               for k in ("syn_ts", "synack_ts", "handshake_ack_ts", "fin1_ts", "fin2_ts", "rst_ts")},
+            "orig_isn": _masked(np.zeros(0, np.uint32), np.zeros(0, bool)),
+            "resp_isn": _masked(np.zeros(0, np.uint32), np.zeros(0, bool)),
+            "syn_count": np.zeros(0, np.uint32), "synack_count": np.zeros(0, np.uint32),
+            "rtt_syn_synack": _masked(e, np.zeros(0, bool)), "rtt_synack_ack": _masked(e, np.zeros(0, bool)),
+            **{f"{s}_mss": _masked(np.zeros(0, np.uint16), np.zeros(0, bool)) for s in ("orig", "resp")},
+            **{f"{s}_wscale": _masked(np.zeros(0, np.int16), np.zeros(0, bool)) for s in ("orig", "resp")},
+            "orig_sack_ok": np.zeros(0, bool), "resp_sack_ok": np.zeros(0, bool),
+            "close": np.zeros(0, "<U1"),
+            "close_initiator": _masked(np.zeros(0, "<U4"), np.zeros(0, bool)),
+            "rst_by": _masked(np.zeros(0, "<U4"), np.zeros(0, bool)),
+            "teardown_segments": _masked(np.zeros(0, np.uint8), np.zeros(0, bool)),
+            "conn_state": np.zeros(0, "<U1"), "history": np.zeros(0, "<U1"),
+            "first_frame": np.zeros(0, np.uint64), "last_frame": np.zeros(0, np.uint64)}
+
+
+def summary_counts(flows: dict) -> dict:
+    """Connection counts by handshake and by close outcome (CLI summary)."""
+    def counts(values, names):
+        values = np.asarray(values)
+        return {name: int(np.count_nonzero(values == name)) for name in names}
+    return {"connections": int(np.asarray(flows["conn_id"]).size),
+            "handshake": counts(flows["handshake"], HANDSHAKE_VALUES),
+            "close": counts(flows["close"], CLOSE_VALUES)}
+
+
+def analyse(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS):
+    """Run connections, tagging and summary: returns (segment columns, flows).
+
+    Segment columns are in the input (frame) order: conn_id, from_orig and the
+    tagging columns (``tag`` as uint8 codes, names in tagging.TAG_NAMES)."""
+    conn = assign_connections(seg, idle_timeout_ns)
+    tags = tag_segments(seg, conn)
+    segments = {"conn_id": conn["conn_id"], "from_orig": conn["from_orig"]}
+    segments.update({k: tags[k] for k in SEGMENT_COLUMNS})
+    return segments, summarize(seg, conn, tags)

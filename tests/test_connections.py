@@ -1,0 +1,516 @@
+"""Connection stage: flows.assign_connections, tagging.tag_segments, summary.summarize.
+
+Segments are built directly as packet-column dicts (docs/design.md), no decoder needed.
+"""
+
+import calendar
+import ipaddress
+
+import numpy as np
+import pytest
+
+from fastflow.flows import assign_connections
+from fastflow.summary import analyse, summary_counts
+from fastflow.tagging import TAG_NAMES, tag_names
+
+FLAG_BITS = {"F": 0x1, "S": 0x2, "R": 0x4, "P": 0x8, ".": 0x10, "U": 0x20, "E": 0x40, "W": 0x80}
+
+C, CP = "166.111.1.2", 57245
+S, SP = "192.30.252.153", 80
+DAY = calendar.timegm((2014, 6, 15, 0, 0, 0))
+
+
+def addr16(text):
+    ip = ipaddress.ip_address(text)
+    if ip.version == 4:
+        ip = ipaddress.IPv6Address("::ffff:" + text)
+    return np.frombuffer(ip.packed, dtype=np.uint8)
+
+
+def clock(hms, day=DAY):
+    """'16:17:58.813323' -> int64 ns on the test day."""
+    h, m, s = hms.split(":")
+    sec, _, frac = s.partition(".")
+    return (day + int(h) * 3600 + int(m) * 60 + int(sec)) * 10**9 + int((frac + "000000000")[:9])
+
+
+def make_segments(rows, client=(C, CP), server=(S, SP), vlan=-1):
+    """rows: (time, '>' client->server or '<' server->client, tcpdump flags, seq, ack,
+    window, payload_len[, dict of overrides: mss wscale sack_ok vlan client server]).
+
+    time is an 'HH:MM:SS.ffffff' string or int ns."""
+    cols = {k: [] for k in ("frame", "ts", "vlan", "ip_version", "src", "dst", "sport", "dport",
+                            "seq", "ack", "tcp_flags", "window", "payload_len", "ip_len",
+                            "mss", "wscale", "sack_ok", "pflags")}
+    for i, row in enumerate(rows):
+        t, direction, flags, seq, ack, win, plen = row[:7]
+        extra = row[7] if len(row) > 7 else {}
+        cl, sv = extra.get("client", client), extra.get("server", server)
+        (sa, sp), (da, dp) = (cl, sv) if direction == ">" else (sv, cl)
+        bits = sum(FLAG_BITS[f] for f in flags)
+        v6 = ipaddress.ip_address(sa).version == 6
+        cols["frame"].append(i + 1)
+        cols["ts"].append(clock(t) if isinstance(t, str) else t)
+        cols["vlan"].append(extra.get("vlan", vlan))
+        cols["ip_version"].append(6 if v6 else 4)
+        cols["src"].append(addr16(sa))
+        cols["dst"].append(addr16(da))
+        cols["sport"].append(sp)
+        cols["dport"].append(dp)
+        cols["seq"].append(seq)
+        cols["ack"].append(0 if ack is None else ack)
+        cols["tcp_flags"].append(bits)
+        cols["window"].append(win)
+        cols["payload_len"].append(plen)
+        cols["ip_len"].append(plen + (60 if v6 else 40))
+        cols["mss"].append(extra.get("mss", 0))
+        cols["wscale"].append(extra.get("wscale", -1))
+        cols["sack_ok"].append(extra.get("sack_ok", 0))
+        cols["pflags"].append(0)
+    dtypes = {"frame": np.uint64, "ts": np.int64, "vlan": np.int32, "ip_version": np.uint8,
+              "sport": np.uint16, "dport": np.uint16, "seq": np.uint32, "ack": np.uint32,
+              "tcp_flags": np.uint16, "window": np.uint16, "payload_len": np.uint32,
+              "ip_len": np.uint32, "mss": np.uint16, "wscale": np.int16, "sack_ok": np.uint8,
+              "pflags": np.uint8}
+    seg = {k: np.array(v, dtype=dtypes[k]) for k, v in cols.items() if k in dtypes}
+    seg["src"] = np.array(cols["src"], dtype=np.uint8).reshape(-1, 16)
+    seg["dst"] = np.array(cols["dst"], dtype=np.uint8).reshape(-1, 16)
+    return seg
+
+
+def concat(*segs):
+    out = {k: np.concatenate([s[k] for s in segs]) for k in segs[0]}
+    out["frame"] = np.arange(1, out["ts"].size + 1, dtype=np.uint64)
+    return out
+
+
+SEED_ROWS = [
+    ("16:17:58.813323", ">", "S", 1337949936, None, 65535, 0, {"mss": 1460, "wscale": 8, "sack_ok": 1}),
+    ("16:17:59.103384", "<", "S.", 3859825850, 1337949937, 14360, 0, {"mss": 1436, "wscale": 10, "sack_ok": 1}),
+    ("16:17:59.103465", ">", ".", 1337949937, 3859825851, 1024, 0),
+    ("16:17:59.103634", ">", "P.", 1337949937, 3859825851, 1024, 361),
+    ("16:17:59.393901", "<", "P.", 3859825851, 1337950298, 16, 223),
+    ("16:17:59.444259", ">", ".", 1337950298, 3859826074, 1023, 0),
+    ("16:18:09.393241", "<", "F.", 3859826074, 1337950298, 16, 0),
+    ("16:18:09.393290", ">", ".", 1337950298, 3859826075, 1023, 0),
+    ("16:18:32.768012", ">", "F.", 1337950298, 3859826075, 1023, 0),
+    ("16:18:33.057948", "<", ".", 3859826075, 1337950299, 16, 0),
+]
+
+
+def run(rows_or_seg, **kw):
+    seg = rows_or_seg if isinstance(rows_or_seg, dict) else make_segments(rows_or_seg)
+    segs, flows = analyse(seg, **kw)
+    return seg, segs, flows
+
+
+def row(flows, i=0):
+    """One flow as a plain dict; masked values become None."""
+    out = {}
+    for k, v in flows.items():
+        x = v[i]
+        out[k] = None if x is np.ma.masked else x
+    return out
+
+
+def ip_text(a16):
+    return str(ipaddress.IPv6Address(bytes(np.asarray(a16, dtype=np.uint8))).ipv4_mapped
+               or ipaddress.IPv6Address(bytes(np.asarray(a16, dtype=np.uint8))))
+
+
+# --- the seed example ---------------------------------------------------------------
+
+def test_seed_segments():
+    seg, segs, flows = run(SEED_ROWS)
+    assert segs["conn_id"].tolist() == [0] * 10
+    assert segs["conn_id"].dtype == np.uint64
+    assert segs["from_orig"].tolist() == [True, False, True, True, False, True, False, True, True, False]
+    assert segs["handshake_step"].tolist() == [1, 2, 3, -1, -1, -1, -1, -1, -1, -1]
+    assert segs["teardown_step"].tolist() == [-1, -1, -1, -1, -1, -1, 1, 2, 3, 4]
+    assert tag_names(segs["tag"]).tolist() == [
+        "syn", "syn_ack", "handshake_ack", "data", "data", "ack", "fin", "fin_ack", "fin", "fin_ack"]
+    assert segs["rel_seq"].tolist() == [0, 0, 1, 1, 1, 362, 224, 362, 362, 225]
+    assert segs["rel_ack"].tolist() == [-1, 1, 1, 1, 362, 224, 362, 225, 225, 363]
+    assert segs["acks_fin"].tolist() == [False] * 7 + [True, False, True]
+
+
+def test_seed_flow():
+    seg, segs, flows = run(SEED_ROWS)
+    assert flows["conn_id"].tolist() == [0]
+    f = row(flows)
+    assert ip_text(f["orig_addr"]) == C and ip_text(f["resp_addr"]) == S
+    assert (f["orig_p"], f["resp_p"], f["ip_version"], f["vlan"]) == (CP, SP, 4, None)
+    assert f["ts_start"] == clock("16:17:58.813323") and f["ts_end"] == clock("16:18:33.057948")
+    assert f["duration"] == pytest.approx(34.244625)
+    assert (f["orig_pkts"], f["resp_pkts"]) == (6, 4)
+    assert (f["orig_payload_bytes"], f["resp_payload_bytes"]) == (361, 223)
+    assert (f["orig_ip_bytes"], f["resp_ip_bytes"]) == (361 + 6 * 40, 223 + 4 * 40)
+    assert f["handshake"] == "complete"
+    assert f["syn_ts"] == clock("16:17:58.813323")
+    assert f["synack_ts"] == clock("16:17:59.103384")
+    assert f["handshake_ack_ts"] == clock("16:17:59.103465")
+    assert (f["orig_isn"], f["resp_isn"]) == (1337949936, 3859825850)
+    assert (f["syn_count"], f["synack_count"]) == (1, 1)
+    assert f["rtt_syn_synack"] == pytest.approx(0.290061)
+    assert f["rtt_synack_ack"] == pytest.approx(0.000081)
+    assert (f["orig_mss"], f["resp_mss"], f["orig_wscale"], f["resp_wscale"]) == (1460, 1436, 8, 10)
+    assert f["orig_sack_ok"] and f["resp_sack_ok"]
+    assert f["close"] == "fin" and f["close_initiator"] == "resp" and f["rst_by"] is None
+    assert f["fin1_ts"] == clock("16:18:09.393241") and f["fin2_ts"] == clock("16:18:32.768012")
+    assert f["rst_ts"] is None
+    assert f["teardown_segments"] == 4
+    assert f["conn_state"] == "SF"
+    # Our first-version letters, in order of first occurrence:
+    #   1 C SYN 'S'; 2 S SYN-ACK 'h'; 3 C pure ACK 'A'; 4 C data 'D'; 5 S data 'd'
+    #   (a data segment is not a pure ACK, so no 'a' yet); 6 C ACK (A already);
+    #   7 S FIN 'f' (the server closes first); 8 C ACK; 9 C FIN 'F'; 10 S pure ACK 'a'.
+    # (Zeek itself writes 'a' for any ACK-flagged segment without SYN/FIN/RST, which
+    # would give "ShADadfF"; the exact Zeek rules are a later task.)
+    assert f["history"] == "ShADdfFa"
+    assert (f["first_frame"], f["last_frame"]) == (1, 10)
+
+
+def test_seed_frame_order_independent_of_other_traffic():
+    other = make_segments([(clock("16:17:58.9"), ">", "S", 5, None, 100, 0)], client=("10.0.0.1", 4000))
+    seed = make_segments(SEED_ROWS)
+    # interleave: other connection's SYN after the seed's first segment
+    seg = {k: np.concatenate([seed[k][:1], other[k], seed[k][1:]]) for k in seed}
+    seg["frame"] = np.arange(1, 12, dtype=np.uint64)
+    _, segs, flows = run(seg)
+    assert segs["conn_id"].tolist() == [0, 1] + [0] * 9
+    assert flows["conn_state"].tolist() == ["SF", "S0"]
+    assert flows["first_frame"].tolist() == [1, 2]
+    assert flows["last_frame"].tolist() == [11, 2]
+
+
+# --- closes ----------------------------------------------------------------------------
+
+HANDSHAKE = [
+    (1_000_000_000, ">", "S", 100, None, 1000, 0),
+    (1_010_000_000, "<", "S.", 500, 101, 1000, 0),
+    (1_020_000_000, ">", ".", 101, 501, 1000, 0),
+]
+
+
+def test_simultaneous_close():
+    rows = HANDSHAKE + [
+        (2_000_000_000, ">", "F.", 101, 501, 1000, 0),
+        (2_000_000_100, "<", "F.", 501, 101, 1000, 0),   # crosses: does not ack the client FIN
+        (2_010_000_000, "<", ".", 502, 102, 1000, 0),
+        (2_010_000_100, ">", ".", 102, 502, 1000, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["teardown_step"].tolist() == [-1, -1, -1, 1, 3, 2, 4]
+    assert tag_names(segs["tag"]).tolist()[3:] == ["fin", "fin", "fin_ack", "fin_ack"]
+    f = row(flows)
+    assert f["close"] == "simultaneous_fin" and f["close_initiator"] == "orig"
+    assert f["teardown_segments"] == 4 and f["conn_state"] == "SF"
+    assert f["history"] == "ShAFfa"  # the responder's final pure ACK adds 'a'
+
+
+def test_fin_on_data_and_three_way_close():
+    rows = HANDSHAKE + [
+        (2_000_000_000, ">", "FP.", 101, 501, 1000, 10),      # FIN riding on 10 data bytes
+        (2_000_000_100, "<", "F.", 501, 112, 1000, 0),        # acks 101+10+1 and closes
+        (2_010_000_000, ">", ".", 112, 502, 1000, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["teardown_step"].tolist() == [-1, -1, -1, 1, 3, 4]
+    assert tag_names(segs["tag"]).tolist()[3:] == ["fin", "fin+fin_ack", "fin_ack"]
+    assert segs["acks_fin"].tolist() == [False] * 4 + [True, True]
+    f = row(flows)
+    assert f["close"] == "fin" and f["close_initiator"] == "orig" and f["teardown_segments"] == 3
+    assert (f["orig_payload_bytes"], f["resp_payload_bytes"]) == (10, 0)
+    assert f["conn_state"] == "SF"
+    assert f["history"] == "ShAFDf"
+
+
+def test_fin_ack_that_does_not_cover_data_is_not_step2():
+    rows = HANDSHAKE + [
+        (2_000_000_000, ">", "FP.", 101, 501, 1000, 10),
+        (2_000_000_100, "<", ".", 501, 111, 1000, 0),   # acks the data, not the FIN
+        (2_000_000_200, "<", ".", 501, 112, 1000, 0),   # acks the FIN: step 2
+    ]
+    _, segs, flows = run(rows)
+    assert segs["teardown_step"].tolist() == [-1, -1, -1, 1, -1, 2]
+    f = row(flows)
+    assert f["close"] == "half_closed" and f["teardown_segments"] is None
+    assert f["conn_state"] == "S2" and f["fin2_ts"] is None
+
+
+def test_half_closed_by_responder_is_S3():
+    rows = HANDSHAKE + [(2_000_000_000, "<", "F.", 501, 101, 1000, 0)]
+    _, _, flows = run(rows)
+    f = row(flows)
+    assert (f["close"], f["close_initiator"], f["conn_state"]) == ("half_closed", "resp", "S3")
+
+
+def test_rst_refusal():
+    rows = [
+        (1_000_000_000, ">", "S", 100, None, 1000, 0),
+        (1_000_100_000, "<", "R.", 0, 101, 0, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert tag_names(segs["tag"]).tolist() == ["syn", "rst"]
+    assert segs["rel_ack"].tolist() == [-1, 1]
+    f = row(flows)
+    assert f["handshake"] == "refused" and f["close"] == "refused"
+    assert f["conn_state"] == "REJ" and f["rst_by"] == "resp" and f["close_initiator"] == "resp"
+    assert f["rst_ts"] == 1_000_100_000 and f["history"] == "Sr"
+    assert f["synack_ts"] is None and f["rtt_syn_synack"] is None and f["resp_isn"] is None
+
+
+@pytest.mark.parametrize("direction,state,by", [(">", "RSTO", "orig"), ("<", "RSTR", "resp")])
+def test_rst_mid_connection(direction, state, by):
+    rows = HANDSHAKE + [
+        (1_100_000_000, ">", "P.", 101, 501, 1000, 5),
+        (1_200_000_000, direction, "R.", 106 if direction == ">" else 501, 501 if direction == ">" else 106, 0, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert tag_names(segs["tag"]).tolist()[-1] == "rst"
+    f = row(flows)
+    assert (f["handshake"], f["close"], f["conn_state"]) == ("complete", "rst", state)
+    assert f["rst_by"] == by and f["close_initiator"] == by
+    assert f["teardown_segments"] is None
+
+
+def test_rst_after_both_fins_stays_sf():
+    rows = SEED_ROWS[:9] + [("16:18:33.057948", "<", "R", 3859826075, None, 0, 0)]
+    _, segs, flows = run(rows)
+    f = row(flows)
+    assert (f["close"], f["conn_state"], f["rst_by"], f["close_initiator"]) == ("fin", "SF", "resp", "resp")
+    assert f["teardown_segments"] is None  # step 4 never came, a RST did
+    assert f["history"] == "ShADdfFr"
+
+
+def test_syn_only_s0():
+    _, segs, flows = run([(1_000_000_000, ">", "S", 7, None, 1000, 0)])
+    f = row(flows)
+    assert (f["handshake"], f["close"], f["conn_state"], f["history"]) == ("syn_only", "none", "S0", "S")
+    assert f["close_initiator"] is None and f["rst_by"] is None and f["syn_count"] == 1
+
+
+def test_syn_synack_is_s1():
+    _, segs, flows = run(HANDSHAKE[:2])
+    assert segs["handshake_step"].tolist() == [1, 2]
+    f = row(flows)
+    assert (f["handshake"], f["close"], f["conn_state"], f["history"]) == ("syn_synack", "none", "S1", "Sh")
+    assert f["rtt_syn_synack"] == pytest.approx(0.01) and f["rtt_synack_ack"] is None
+
+
+def test_syn_then_rst_by_originator_is_rstos0():
+    rows = [(1_000_000_000, ">", "S", 7, None, 1000, 0), (1_100_000_000, ">", "R", 8, None, 0, 0)]
+    f = row(run(rows)[2])
+    assert (f["conn_state"], f["handshake"], f["close"]) == ("RSTOS0", "syn_only", "rst")
+
+
+def test_missing_syn_partial_oth_originator_from_port():
+    # capture starts midstream; the first segment seen comes from the server (port 80)
+    rows = [
+        (1_000_000_000, "<", "P.", 9000, 2000, 1000, 100),
+        (1_000_100_000, ">", ".", 2000, 9100, 1000, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["from_orig"].tolist() == [False, True]
+    assert segs["rel_seq"].tolist() == [-1, -1] and segs["rel_ack"].tolist() == [-1, -1]
+    assert segs["handshake_step"].tolist() == [-1, -1]
+    f = row(flows)
+    assert ip_text(f["orig_addr"]) == C and (f["orig_p"], f["resp_p"]) == (CP, SP)
+    assert (f["handshake"], f["conn_state"], f["close"]) == ("partial", "OTH", "none")
+    assert f["orig_isn"] is None and f["syn_ts"] is None and f["history"] == "dA"
+
+
+def test_missing_syn_server_port_list_and_fallback():
+    proxy = make_segments([(1, "<", "P.", 1, 1, 1, 10)], client=("10.0.0.2", 40000), server=("10.0.0.1", 3128))
+    both_high = make_segments([(2, "<", "P.", 1, 1, 1, 10)], client=("10.0.0.3", 40000), server=("10.0.0.4", 41000))
+    _, segs, flows = run(concat(proxy, both_high))
+    assert flows["resp_p"].tolist() == [3128, 40000]  # no port evidence: first sender is orig
+    assert segs["from_orig"].tolist() == [False, True]
+
+
+def test_synack_without_syn_orients_and_is_rstrh_or_shr():
+    rows = [(1_000_000_000, "<", "S.", 500, 101, 1000, 0), (1_000_100_000, ">", ".", 101, 501, 1000, 0),
+            (1_000_200_000, "<", "R", 501, None, 0, 0)]
+    _, segs, flows = run(rows)
+    assert segs["from_orig"].tolist() == [False, True, False]
+    assert segs["rel_seq"].tolist() == [0, -1, 1]  # responder ISN seen, originator's not
+    f = row(flows)
+    assert (f["handshake"], f["conn_state"], f["resp_isn"], f["orig_isn"]) == ("partial", "RSTRH", 500, None)
+    rows[2] = (1_000_200_000, "<", "F.", 501, 101, 1000, 0)
+    assert row(run(rows)[2])["conn_state"] == "SHR"
+
+
+def test_retransmitted_syn_same_isn():
+    rows = [
+        (1_000_000_000, ">", "S", 100, None, 1000, 0),
+        (2_000_000_000, ">", "S", 100, None, 1000, 0),
+        (4_000_000_000, ">", "S", 100, None, 1000, 0),
+        (4_050_000_000, "<", "S.", 500, 101, 1000, 0),
+        (4_060_000_000, "<", "S.", 500, 101, 1000, 0),
+        (4_100_000_000, ">", ".", 101, 501, 1000, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["conn_id"].tolist() == [0] * 6
+    assert segs["handshake_step"].tolist() == [1, -1, -1, 2, -1, 3]
+    assert tag_names(segs["tag"]).tolist() == [
+        "syn", "syn_retransmit", "syn_retransmit", "syn_ack", "syn_ack_retransmit", "handshake_ack"]
+    f = row(flows)
+    assert (f["syn_count"], f["synack_count"], f["handshake"]) == (3, 2, "complete")
+    assert f["syn_ts"] == 1_000_000_000
+    assert f["rtt_syn_synack"] == pytest.approx(0.05)       # from the LAST SYN
+    assert f["rtt_synack_ack"] == pytest.approx(0.04)       # from the last SYN-ACK
+    assert f["history"] == "ShA"
+
+
+def test_port_reuse_new_isn_is_new_connection():
+    rows = HANDSHAKE + [
+        (3_000_000_000, ">", "S", 99999, None, 1000, 0),     # different ISN, no close
+        (3_010_000_000, "<", "S.", 7000, 100000, 1000, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["conn_id"].tolist() == [0, 0, 0, 1, 1]
+    assert flows["conn_state"].tolist() == ["S1", "S1"]
+    assert flows["orig_isn"].tolist() == [100, 99999]
+
+
+def test_port_reuse_after_close_even_with_same_isn():
+    closed = HANDSHAKE + [
+        (2_000_000_000, ">", "F.", 101, 501, 1000, 0),
+        (2_000_000_100, "<", "F.", 501, 102, 1000, 0),
+        (2_010_000_000, ">", ".", 102, 502, 1000, 0),
+    ]
+    reopened = [(3_000_000_000, ">", "S", 100, None, 1000, 0), (3_010_000_000, "<", "S.", 900, 101, 1000, 0)]
+    _, segs, flows = run(closed + reopened)
+    assert segs["conn_id"].tolist() == [0] * 6 + [1, 1]
+    assert flows["conn_state"].tolist() == ["SF", "S1"]
+    assert flows["resp_isn"].tolist() == [500, 900]
+    # after a RST too
+    reset = HANDSHAKE + [(2_000_000_000, "<", "R.", 501, 101, 0, 0)]
+    _, segs, flows = run(reset + reopened)
+    assert segs["conn_id"].tolist() == [0] * 4 + [1, 1]
+    assert flows["conn_state"].tolist() == ["RSTR", "S1"]
+
+
+def test_same_isn_syn_after_one_fin_only_stays():
+    # one FIN is not a close: a same-ISN SYN does not open a new connection
+    rows = HANDSHAKE + [(2_000_000_000, ">", "F.", 101, 501, 1000, 0),
+                        (3_000_000_000, ">", "S", 100, None, 1000, 0)]
+    _, segs, _ = run(rows)
+    assert segs["conn_id"].tolist() == [0] * 5
+
+
+def test_same_isn_syns_with_close_split_sequentially():
+    # SYN x; FIN (client); SYN x (retransmit-like, not closed: same conn); FIN (server)
+    # closes it; SYN x again -> new connection.  Exercises the ambiguous-SYN pass.
+    rows = [
+        (1_000_000_000, ">", "S", 100, None, 1000, 0),
+        (1_100_000_000, ">", "F", 101, None, 1000, 0),
+        (1_200_000_000, ">", "S", 100, None, 1000, 0),
+        (1_300_000_000, "<", "F.", 1, 102, 1000, 0),
+        (1_400_000_000, ">", "S", 100, None, 1000, 0),
+        (1_500_000_000, ">", "S", 100, None, 1000, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["conn_id"].tolist() == [0, 0, 0, 0, 1, 1]
+    assert flows["syn_count"].tolist() == [2, 2]
+
+
+def test_idle_timeout_split():
+    t = 1_000_000_000
+    rows = HANDSHAKE + [
+        (t + 100 * 10**9, ">", "P.", 101, 501, 1000, 10),
+        (t + 401 * 10**9, ">", "P.", 111, 501, 1000, 10),   # 301 s of silence
+        (t + 402 * 10**9, "<", ".", 501, 121, 1000, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["conn_id"].tolist() == [0, 0, 0, 0, 1, 1]
+    assert flows["conn_state"].tolist() == ["S1", "OTH"]
+    assert flows["handshake"].tolist() == ["complete", "partial"]
+    assert flows["orig_p"].tolist() == [CP, CP]           # port 80 is the server again
+    _, segs, _ = run(rows, idle_timeout_ns=400 * 10**9)
+    assert segs["conn_id"].tolist() == [0] * 6
+
+
+def test_idle_gap_uses_latest_timestamp_despite_clock_step_back():
+    rows = [
+        (1_000 * 10**9, ">", "S", 100, None, 1000, 0),
+        (1_200 * 10**9, "<", "S.", 500, 101, 1000, 0),
+        (100 * 10**9, ">", ".", 101, 501, 1000, 0),   # clock stepped back: not silence
+        (1_250 * 10**9, ">", "P.", 101, 501, 1000, 1),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["conn_id"].tolist() == [0, 0, 0, 0]
+    assert flows["ts_start"].tolist() == [100 * 10**9] and flows["ts_end"].tolist() == [1_250 * 10**9]
+
+
+def test_vlan_separation():
+    a = make_segments(HANDSHAKE, vlan=10)
+    b = make_segments(HANDSHAKE[:1], vlan=20)
+    seg = concat(a, b)
+    _, segs, flows = run(seg)
+    assert segs["conn_id"].tolist() == [0, 0, 0, 1]
+    assert flows["vlan"].tolist() == [10, 20]
+    assert flows["conn_state"].tolist() == ["S1", "S0"]
+
+
+def test_ipv6_and_ipv4_separation():
+    v6 = make_segments(HANDSHAKE, client=("2001:db8::1", CP), server=("2001:db8::2", SP))
+    v4 = make_segments(HANDSHAKE, client=("10.0.0.1", CP), server=("10.0.0.2", SP))
+    seg = concat(v6, v4)
+    _, segs, flows = run(seg)
+    assert segs["conn_id"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert flows["ip_version"].tolist() == [6, 4]
+    assert [ip_text(a) for a in flows["orig_addr"]] == ["2001:db8::1", "10.0.0.1"]
+    assert (flows["orig_ip_bytes"] == [2 * 60, 2 * 40]).all()
+    assert flows["handshake"].tolist() == ["complete", "complete"]
+
+
+def test_relative_numbers_wrap_modulo_2_32():
+    isn_c, isn_s = 0xFFFFFFF0, 0xFFFFFFFF
+    rows = [
+        (1, ">", "S", isn_c, None, 1000, 0),
+        (2, "<", "S.", isn_s, (isn_c + 1) % 2**32, 1000, 0),
+        (3, ">", ".", (isn_c + 1) % 2**32, 0, 1000, 0),
+        (4, ">", "P.", (isn_c + 1) % 2**32, 0, 1000, 100),
+        (5, "<", ".", 0, (isn_c + 101) % 2**32, 1000, 0),
+        (6, "<", "F.", 0, (isn_c + 101) % 2**32, 1000, 0),
+        (7, ">", "F.", (isn_c + 101) % 2**32, 1, 1000, 0),   # acks the FIN across the wrap: fin+fin_ack
+        (8, "<", ".", 1, (isn_c + 102) % 2**32, 1000, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["handshake_step"].tolist() == [1, 2, 3, -1, -1, -1, -1, -1]
+    assert segs["rel_seq"].tolist() == [0, 0, 1, 1, 1, 1, 101, 2]
+    assert segs["rel_ack"].tolist() == [-1, 1, 1, 1, 101, 101, 2, 102]
+    assert segs["teardown_step"].tolist() == [-1] * 5 + [1, 3, 4]
+    assert row(flows)["teardown_segments"] == 3
+
+
+def test_conn_ids_dense_in_first_segment_order():
+    # three pairs whose canonical keys sort differently from their arrival order
+    a = make_segments([(1, ">", "S", 1, None, 1, 0)], client=("10.0.0.9", 5000))
+    b = make_segments([(2, ">", "S", 1, None, 1, 0)], client=("10.0.0.1", 5000))
+    c = make_segments([(3, ">", "S", 1, None, 1, 0)], client=("10.0.0.5", 5000))
+    seg = concat(a, b, c, a, b)
+    conn = assign_connections(seg)
+    assert conn["conn_id"].tolist() == [0, 1, 2, 0, 1]
+    assert conn["n_conns"] == 3
+    assert conn["offsets"].tolist() == [0, 2, 4, 5]
+    assert conn["order"].tolist() == [0, 3, 1, 4, 2]
+
+
+def test_summary_counts_and_empty_input():
+    seg = concat(make_segments(SEED_ROWS), make_segments([(1, ">", "S", 7, None, 1, 0)], client=("10.1.1.1", 1)))
+    _, _, flows = run(seg)
+    counts = summary_counts(flows)
+    assert counts["connections"] == 2
+    assert counts["handshake"]["complete"] == 1 and counts["handshake"]["syn_only"] == 1
+    assert counts["close"]["fin"] == 1 and counts["close"]["none"] == 1
+    empty = {k: v[:0] for k, v in make_segments(SEED_ROWS).items()}
+    segs, flows = analyse(empty)
+    assert segs["conn_id"].size == 0 and flows["conn_id"].size == 0
+    assert summary_counts(flows)["connections"] == 0
+
+
+def test_tag_table():
+    assert TAG_NAMES == ("syn", "syn_ack", "handshake_ack", "syn_retransmit", "syn_ack_retransmit",
+                         "fin", "fin_ack", "fin+fin_ack", "rst", "data", "ack")
