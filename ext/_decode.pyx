@@ -164,6 +164,10 @@ cdef inline void decode_ipv4(const uint8_t *p, uint32_t avail, uint32_t wire_ava
         return
     if frag & 0x2000:
         c.pflags[i] |= PF_FIRST_FRAGMENT
+    if total > wire_avail:
+        # the header claims more than was on the wire: lengths come from what was there (as Wireshark)
+        c.pflags[i] |= PF_IP_LEN_EXCEEDS_WIRE
+        total = wire_avail if wire_avail > ihl else ihl
     decode_l4(p + ihl, avail - ihl, <int64_t>total - ihl, p[9], False, c, i)
     if (frag & 0x2000) and c.status[i] != ST_TCP and c.status[i] != ST_UDP \
             and c.status[i] != ST_ICMP and c.status[i] != ST_OTHER_IP:
@@ -228,6 +232,9 @@ cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_ava
         nh = p[off]
         off += hlen
     c.ip_len[i] = 40 + plen
+    if 40 + plen > wire_avail:
+        c.pflags[i] |= PF_IP_LEN_EXCEEDS_WIRE
+        plen = wire_avail - 40
     l4len = <int64_t>plen + 40 - off
     if l4len < 0:
         c.ip_proto[i] = nh
@@ -284,6 +291,9 @@ cdef inline void decode_ethertype(const uint8_t *p, uint32_t caplen, uint32_t wi
                 c.status[i] = ST_TRUNCATED
                 return
             etype = be16(p + off + 6)
+            # the PPPoE length bounds the PPP frame: bytes past it are padding, not IP
+            if wirelen > off + 6 + be16(p + off + 4):
+                wirelen = off + 6 + be16(p + off + 4)
             off += 8
             if etype == 0x0021:
                 etype = ETHERTYPE_IPV4

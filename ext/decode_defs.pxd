@@ -70,6 +70,7 @@ cdef enum:
     PF_OPTS_TRUNCATED = 2
     PF_HAS_TS = 4
     PF_IPV4_OPTIONS = 8
+    PF_IP_LEN_EXCEEDS_WIRE = 16
 
 # What feed() stopped on (mirrored by fastflow.decode.Stop).
 cdef enum:

@@ -34,6 +34,7 @@ class PFlag(enum.IntFlag):
     OPTS_TRUNCATED = 2
     HAS_TS = 4
     IPV4_OPTIONS = 8
+    IP_LEN_EXCEEDS_WIRE = 16
 
 
 class Stop(enum.IntEnum):
@@ -144,6 +145,7 @@ class CaptureReader:
                 self._check(dec.stop)
         except StreamDamage as exc:
             self.damage = Damage("stream_damaged", dec.consumed, str(exc))
+        data = None  # drop the last view into the input so the source can unmap it
         if dec.n:
             yield dec.take()
         self._check_linktypes()
