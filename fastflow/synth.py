@@ -213,20 +213,21 @@ def ipv4_option_record_route(slots: int = 2) -> bytes:
     return struct.pack("!BBB", 7, 3 + 4 * slots, 4) + b"\0" * (4 * slots)
 
 
-def fragment_ipv4(packet: bytes, first_payload_bytes: int) -> list[bytes]:
-    """Split an IPv4 packet into fragments carrying at most ``first_payload_bytes`` each
-    (rounded down to a multiple of 8). Options are copied into every fragment for simplicity."""
+def fragment_ipv4(packet: bytes, fragment_payload: int, first_payload: int | None = None) -> list[bytes]:
+    """Split an IPv4 packet into fragments carrying ``fragment_payload`` bytes each (the first
+    one ``first_payload`` if given); sizes are rounded down to multiples of 8. Options are
+    copied into every fragment for simplicity."""
     ihl = (packet[0] & 0x0F) * 4
     header, payload = packet[:ihl], packet[ihl:]
     _, tos, _, ident, _, ttl, proto, _, src, dst = struct.unpack("!BBHHHBBH4s4s", header[:20])
     options = header[20:]
-    step = max(8, first_payload_bytes // 8 * 8)
+    step = max(8, fragment_payload // 8 * 8)
+    first = step if first_payload is None else max(8, first_payload // 8 * 8)
+    bounds = [0] + list(range(first, len(payload), step)) + [len(payload)]
     fragments = []
-    for start in range(0, len(payload), step):
-        chunk = payload[start : start + step]
-        more = start + step < len(payload)
-        fragments.append(ipv4_packet(src, dst, proto, chunk, ttl=ttl, ident=ident, dont_fragment=False,
-                                     more_fragments=more, fragment_offset=start, options=options, tos=tos))
+    for start, end in zip(bounds, bounds[1:]):
+        fragments.append(ipv4_packet(src, dst, proto, payload[start:end], ttl=ttl, ident=ident, dont_fragment=False,
+                                     more_fragments=end < len(payload), fragment_offset=start, options=options, tos=tos))
     return fragments
 
 
