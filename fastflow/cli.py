@@ -1,0 +1,166 @@
+"""Command line: parse arguments, call the library, map exceptions to exit codes. Nothing else.
+
+Exit codes: 0 ok; 1 finished, but the input was damaged (every readable packet was processed);
+2 usage error or unreadable input; 130 interrupted (SIGINT); 143 terminated (SIGTERM)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from . import __version__
+from .errors import FastflowError, UsageError
+
+EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, our prefix, exit 2 (argparse would print the usage block)
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _Terminated(BaseException):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fastflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("process", help="analyse the TCP connections of a capture into Parquet")
+    p.add_argument("capture", help="pcap or pcapng file, optionally gzip/zstd/xz/bz2 compressed; - for stdin")
+    p.add_argument("-o", "--output", required=True, help="flows Parquet file to write")
+    p.add_argument("--segments", metavar="PATH", help="also write one row per TCP segment to PATH")
+    p.add_argument("--filter", metavar="EXPR", help="libpcap filter expression, as tcpdump takes it")
+    p.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="silence after which a new connection starts on the same pair (default 300, as Zeek)")
+    p.add_argument("--compression", default="zstd",
+                   choices=("zstd", "snappy", "gzip", "brotli", "lz4", "none"), help="Parquet compression")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing unless something is wrong")
+    p.add_argument("--summary-json", metavar="PATH", help="also write the run's counts as JSON")
+
+    s = sub.add_parser("show", help="print a flows table, or one connection's segments")
+    s.add_argument("file", help="a flows or segments Parquet file written by fastflow")
+    s.add_argument("--conn", type=int, metavar="ID", help="list this connection's segments, tcpdump style")
+    s.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 for all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "process":
+            return _process(args)
+        from .show import show
+        show(args.file, conn=args.conn, limit=args.limit, out=sys.stdout)
+        return EXIT_OK
+    except FastflowError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted: no output written", file=sys.stderr)
+        return EXIT_SIGINT
+    except _Terminated:
+        print("Terminated: no output written", file=sys.stderr)
+        return EXIT_SIGTERM
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _process(args) -> int:
+    from .pipeline import process
+    from .write import check_output, write_tables
+
+    outputs = [args.output] + ([args.segments] if args.segments else [])
+    if args.segments and args.segments == args.output:
+        raise UsageError("--segments and -o name the same file")
+    for path in outputs:
+        check_output(path, args.overwrite, [args.capture])
+    if args.idle_timeout <= 0:
+        raise UsageError("--idle-timeout must be positive")
+    progress = _Progress(sys.stderr) if (not args.quiet and sys.stderr.isatty()) else None
+    result = process(args.capture, filter_expr=args.filter, idle_timeout_s=args.idle_timeout,
+                     want_segments=bool(args.segments), progress=progress)
+    if progress:
+        progress.done()
+    tables = [(args.output, result.flows)]
+    if args.segments:
+        tables.append((args.segments, result.segments))
+    started = time.perf_counter()
+    metadata = result.metadata()
+    if args.segments:
+        metadata[b"segments_file"] = json.dumps(os.path.relpath(
+            os.path.abspath(args.segments), os.path.dirname(os.path.abspath(args.output)))).encode()
+    write_tables(tables, compression=args.compression, metadata=metadata)
+    result.stats["seconds"]["write"] = time.perf_counter() - started
+    result.stats["seconds"]["total"] += result.stats["seconds"]["write"]
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(result.stats, f, indent=2, sort_keys=True)
+    if result.damage is not None:
+        print(f"Warning: {result.damage.describe(args.capture)}; the {result.stats['counts']['packets']} "
+              f"packets before it were processed", file=sys.stderr)
+    if not args.quiet:
+        print(_summary(result.stats, outputs), file=sys.stderr)
+    return EXIT_DAMAGED if result.damage is not None else EXIT_OK
+
+
+def _summary(stats: dict, outputs: list[str]) -> str:
+    c = stats["counts"]
+    secs = stats["seconds"]["total"]
+    skipped = {k: v for k, v in c["by_status"].items() if k != "tcp" and v}
+    lines = [
+        f"{stats['source']}: {c['packets']} packets ({c['format']}"
+        + (f", {c['compression']}" if c["compression"] else "") + f"), {c['tcp_segments']} TCP segments, "
+        f"{c['connections']} connections",
+        "  handshake: " + ", ".join(f"{k} {v}" for k, v in c["handshake"].items() if v) if c["connections"] else
+        "  handshake: -",
+        "  close:     " + ", ".join(f"{k} {v}" for k, v in c["close"].items() if v) if c["connections"] else
+        "  close:     -",
+        "  not TCP:   " + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none")
+        + (f"; filtered out {c['filtered']}" if c["filtered"] else ""),
+        f"  time:      {secs:.3f} s, {c['packets'] / secs if secs else 0:,.0f} packets/s",
+        "  wrote:     " + ", ".join(outputs),
+    ]
+    return "\n".join(lines)
+
+
+class _Progress:
+    """A one-line progress bar over input bytes, on a terminal only."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        if total:
+            width = 30
+            filled = int(width * min(done / total, 1.0))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done / total:6.1%} "
+                              f"{done / 1e6:,.0f} MB")
+        else:
+            self.stream.write(f"\r{done / 1e6:,.0f} MB read")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.last:
+            self.stream.write("\r" + " " * 60 + "\r")
+            self.stream.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Orchestration: source -> decoded batches -> TCP segments -> connections and tags -> tables.
+
+Decoded batches are reduced at once to the TCP rows and the columns the connection stage reads, so the
+per-packet columns of a batch are freed before the next one is decoded."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__
+from .decode import CaptureReader, Damage, Status, check_filter
+from .flows import DEFAULT_IDLE_TIMEOUT_NS
+from .schema import file_metadata, flows_table, segments_table
+from .source import Source
+from .summary import analyse, summary_counts
+
+# the decoder columns the connection stage and the segments table need
+SEGMENT_INPUT_COLUMNS = ("frame", "ts", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
+                         "tcp_flags", "window", "payload_len", "ip_len", "mss", "wscale", "sack_ok", "pflags")
+
+
+@dataclass
+class Result:
+    flows: pa.Table
+    segments: pa.Table | None
+    stats: dict = field(default_factory=dict)
+    damage: Damage | None = None
+
+    def metadata(self) -> dict[bytes, bytes]:
+        return file_metadata({"fastflow_version": __version__, "inputs": [self.stats["source"]],
+                              "counts": self.stats["counts"],
+                              "damage": self.stats["damage"]})
+
+
+def _concat(parts: list[dict]) -> dict:
+    if not parts:
+        empty = {}
+        for name in SEGMENT_INPUT_COLUMNS:
+            shape = (0, 16) if name in ("src", "dst") else (0,)
+            empty[name] = np.empty(shape, dtype=np.uint8)
+        return empty
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in SEGMENT_INPUT_COLUMNS}
+
+
+def process(path: str, *, filter_expr: str | None = None, idle_timeout_s: float | None = None,
+            want_segments: bool = False, batch_size: int = 1 << 18,
+            progress: Callable[[int, int | None], None] | None = None) -> Result:
+    """Decode one capture and analyse its TCP connections. Raises FastflowError subclasses."""
+    started = time.perf_counter()
+    if filter_expr:
+        check_filter(filter_expr)
+    idle_ns = DEFAULT_IDLE_TIMEOUT_NS if idle_timeout_s is None else int(idle_timeout_s * 1e9)
+    parts = []
+    with Source(path) as source:
+        reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size)
+        for batch in reader.batches():
+            tcp = batch["status"] == Status.TCP
+            parts.append({name: batch[name][tcp] for name in SEGMENT_INPUT_COLUMNS})
+            del batch
+            if progress is not None:
+                progress(source.raw_consumed, source.size)
+        decoded_at = time.perf_counter()
+        seg = _concat(parts)
+        del parts
+        segments, flows = analyse(seg, idle_ns)
+        analysed_at = time.perf_counter()
+        flows_tab = flows_table(flows, path)
+        segments_tab = segments_table(seg, segments) if want_segments else None
+        counts = {
+            "packets": int(reader.frames),
+            "filtered": int(reader.filtered),
+            "tcp_segments": int(len(seg["frame"])),
+            "by_status": reader.status_counts,
+            "format": reader.file_format,
+            "linktypes": reader.linktypes,
+            "compression": source.compression,
+            "input_bytes": source.raw_consumed if source.compression or path == "-" else (source.size or 0),
+        }
+        counts.update(summary_counts(flows))
+        damage = reader.damage
+    finished = time.perf_counter()
+    stats = {
+        "source": path,
+        "counts": counts,
+        "damage": None if damage is None else {"kind": damage.kind, "offset": damage.offset,
+                                               "message": damage.message},
+        "seconds": {"decode": decoded_at - started, "connections": analysed_at - decoded_at,
+                    "tables": finished - analysed_at, "total": finished - started},
+    }
+    return Result(flows_tab, segments_tab, stats, damage)
