@@ -514,3 +514,126 @@ def test_summary_counts_and_empty_input():
 def test_tag_table():
     assert TAG_NAMES == ("syn", "syn_ack", "handshake_ack", "syn_retransmit", "syn_ack_retransmit",
                          "fin", "fin_ack", "fin+fin_ack", "rst", "data", "ack")
+
+
+# --- property test against a per-segment reference of the connection rules --------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SERVER_LIKE = {80, 3128}
+
+
+def reference_connections(seg, idle_timeout_ns):
+    """Straightforward per-segment implementation of the rules in flows.py (test oracle)."""
+    n = seg["ts"].size
+    raw = np.zeros(n, dtype=np.int64)
+    state = {}
+    next_id = 0
+    for i in range(n):
+        src = (bytes(seg["src"][i]), int(seg["sport"][i]))
+        dst = (bytes(seg["dst"][i]), int(seg["dport"][i]))
+        key = (int(seg["vlan"][i]), min(src, dst), max(src, dst))
+        flags, ts = int(seg["tcp_flags"][i]), int(seg["ts"][i])
+        seq, ack = int(seg["seq"][i]), int(seg["ack"][i])
+        pure_syn, synack = (flags & 0x12) == 0x2, (flags & 0x12) == 0x12
+        st_ = state.get(key)
+        new = st_ is None or ts - st_["max_ts"] > idle_timeout_ns
+        if not new and pure_syn:
+            if st_["rst"] or len(st_["fin_from"]) == 2:
+                new = True
+            elif st_["isn"] is not None:
+                new = seq != st_["isn"]
+            elif st_["synack"] is not None and st_["synack"][1] != src:
+                new = seq != (st_["synack"][0] - 1) % 2**32
+            else:
+                new = True
+        if new:
+            max_ts = ts if st_ is None else max(ts, st_["max_ts"])
+            st_ = state[key] = {"id": next_id, "max_ts": max_ts, "rst": False, "fin_from": set(),
+                                "isn": None, "synack": None}
+            next_id += 1
+        st_["max_ts"] = max(st_["max_ts"], ts)
+        if flags & 0x4:
+            st_["rst"] = True
+        if flags & 0x1:
+            st_["fin_from"].add(src)
+        if pure_syn and st_["isn"] is None:
+            st_["isn"] = seq
+        if synack:
+            st_["synack"] = (ack, src)
+        raw[i] = st_["id"]
+    # originator per connection
+    from_orig = np.zeros(n, dtype=bool)
+    for cid in range(next_id):
+        rows = np.flatnonzero(raw == cid)
+        fl = seg["tcp_flags"][rows]
+        ends = [(bytes(seg["src"][i]), int(seg["sport"][i])) for i in rows]
+        syn = np.flatnonzero((fl & 0x12) == 0x2)
+        sa = np.flatnonzero((fl & 0x12) == 0x12)
+        if syn.size:
+            orig = ends[syn[0]]
+        elif sa.size:
+            r = rows[sa[0]]
+            orig = (bytes(seg["dst"][r]), int(seg["dport"][r]))
+        else:
+            r = rows[0]
+            s_end, d_end = ends[0], (bytes(seg["dst"][r]), int(seg["dport"][r]))
+            s_srv, d_srv = s_end[1] in SERVER_LIKE, d_end[1] in SERVER_LIKE
+            if s_srv != d_srv:
+                orig = d_end if s_srv else s_end
+            else:
+                orig = s_end
+        from_orig[rows] = [e == orig for e in ends]
+    return raw, from_orig
+
+
+ENDPOINTS = [(("10.0.0.1", 40000), ("10.0.0.2", 80)), (("10.0.0.3", 40001), ("10.0.0.4", 45000)),
+             (("2001:db8::1", 40000), ("2001:db8::2", 3128))]
+# Weighted towards one pair and one ISN so that reuse, retransmission and close
+# interactions (the cases that need the sequential SYN pass) come up often.
+segment_strategy = st.tuples(
+    st.sampled_from([0, 0, 0, 0, 1, 2]),                  # endpoint pair
+    st.sampled_from([-1, -1, -1, 7]),                     # vlan
+    st.sampled_from([">", ">", "<"]),
+    st.sampled_from(["S", "S", "S.", ".", "P.", "F.", "F", "R", "R."]),
+    st.sampled_from([100, 100, 100, 200, 500]),           # seq
+    st.sampled_from([101, 201, 501, 0]),                  # ack
+    st.sampled_from([1, 1, 1, 50, 400, -30]),             # seconds since previous segment
+)
+
+
+# One pair, only SYNs and FINs: the sequential (ambiguous SYN) cases.
+syn_fin_strategy = st.tuples(
+    st.just(0), st.just(-1), st.sampled_from([">", "<"]), st.sampled_from(["S", "S", "F.", "F", "."]),
+    st.sampled_from([100, 100, 200]), st.just(0), st.just(1))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(segment_strategy, min_size=1, max_size=40),
+                 st.lists(syn_fin_strategy, min_size=6, max_size=30)))
+def test_connections_match_reference(rows):
+    t = 10**6
+    parts = []
+    for pair, vlan, direction, flags, seq, ack, dt in rows:
+        t += dt * 10**9
+        cl, sv = ENDPOINTS[pair]
+        parts.append(make_segments([(t, direction, flags, seq, ack, 1000, 0)], client=cl, server=sv, vlan=vlan))
+    seg = concat(*parts)
+    conn = assign_connections(seg, idle_timeout_ns=300 * 10**9)
+    ref_id, ref_from_orig = reference_connections(seg, 300 * 10**9)
+    assert conn["conn_id"].tolist() == ref_id.tolist()
+    assert conn["from_orig"].tolist() == ref_from_orig.tolist()
+    # grouping handed to later stages is consistent with conn_id
+    assert np.array_equal(conn["conn_id"][conn["order"]],
+                          np.repeat(np.arange(conn["n_conns"]), np.diff(conn["offsets"])))
+    segs, flows = analyse(seg)
+    # each step at most once per connection, in handshake order
+    for step in (1, 2, 3):
+        cids = segs["conn_id"][segs["handshake_step"] == step]
+        assert np.unique(cids).size == cids.size
+    for step in (1, 2, 3, 4):
+        cids = segs["conn_id"][segs["teardown_step"] == step]
+        assert np.unique(cids).size == cids.size
+    assert (segs["rel_seq"][segs["handshake_step"] == 1] == 0).all()
+    assert (flows["orig_pkts"] + flows["resp_pkts"]).sum() == seg["ts"].size
