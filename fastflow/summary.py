@@ -44,6 +44,13 @@ CLOSE_VALUES = ("fin", "simultaneous_fin", "half_closed", "rst", "refused", "non
 _HISTORY_LETTERS = np.frombuffer(b"SHFRADshfrad", dtype=np.uint8)
 
 
+def _choose(conds, names, default):
+    """First matching name per row (like np.select) as a '<U' array; selects
+    small integer codes and looks them up, avoiding per-row Python strings."""
+    codes = np.select(conds, np.arange(len(names), dtype=np.int8), default=len(names))
+    return np.array(list(names) + [default])[codes]
+
+
 def _masked(values, present):
     return np.ma.masked_array(values, mask=~np.asarray(present, dtype=bool))
 
@@ -73,7 +80,7 @@ def _conn_state(orig_syn, resp_synack, orig_fin, resp_fin, orig_rst, resp_rst, f
         synack_only & resp_fin,
     ]
     names = ["SF", "RSTR", "RSTO", "S2", "S3", "S1", "REJ", "RSTOS0", "SH", "S0", "RSTRH", "SHR"]
-    return np.select(conds, np.array(names, dtype=object), default="OTH").astype(str)
+    return _choose(conds, names, "OTH")
 
 
 def summarize(seg: dict, conn: dict, tags: dict) -> dict:
@@ -100,8 +107,10 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     pure_syn = is_syn & ~has_ack
     synack = is_syn & has_ack
 
-    def per_conn_sum(values):
-        return np.add.reduceat(np.asarray(values, dtype=np.uint64), starts)
+    def per_conn_sum(values):  # prefix-sum differences: faster than reduceat on many small groups
+        cs = np.zeros(order.size + 1, dtype=np.uint64)
+        np.cumsum(values, dtype=np.uint64, out=cs[1:])
+        return cs[offsets[1:]] - cs[starts]
 
     out = {"conn_id": np.arange(n_conns, dtype=np.uint64)}
     out["ts_start"] = np.minimum.reduceat(ts, starts)
@@ -136,10 +145,8 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     has_s1, has_s2, has_s3 = s1 >= 0, s2 >= 0, s3 >= 0
     s1_at = np.where(has_s1, s1, np.iinfo(np.int64).max)
     resp_rst_after_syn = first_in_group(g, is_rst & ~fo & (pos > s1_at[g]), n_conns) >= 0
-    out["handshake"] = np.select(
-        [~has_s1, has_s3, has_s2, resp_rst_after_syn],
-        np.array(["partial", "complete", "syn_synack", "refused"], dtype=object),
-        default="syn_only").astype(str)
+    out["handshake"] = _choose([~has_s1, has_s3, has_s2, resp_rst_after_syn],
+                               ["partial", "complete", "syn_synack", "refused"], "syn_only")
     out["syn_ts"] = _masked(_at(ts, s1), has_s1)
     out["synack_ts"] = _masked(_at(ts, s2), has_s2)
     out["handshake_ack_ts"] = _masked(_at(ts, s3), has_s3)
@@ -183,11 +190,9 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     orig_rst = per_conn_sum(is_rst & fo) > 0
     resp_rst = per_conn_sum(is_rst & ~fo) > 0
     fins_before_rst = has_t3 & (~has_rst | (first_rst > t3))
-    out["close"] = np.select(
-        [out["handshake"] == "refused", fins_before_rst & ev["simultaneous_fin"],
-         fins_before_rst, has_rst, has_t1],
-        np.array(["refused", "simultaneous_fin", "fin", "rst", "half_closed"], dtype=object),
-        default="none").astype(str)
+    refused = has_s1 & ~has_s2 & resp_rst_after_syn  # handshake == "refused"
+    out["close"] = _choose([refused, fins_before_rst & ev["simultaneous_fin"], fins_before_rst, has_rst, has_t1],
+                           ["refused", "simultaneous_fin", "fin", "rst", "half_closed"], "none")
     fin_first = has_t1 & (~has_rst | (t1 < first_rst))
     initiator_is_orig = np.where(fin_first, ev["closer_is_orig"], _at(fo, first_rst, False))
     out["close_initiator"] = _masked(np.where(initiator_is_orig, "orig", "resp"), fin_first | has_rst)
