@@ -171,7 +171,9 @@ cdef inline void decode_ipv4(const uint8_t *p, uint32_t avail, uint32_t wire_ava
     decode_l4(p + ihl, avail - ihl, <int64_t>total - ihl, p[9], False, c, i)
     if (frag & 0x2000) and c.status[i] != ST_TCP and c.status[i] != ST_UDP \
             and c.status[i] != ST_ICMP and c.status[i] != ST_OTHER_IP:
+        # a first fragment too short for its transport header
         c.status[i] = ST_FRAGMENT
+        c.pflags[i] &= ~PF_FIRST_FRAGMENT
 
 
 cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_avail, Columns *c,
@@ -249,6 +251,7 @@ cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_ava
     decode_l4(p + off, avail - off, l4len, nh, True, c, i)
     if first_fragment and (c.status[i] == ST_TRUNCATED or c.status[i] == ST_BAD_HEADER):
         c.status[i] = ST_FRAGMENT
+        c.pflags[i] &= ~PF_FIRST_FRAGMENT
 
 
 cdef inline void decode_ethertype(const uint8_t *p, uint32_t caplen, uint32_t wirelen, uint32_t off,
@@ -369,6 +372,8 @@ cdef void decode_packet(const uint8_t *p, uint32_t caplen, uint32_t wirelen, int
     c.sack_ok[i] = 0
     c.tsval[i] = 0
     c.tsecr[i] = 0
+    if wirelen < caplen:
+        wirelen = caplen  # a damaged original length: the captured bytes were on the wire at least
     if linktype == LINKTYPE_ETHERNET:
         if caplen < 14:
             c.status[i] = ST_TRUNCATED
@@ -452,6 +457,8 @@ cdef class Decoder:
     cdef readonly uint64_t stop_offset
     cdef readonly int bad_linktype      # link type a filter failed to compile for
     cdef readonly object linktypes      # every link type met, in order
+    cdef readonly uint64_t bad_length_records   # records whose captured length exceeds the original
+    cdef readonly uint64_t bad_length_offset    # offset of the first of them
 
     def __cinit__(self, Py_ssize_t capacity=1 << 18, filter_expr=None):
         cdef str name
@@ -469,6 +476,8 @@ cdef class Decoder:
         self.stop = STOP_NEED_MORE
         self.stop_offset = 0
         self.bad_linktype = -1
+        self.bad_length_records = 0
+        self.bad_length_offset = 0
         self.linktypes = []
         memset(self.counts, 0, sizeof(self.counts))
         self.errbuf[0] = 0
@@ -589,6 +598,13 @@ cdef class Decoder:
         self.n = i + 1
         return True
 
+    cdef inline void _note_bad_length(self, Py_ssize_t pos) noexcept nogil:
+        # captured length over the original length: the record boundary still holds, so the packet is
+        # kept (as libpcap and tshark do) and the damage is reported
+        if self.bad_length_records == 0:
+            self.bad_length_offset = self.consumed + pos
+        self.bad_length_records += 1
+
     cdef void _note_linktype(self, int32_t linktype) noexcept nogil:
         with gil:
             if linktype not in self.linktypes:
@@ -650,9 +666,11 @@ cdef class Decoder:
                     return STOP_END if rem == 0 else STOP_CUT_SHORT
                 caplen = rd32(p + pos + 8, self.big)
                 wirelen = rd32(p + pos + 12, self.big)
-                if caplen > MAX_CAPLEN or caplen > wirelen:
+                if caplen > MAX_CAPLEN:
                     self.stop_offset = self.consumed + pos
                     return STOP_BAD_RECORD
+                if caplen > wirelen:
+                    self._note_bad_length(pos)
                 if rem < 16 + <Py_ssize_t>caplen:
                     if not eof:
                         return STOP_NEED_MORE
@@ -762,10 +780,11 @@ cdef class Decoder:
                         caplen = rd32(p + pos + 20, self.big)
                         wirelen = rd32(p + pos + 24, self.big)
                         k = 28
-                        if ifid >= <uint32_t>self.n_ifaces or caplen > MAX_CAPLEN or caplen > wirelen \
-                                or k + caplen > blen - 4:
+                        if ifid >= <uint32_t>self.n_ifaces or caplen > MAX_CAPLEN or k + caplen > blen - 4:
                             self.stop_offset = self.consumed + pos
                             return STOP_BAD_RECORD
+                        if caplen > wirelen:
+                            self._note_bad_length(pos)
                     iface = &self.ifaces[ifid]
                     ups = iface.units_per_sec
                     if ups == 1000000000:

@@ -60,7 +60,7 @@ SUPPORTED_LINKTYPES = {0: "NULL", 1: "ETHERNET", 101: "RAW", 108: "LOOP", 113: "
 class Damage:
     """Where and how an input stopped being readable; every packet before `offset` was delivered."""
 
-    kind: str          # cut_short | bad_record | bad_section_header | stream_damaged
+    kind: str          # cut_short | bad_record | bad_section_header | stream_damaged | caplen_exceeds_wirelen
     offset: int        # byte offset (in the decompressed stream for compressed inputs)
     message: str
 
@@ -146,6 +146,10 @@ class CaptureReader:
         except StreamDamage as exc:
             self.damage = Damage("stream_damaged", dec.consumed, str(exc))
         data = None  # drop the last view into the input so the source can unmap it
+        if self.damage is None and dec.bad_length_records:
+            self.damage = Damage("caplen_exceeds_wirelen", int(dec.bad_length_offset),
+                                 f"{dec.bad_length_records} record(s) with a captured length over the original "
+                                 f"length (kept), the first")
         if dec.n:
             yield dec.take()
         self._check_linktypes()
