@@ -123,18 +123,24 @@ def _canonical_key(seg):
     return (vlan, a_hi, a_lo, a_p, b_hi, b_lo, b_p), a_is_src
 
 
-def _sort_by_pair(keys, n):
-    """Stable grouping permutation by pair key plus a pair-start mask.
-
-    Sorts a 64-bit mix of the key (one stable argsort keeps frame order inside
-    a pair) and falls back to a full lexsort if two different keys hash alike
-    and end up interleaved."""
+def _pair_hash(keys) -> np.ndarray:
+    """64-bit mix of the canonical pair key (splitmix-style rounds)."""
     vlan, a_hi, a_lo, a_p, b_hi, b_lo, b_p = keys
     h = np.uint64(0x9E3779B97F4A7C15) * (vlan.astype(np.int64).view(np.uint64) + np.uint64(1))
     for w in (a_hi, a_lo, a_p.astype(np.uint64) << np.uint64(16) | b_p.astype(np.uint64), b_hi, b_lo):
         h = h ^ w
         h = h * np.uint64(0xBF58476D1CE4E5B9)
         h = h ^ (h >> np.uint64(31))
+    return h
+
+
+def _sort_by_pair(keys, n):
+    """Stable grouping permutation by pair key plus a pair-start mask.
+
+    Sorts a 64-bit mix of the key (one stable argsort keeps frame order inside
+    a pair) and falls back to a full lexsort if two different keys hash alike
+    and end up interleaved."""
+    h = _pair_hash(keys)
     order = np.argsort(h, kind="stable")
     ks = [k[order] for k in keys]
     key_change = np.zeros(n, dtype=bool)

@@ -637,3 +637,36 @@ def test_connections_match_reference(rows):
         assert np.unique(cids).size == cids.size
     assert (segs["rel_seq"][segs["handshake_step"] == 1] == 0).all()
     assert (flows["orig_pkts"] + flows["resp_pkts"]).sum() == seg["ts"].size
+
+
+def test_pair_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
+    import fastflow.flows as flows_mod
+    seg = concat(make_segments(HANDSHAKE, client=("10.0.0.1", 1000)),
+                 make_segments(HANDSHAKE, client=("10.0.0.2", 1000)))
+    idx = [0, 3, 1, 4, 2, 5]  # interleave the two connections
+    seg = {k: v[idx] for k, v in seg.items()}
+    seg["frame"] = np.arange(1, 7, dtype=np.uint64)
+    expected = assign_connections(seg)
+    monkeypatch.setattr(flows_mod, "_pair_hash", lambda keys: np.zeros(keys[0].size, np.uint64))
+    got = assign_connections(seg)
+    assert got["conn_id"].tolist() == expected["conn_id"].tolist() == [0, 1, 0, 1, 0, 1]
+    assert got["from_orig"].tolist() == expected["from_orig"].tolist()
+
+
+def test_numbers_that_do_not_match_are_not_steps():
+    rows = [
+        (1_000_000_000, ">", "S", 100, None, 1000, 0),
+        (1_010_000_000, "<", "S.", 500, 999, 1000, 0),   # acks the wrong number: not step 2
+        (1_020_000_000, ">", ".", 101, 501, 1000, 0),
+    ]
+    _, segs, flows = run(rows)
+    assert segs["handshake_step"].tolist() == [1, -1, -1]
+    f = row(flows)
+    assert f["handshake"] == "syn_only" and f["synack_ts"] is None
+    assert f["resp_isn"] == 500          # the responder's ISN is still seen in its SYN-ACK
+    assert f["conn_state"] == "S1"       # Zeek's state goes by flags, not numbers
+    rows[1] = (1_010_000_000, "<", "S.", 500, 101, 1000, 0)
+    rows[2] = (1_020_000_000, ">", ".", 101, 502, 1000, 0)  # wrong ack: not step 3
+    _, segs, flows = run(rows)
+    assert segs["handshake_step"].tolist() == [1, 2, -1]
+    assert row(flows)["handshake"] == "syn_synack"
