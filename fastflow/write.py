@@ -25,6 +25,9 @@ def check_output(path: str, overwrite: bool, inputs: list[str]) -> None:
         raise OutputError(f"{path}: folder {str(folder)!r} is not writable")
     if target.is_dir():
         raise OutputError(f"{path}: is a directory")
+    if target.exists() and not target.is_file():
+        # a device or FIFO: the atomic rename would replace it with a regular file
+        raise OutputError(f"{path}: is not a regular file")
     for name in inputs:
         if name != "-" and target.exists() and os.path.exists(name) and os.path.samefile(name, target):
             raise OutputError(f"{path}: is one of the inputs; refusing to write over it")
