@@ -175,16 +175,24 @@ def _running_max_in_groups(values: np.ndarray, group_start: np.ndarray) -> np.nd
     return values[srt][lifted - gid.astype(np.int64) * n]
 
 
-def _closed_between(lo, hi, cum_rst, cum_fin_a, cum_fin_b):
-    """Whether [lo, hi) (sorted positions) holds a RST or a FIN from each side.
+class _CloseEvents:
+    """Positions (sorted order) of RSTs and of FINs from each endpoint, to ask
+    whether a range [lo, hi) holds a close: a RST, or a FIN from each side.
+    Close events are rare, so binary search beats full-length prefix sums."""
 
-    ``cum_*`` are exclusive prefix counts of length n + 1."""
-    rst = cum_rst[hi] - cum_rst[lo] > 0
-    fins = (cum_fin_a[hi] - cum_fin_a[lo] > 0) & (cum_fin_b[hi] - cum_fin_b[lo] > 0)
-    return rst | fins
+    def __init__(self, flags, src_a):
+        fin = (flags & FIN) != 0
+        self.rst = np.flatnonzero((flags & RST) != 0)
+        self.fin_a = np.flatnonzero(fin & src_a)
+        self.fin_b = np.flatnonzero(fin & ~src_a)
+
+    def closed(self, lo, hi):
+        def any_in(events):
+            return np.searchsorted(events, hi) > np.searchsorted(events, lo)
+        return any_in(self.rst) | (any_in(self.fin_a) & any_in(self.fin_b))
 
 
-def _resolve_ambiguous_syns(amb, boundary, cum_rst, cum_fin_a, cum_fin_b):
+def _resolve_ambiguous_syns(amb, boundary, events):
     """Sequential pass over SYNs whose split depends on earlier decisions.
 
     A same-ISN SYN splits only if the connection closed since it started, and
@@ -192,11 +200,11 @@ def _resolve_ambiguous_syns(amb, boundary, cum_rst, cum_fin_a, cum_fin_b):
     Only SYNs with a close event between the last certain boundary and them
     but none since the previous SYN get here (one-sided FIN before a SYN
     retransmission, other side's FIN after it): a handful per capture."""
-    last_b = last_before(boundary)
+    certain = np.flatnonzero(boundary)
+    last_certain = certain[np.searchsorted(certain, amb) - 1]
     last_amb_boundary = -1
-    for i in np.flatnonzero(amb).tolist():
-        start = max(int(last_b[i - 1]), last_amb_boundary)
-        if _closed_between(start, i, cum_rst, cum_fin_a, cum_fin_b):
+    for i, c in zip(amb.tolist(), last_certain.tolist()):
+        if events.closed(max(c, last_amb_boundary), i):
             boundary[i] = True
             last_amb_boundary = i
 
@@ -227,48 +235,41 @@ def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
     seen_max = _running_max_in_groups(ts, pair_start)
     epoch_start = pair_start.copy()
     epoch_start[1:] |= (ts[1:] - seen_max[:-1]) > idle_timeout_ns
-    epoch_first = last_before(epoch_start)  # position of own epoch's start
+    epochs = np.flatnonzero(epoch_start)
+    boundary = epoch_start.copy()
 
-    # Expected ISN for each pure SYN: previous pure SYN in the epoch, else a
-    # SYN-ACK sent towards this SYN's sender (ack - 1).
-    prev_syn = np.full(n, -1, dtype=np.int64)
-    prev_synack = np.full(n, -1, dtype=np.int64)
-    prev_syn[1:] = last_before(pure_syn)[:-1]
-    prev_synack[1:] = last_before(synack)[:-1]
-    prev_syn[prev_syn < epoch_first] = -1
-    prev_synack[prev_synack < epoch_first] = -1
-    use_syn = prev_syn >= 0
-    use_synack = ~use_syn & (prev_synack >= 0)
-    use_synack &= src_a[np.maximum(prev_synack, 0)] != src_a
-    expected = np.where(use_syn, seq[np.maximum(prev_syn, 0)],
-                        ack[np.maximum(prev_synack, 0)] - np.uint32(1))
-    has_expected = use_syn | use_synack
+    # The SYN rules only need the pure SYN positions (few compared to n).
+    syns = np.flatnonzero(pure_syn)
+    synacks = np.flatnonzero(synack)
+    epoch_first = epochs[np.searchsorted(epochs, syns, side="right") - 1]
+    # Expected ISN: the previous pure SYN in the epoch, else the last SYN-ACK
+    # sent towards this SYN's sender in the epoch (its ack - 1).
+    prev_syn = np.empty_like(syns)
+    prev_syn[:1] = -1
+    prev_syn[1:] = syns[:-1]
+    use_syn = prev_syn >= epoch_first
+    k = np.searchsorted(synacks, syns) - 1
+    prev_synack = np.where(k >= 0, synacks[np.maximum(k, 0)] if synacks.size else -1, -1)
+    use_synack = ~use_syn & (prev_synack >= epoch_first)
+    use_synack &= src_a[np.maximum(prev_synack, 0)] != src_a[syns]
+    expected = np.where(use_syn, seq[np.maximum(prev_syn, 0)], ack[np.maximum(prev_synack, 0)] - np.uint32(1))
+    same_isn = (use_syn | use_synack) & (seq[syns] == expected) & ~epoch_start[syns]
+    boundary[syns[~same_isn]] = True
 
-    boundary = epoch_start | (pure_syn & ~(has_expected & (seq == expected)))
-
-    # Same-ISN SYNs split only if the connection closed before them.
-    fin_or_rst = flags & (FIN | RST)
-    cum_rst = np.zeros(n + 1, np.int64)
-    cum_fin_a = np.zeros(n + 1, np.int64)
-    cum_fin_b = np.zeros(n + 1, np.int64)
-    np.cumsum((fin_or_rst & RST) != 0, out=cum_rst[1:])
-    fin = (fin_or_rst & FIN) != 0
-    np.cumsum(fin & src_a, out=cum_fin_a[1:])
-    np.cumsum(fin & ~src_a, out=cum_fin_b[1:])
-
-    same_isn = pure_syn & ~boundary
-    # Connection start is at or before the previous SYN (or the epoch start
-    # when the evidence was a SYN-ACK): a close in between always splits.
-    ref = np.where(use_syn, prev_syn, epoch_first)
-    definite = same_isn & _closed_between(ref, pos, cum_rst, cum_fin_a, cum_fin_b)
-    boundary |= definite
-    # A close since the last certain boundary might split: decide in order.
-    cert_start = np.empty(n, dtype=np.int64)
-    cert_start[0] = 0
-    cert_start[1:] = last_before(boundary)[:-1]
-    maybe = same_isn & ~definite & _closed_between(cert_start, pos, cum_rst, cum_fin_a, cum_fin_b)
+    # A same-ISN SYN splits only if the connection closed before it.  The
+    # connection started at or before the previous SYN (or at the epoch start
+    # when the evidence was a SYN-ACK), so a close since then always splits.
+    events = _CloseEvents(flags, src_a)
+    cand = syns[same_isn]
+    ref = np.where(use_syn, prev_syn, epoch_first)[same_isn]
+    definite = events.closed(ref, cand)
+    boundary[cand[definite]] = True
+    # A close only since the last certain boundary might split: decide in order.
+    cand = cand[~definite]
+    certain = np.flatnonzero(boundary)
+    maybe = events.closed(certain[np.searchsorted(certain, cand) - 1], cand)
     if maybe.any():
-        _resolve_ambiguous_syns(maybe, boundary, cum_rst, cum_fin_a, cum_fin_b)
+        _resolve_ambiguous_syns(cand[maybe], boundary, events)
 
     # Connections in sorted order: contiguous blocks.
     sc = np.cumsum(boundary) - 1  # sorted-connection index per sorted row
@@ -279,10 +280,8 @@ def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
     # Originator, in terms of the canonical "a" endpoint.
     first_syn = first_in_group(sc, pure_syn, n_conns)
     first_synack = first_in_group(sc, synack, n_conns)
-    a_port = np.where(src_a, np.asarray(seg["sport"], np.uint16)[order],
-                      np.asarray(seg["dport"], np.uint16)[order])[sc_start]
-    b_port = np.where(src_a, np.asarray(seg["dport"], np.uint16)[order],
-                      np.asarray(seg["sport"], np.uint16)[order])[sc_start]
+    a_port = keys[3][order[sc_start]]
+    b_port = keys[6][order[sc_start]]
     a_srv, b_srv = is_server_port(a_port), is_server_port(b_port)
     by_port_a_is_orig = np.where(a_srv & b_srv, a_port > b_port, b_srv)
     port_decides = (a_srv != b_srv) | (a_srv & b_srv & (a_port != b_port))
