@@ -269,3 +269,41 @@ def test_benchmark_generator_is_deterministic_and_coherent(tmp_path):
     assert tcp_count > 1800 and synacks
     for key, ack in synacks:
         assert (ack - 1) & 0xFFFFFFFF in syn_seq[key]
+
+
+def test_benchmark_generator_chunking_and_port_reuse_after_close():
+    """The chunk size does not change the bytes; packets are in time order; a reused 4-tuple's new
+    connection starts only after the earlier connection's last packet, some with the TIME_WAIT ISN."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import generate
+
+    assert generate.generate(5000, seed=3, chunk=1000) == generate.generate(5000, seed=3, chunk=50_000)
+    assert generate.generate(5000, seed=3, snaplen=128, chunk=1234) == generate.generate(5000, seed=3, snaplen=128)
+
+    chunks = list(generate.simulate(60_000, seed=3, chunk=7000))
+    assert len(chunks) > 3
+    rows = np.concatenate(chunks)
+    assert len(rows) == 60_000 and np.all(np.diff(rows["t"]) >= 0)
+    tcp = rows[rows["kind"] == generate.KIND_TCP]
+    spans = {}  # conn -> [key, first t, last t, first SYN seq]
+    for r in tcp:
+        conn, t = int(r["conn"]), float(r["t"])
+        if conn not in spans:
+            key = (int(r["client"]), int(r["server"]), int(r["cport"]), int(r["sport"]), bool(r["v6"]))
+            spans[conn] = [key, t, t, int(r["seq"])]
+        spans[conn][2] = t
+    by_key = {}
+    for conn, (key, first, last, isn) in sorted(spans.items()):
+        by_key.setdefault(key, []).append((first, last, isn, conn))
+    reuses = tw_isn = 0
+    for conns in by_key.values():
+        for (_, last, _, c1), (first, _, isn, c2) in zip(conns, conns[1:]):
+            reuses += 1
+            assert last < first, (c1, c2)  # the earlier connection had ended
+            tw_isn += any(isn == (int(r["seq"]) + generate.TW_REUSE_ISN_STEP) & 0xFFFFFFFF
+                          for r in tcp[(tcp["conn"] == c1) & tcp["from_client"]])
+    n_conns = len(spans)
+    assert 0.005 * n_conns < reuses < 0.04 * n_conns
+    assert 0 < tw_isn < reuses
