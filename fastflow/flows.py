@@ -134,30 +134,41 @@ def _pair_hash(keys) -> np.ndarray:
     return h
 
 
+def _key_changes(keys, order, n):
+    """Rows (in ``order``) whose pair key differs from the previous row's."""
+    change = np.empty(n, dtype=bool)
+    change[0] = True
+    change[1:] = False
+    for k in keys:
+        ks = k[order]
+        change[1:] |= ks[1:] != ks[:-1]
+    return change
+
+
 def _sort_by_pair(keys, n):
     """Stable grouping permutation by pair key plus a pair-start mask.
 
-    Sorts a 64-bit mix of the key (one stable argsort keeps frame order inside
-    a pair) and falls back to a full lexsort if two different keys hash alike
-    and end up interleaved."""
+    Fast path: pack the high bits of a 64-bit hash of the key above the row
+    index and ``np.sort`` the packed words (a plain sort is much faster than
+    an argsort, and the index bits keep frame order inside a pair).  Two
+    different keys sharing a hash prefix show up as a key change between rows
+    of equal prefix; then retry with the full hash, then an exact lexsort."""
     h = _pair_hash(keys)
+    idx_bits = max(1, (n - 1).bit_length())
+    idx_mask = np.uint64((1 << idx_bits) - 1)
+    packed = np.sort((h & ~idx_mask) | np.arange(n, dtype=np.uint64))
+    order = (packed & idx_mask).astype(np.int64)
+    prefix = packed & ~idx_mask
+    change = _key_changes(keys, order, n)
+    if not np.any(change[1:] & (prefix[1:] == prefix[:-1])):
+        return order, change
     order = np.argsort(h, kind="stable")
-    ks = [k[order] for k in keys]
-    key_change = np.zeros(n, dtype=bool)
-    key_change[0] = True
-    for k in ks:
-        key_change[1:] |= k[1:] != k[:-1]
+    change = _key_changes(keys, order, n)
     hs = h[order]
-    same_hash = np.zeros(n, dtype=bool)
-    same_hash[1:] = hs[1:] == hs[:-1]
-    if np.any(same_hash & key_change):  # hash collision: exact sort instead
-        order = np.lexsort((np.arange(n),) + tuple(reversed(keys)))
-        ks = [k[order] for k in keys]
-        key_change[:] = False
-        key_change[0] = True
-        for k in ks:
-            key_change[1:] |= k[1:] != k[:-1]
-    return order, key_change
+    if not np.any(change[1:] & (hs[1:] == hs[:-1])):
+        return order, change
+    order = np.lexsort((np.arange(n),) + tuple(reversed(keys)))
+    return order, _key_changes(keys, order, n)
 
 
 def _running_max_in_groups(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:

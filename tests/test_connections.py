@@ -639,7 +639,11 @@ def test_connections_match_reference(rows):
     assert (flows["orig_pkts"] + flows["resp_pkts"]).sum() == seg["ts"].size
 
 
-def test_pair_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
+@pytest.mark.parametrize("fake_hash", [
+    lambda keys: np.zeros(keys[0].size, np.uint64),          # full collision: exact lexsort
+    lambda keys: keys[2] & np.uint64(0x3),                   # only low bits differ: full-hash sort
+])
+def test_pair_hash_collisions_fall_back_to_exact_grouping(monkeypatch, fake_hash):
     import fastflow.flows as flows_mod
     seg = concat(make_segments(HANDSHAKE, client=("10.0.0.1", 1000)),
                  make_segments(HANDSHAKE, client=("10.0.0.2", 1000)))
@@ -647,7 +651,7 @@ def test_pair_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
     seg = {k: v[idx] for k, v in seg.items()}
     seg["frame"] = np.arange(1, 7, dtype=np.uint64)
     expected = assign_connections(seg)
-    monkeypatch.setattr(flows_mod, "_pair_hash", lambda keys: np.zeros(keys[0].size, np.uint64))
+    monkeypatch.setattr(flows_mod, "_pair_hash", fake_hash)
     got = assign_connections(seg)
     assert got["conn_id"].tolist() == expected["conn_id"].tolist() == [0, 1, 0, 1, 0, 1]
     assert got["from_orig"].tolist() == expected["from_orig"].tolist()
