@@ -115,33 +115,17 @@ class CaptureReader:
         """Yield column batches; raise InputError/FilterError for fatal problems; record damage."""
         dec = self.decoder
         pending = b""
+        data = None
         try:
             for block in self.source.blocks():
-                data = memoryview(pending + block) if pending else memoryview(block)
-                while True:
-                    used = dec.feed(data, False)
-                    data = data[used:]
-                    if dec.stop == Stop.FULL:
-                        yield dec.take()
-                        continue
-                    if dec.stop != Stop.NEED_MORE:
-                        break
-                    break
+                data = yield from self._drain(memoryview(pending + block) if pending else memoryview(block), False)
                 self._check(dec.stop)
                 if dec.stop >= Stop.END:
                     break
                 # the tail holds part of a record: keep it for the next block (a small copy)
                 pending = bytes(data)
-                del data
             else:
-                data = memoryview(pending)
-                while True:
-                    used = dec.feed(data, True)
-                    data = data[used:]
-                    if dec.stop == Stop.FULL:
-                        yield dec.take()
-                        continue
-                    break
+                yield from self._drain(memoryview(pending), True)
                 self._check(dec.stop)
         except StreamDamage as exc:
             self.damage = Damage("stream_damaged", dec.consumed, str(exc))
@@ -153,6 +137,15 @@ class CaptureReader:
         if dec.n:
             yield dec.take()
         self._check_linktypes()
+
+    def _drain(self, data: memoryview, eof: bool):
+        """Feed data until the decoder needs more input, yielding each full batch; return the unused tail."""
+        dec = self.decoder
+        while True:
+            data = data[dec.feed(data, eof):]
+            if dec.stop != Stop.FULL:
+                return data
+            yield dec.take()
 
     def _check(self, stop: int) -> None:
         name = self.source.name
