@@ -41,6 +41,7 @@ def write_tables(outputs: list[tuple[str, pa.Table]], compression: str = "zstd",
 
     A crash or error before the renames leaves no output (and no temporary file behind)."""
     temps: list[tuple[str, str]] = []
+    path = outputs[0][0] if outputs else "output"
     try:
         for path, table in outputs:
             folder = os.path.dirname(os.path.abspath(path))
@@ -59,8 +60,7 @@ def write_tables(outputs: list[tuple[str, pa.Table]], compression: str = "zstd",
             os.replace(tmp, path)
         temps = []
     except OSError as exc:
-        raise OutputError(f"cannot write {outputs[len(temps) - 1][0] if temps else 'output'}: "
-                          f"{exc.strerror or exc}") from None
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
     finally:
         for tmp, _ in temps:
             try:
