@@ -674,3 +674,92 @@ def test_numbers_that_do_not_match_are_not_steps():
     _, segs, flows = run(rows)
     assert segs["handshake_step"].tolist() == [1, 2, -1]
     assert row(flows)["handshake"] == "syn_synack"
+
+
+# --- property test of tagging against a per-connection loop of the step definitions --------
+
+def _geq(a, b):
+    return ((a - b) % 2**32) < 2**31
+
+
+def reference_tags(seg, conn_id, from_orig):
+    """Per-connection loop over the handshake/teardown definitions (test oracle)."""
+    n = seg["ts"].size
+    hs, td = np.full(n, -1), np.full(n, -1)
+    combined = np.zeros(n, dtype=bool)
+    for cid in np.unique(conn_id):
+        rows = np.flatnonzero(conn_id == cid)
+        fl = [int(seg["tcp_flags"][i]) for i in rows]
+        sq = [int(seg["seq"][i]) for i in rows]
+        ak = [int(seg["ack"][i]) for i in rows]
+        pl = [int(seg["payload_len"][i]) for i in rows]
+        fo = [bool(from_orig[i]) for i in rows]
+        m = len(rows)
+        s1 = next((j for j in range(m) if fo[j] and fl[j] & 0x12 == 0x2), None)
+        s2 = s3 = None
+        if s1 is not None:
+            s2 = next((j for j in range(s1 + 1, m) if not fo[j] and fl[j] & 0x12 == 0x12
+                       and ak[j] == (sq[s1] + 1) % 2**32), None)
+        if s2 is not None:
+            s3 = next((j for j in range(s2 + 1, m) if fo[j] and fl[j] & 0x10 and not fl[j] & 0x6
+                       and ak[j] == (sq[s2] + 1) % 2**32), None)
+        for step, j in ((1, s1), (2, s2), (3, s3)):
+            if j is not None:
+                hs[rows[j]] = step
+
+        def is_fin(j):
+            return fl[j] & 0x1 and not fl[j] & 0x6
+
+        def acks(j, end):
+            return fl[j] & 0x10 and not fl[j] & 0x4 and _geq(ak[j], end)
+
+        t1 = next((j for j in range(m) if is_fin(j)), None)
+        if t1 is None:
+            continue
+        closer = fo[t1]
+        end1 = (sq[t1] + pl[t1] + 1) % 2**32
+        t2 = next((j for j in range(t1 + 1, m) if fo[j] != closer and acks(j, end1)), None)
+        t3 = next((j for j in range(t1 + 1, m) if fo[j] != closer and is_fin(j)), None)
+        td[rows[t1]] = 1
+        if t3 is not None:
+            td[rows[t3]] = 3
+            if t2 == t3:
+                combined[rows[t3]] = True
+                t2 = None
+            end2 = (sq[t3] + pl[t3] + 1) % 2**32
+            t4 = next((j for j in range(t3 + 1, m) if fo[j] == closer and acks(j, end2)), None)
+            if t4 is not None:
+                td[rows[t4]] = 4
+        if t2 is not None:
+            td[rows[t2]] = 2
+    return hs, td, combined
+
+
+X, Y = 0xFFFFFFFE, 1000   # client ISN near the wrap
+tag_strategy = st.tuples(
+    st.sampled_from([">", "<"]),
+    st.sampled_from(["S", "S.", ".", "P.", "F.", "FP.", "R.", "."]),
+    st.sampled_from([X, (X + 1) % 2**32, (X + 2) % 2**32, Y, Y + 1, Y + 2]),     # seq
+    st.sampled_from([(X + 1) % 2**32, (X + 2) % 2**32, (X + 3) % 2**32, Y + 1, Y + 2, Y + 3]),  # ack
+    st.sampled_from([0, 0, 1]),                                                   # payload
+)
+
+
+# Optional correct handshake prefix, so later steps (3, teardown after a handshake) come up.
+HANDSHAKE_PREFIX = [(">", "S", X, 0, 0), ("<", "S.", Y, (X + 1) % 2**32, 0), (">", ".", (X + 1) % 2**32, Y + 1, 0)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 3), st.lists(tag_strategy, min_size=1, max_size=16))
+def test_tags_match_reference(prefix_len, rows):
+    rows = HANDSHAKE_PREFIX[:prefix_len] + rows
+    seg = make_segments([(1000 + i, d, f, sq, ak, 1000, pl) for i, (d, f, sq, ak, pl) in enumerate(rows)])
+    segs, flows = analyse(seg)
+    hs, td, combined = reference_tags(seg, segs["conn_id"], segs["from_orig"])
+    assert segs["handshake_step"].tolist() == hs.tolist()
+    assert segs["teardown_step"].tolist() == td.tolist()
+    assert (tag_names(segs["tag"]) == "fin+fin_ack").tolist() == combined.tolist()
+    done = ~np.ma.getmaskarray(flows["teardown_segments"])
+    for cid in np.flatnonzero(done):
+        steps = set(td[segs["conn_id"] == cid].tolist()) - {-1}
+        assert steps == ({1, 3, 4} if flows["teardown_segments"][cid] == 3 else {1, 2, 3, 4})
