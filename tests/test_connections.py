@@ -636,7 +636,27 @@ def test_connections_match_reference(rows):
         cids = segs["conn_id"][segs["teardown_step"] == step]
         assert np.unique(cids).size == cids.size
     assert (segs["rel_seq"][segs["handshake_step"] == 1] == 0).all()
-    assert (flows["orig_pkts"] + flows["resp_pkts"]).sum() == seg["ts"].size
+    assert (flows["orig_pkts"] + flows["resp_pkts"]).tolist() == np.bincount(segs["conn_id"]).tolist()
+    assert_flow_invariants(flows)
+
+
+def assert_flow_invariants(flows):
+    null = {k: np.ma.getmaskarray(v) for k, v in flows.items() if np.ma.isMaskedArray(v)}
+    hs, close, state = flows["handshake"], flows["close"], flows["conn_state"]
+    complete = hs == "complete"
+    assert not (null["synack_ts"] | null["handshake_ack_ts"] | null["resp_isn"])[complete].any()
+    assert ((hs == "partial") == null["syn_ts"]).all() and (null["syn_ts"] == null["orig_isn"]).all()
+    fin_close = np.isin(close, ["fin", "simultaneous_fin"])
+    assert not (null["fin1_ts"] | null["fin2_ts"])[fin_close].any()
+    assert (null["fin1_ts"] | ~null["close_initiator"]).all()
+    assert (null["rst_ts"] == null["rst_by"]).all()
+    assert not null["rst_ts"][close == "rst"].any()
+    assert fin_close[state == "SF"].all()
+    assert (flows["syn_count"][np.isin(state, ["S0", "REJ", "RSTOS0", "SH"])] > 0).all()
+    assert (flows["synack_count"][state == "REJ"] == 0).all()
+    assert (~null["teardown_segments"] <= fin_close | (close == "rst")).all()
+    for h in flows["history"]:
+        assert len(set(h)) == len(h) and set(h) <= set("SHADFRshadfr")
 
 
 @pytest.mark.parametrize("fake_hash", [
@@ -759,6 +779,7 @@ def test_tags_match_reference(prefix_len, rows):
     assert segs["handshake_step"].tolist() == hs.tolist()
     assert segs["teardown_step"].tolist() == td.tolist()
     assert (tag_names(segs["tag"]) == "fin+fin_ack").tolist() == combined.tolist()
+    assert_flow_invariants(flows)
     done = ~np.ma.getmaskarray(flows["teardown_segments"])
     for cid in np.flatnonzero(done):
         steps = set(td[segs["conn_id"] == cid].tolist()) - {-1}
