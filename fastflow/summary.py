@@ -10,8 +10,9 @@ Choices worth knowing:
   connection's segments (robust to clocks stepping backwards);
   ``first_frame`` / ``last_frame`` follow frame order.
 * ``handshake`` follows the number-checked steps of tagging.py: ``complete``
-  (steps 1-3), ``syn_synack`` (1-2), ``refused`` (step 1, no step 2, a RST from
-  the responder after the SYN), ``syn_only`` (step 1 only), ``partial`` (no SYN
+  (steps 1-3), ``syn_synack`` (1-2), ``refused`` (step 1, no step 2, and the
+  responder's first segment after the SYN is a RST), ``syn_only`` (step 1
+  only), ``partial`` (no SYN
   from the originator: the capture started after it).
 * ``rtt_syn_synack`` is measured from the LAST originator SYN sent before the
   step-2 SYN-ACK (a retransmitted SYN with the same ISN restarts the clock,
@@ -22,7 +23,8 @@ Choices worth knowing:
   the responder SYN-ACK that gave its ISN.
 * ``close``: refused (handshake refused) > fin / simultaneous_fin (a FIN from
   each side before any RST; a RST after both FINs does not change it) > rst >
-  half_closed (one side's FIN only) > none.
+  half_closed (one side's FIN only) > none.  ``teardown_segments`` is set only
+  for a fin / simultaneous_fin close whose four steps were all seen.
 * ``conn_state`` / ``history`` are a first version of Zeek's conn.log values
   (see ``_conn_state``).  history letters: S SYN, H SYN-ACK, A pure ACK (ACK
   flag, no SYN/FIN/RST, no payload), D payload, F FIN, R RST; uppercase for
@@ -144,7 +146,9 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     s1, s2, s3 = ev["syn"], ev["synack"], ev["handshake_ack"]
     has_s1, has_s2, has_s3 = s1 >= 0, s2 >= 0, s3 >= 0
     s1_at = np.where(has_s1, s1, np.iinfo(np.int64).max)
-    resp_rst_after_syn = first_in_group(g, is_rst & ~fo & (pos > s1_at[g]), n_conns) >= 0
+    # Refused: the responder's first segment after the SYN is a RST.
+    resp_answer = first_in_group(g, ~fo & (pos > s1_at[g]), n_conns)
+    resp_rst_after_syn = _at(is_rst, resp_answer, False)
     out["handshake"] = _choose([~has_s1, has_s3, has_s2, resp_rst_after_syn],
                                ["partial", "complete", "syn_synack", "refused"], "syn_only")
     out["syn_ts"] = _masked(_at(ts, s1), has_s1)
@@ -201,7 +205,9 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     out["fin1_ts"] = _masked(_at(ts, t1), has_t1)
     out["fin2_ts"] = _masked(_at(ts, t3), has_t3)
     out["rst_ts"] = _masked(_at(ts, first_rst), has_rst)
-    teardown_done = has_t1 & has_t3 & (t4 >= 0) & ((t2 >= 0) | combined)
+    # Only a FIN close counts (a RST before the second FIN makes it an abort).
+    fin_close = fins_before_rst & ~refused
+    teardown_done = fin_close & has_t1 & has_t3 & (t4 >= 0) & ((t2 >= 0) | combined)
     out["teardown_segments"] = _masked(np.where(combined, 3, 4).astype(np.uint8), teardown_done)
 
     # --- Zeek-style state and history ------------------------------------------
