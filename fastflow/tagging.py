@@ -37,6 +37,9 @@ that ISN was not seen (originator ISN: its step-1 SYN; responder ISN: its
 step-2 SYN-ACK, else its first SYN-ACK).  ``rel_ack`` is also -1 on segments
 without the ACK flag (their ack field is meaningless).
 
+``acks_fin`` marks the segments that first acknowledge a FIN (teardown steps
+2 and 4, and a ``fin+fin_ack`` step 3).
+
 The returned dict also holds ``conn_events``: per-connection positions (in
 ``conn["order"]``, -1 if absent) of the steps and ISNs, reused by summary.py.
 """
