@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from . import __version__
+from . import __version__, _decode
 from .decode import CaptureReader, Damage, Status, check_filter
 from .flows import DEFAULT_IDLE_TIMEOUT_NS
 from .schema import file_metadata, flows_table, segments_table
@@ -38,11 +38,8 @@ class Result:
 
 def _concat(parts: list[dict]) -> dict:
     if not parts:
-        empty = {}
-        for name in SEGMENT_INPUT_COLUMNS:
-            shape = (0, 16) if name in ("src", "dst") else (0,)
-            empty[name] = np.empty(shape, dtype=np.uint8)
-        return empty
+        empty = _decode.Decoder(1).take()  # zero rows with the decoder's dtypes
+        return {name: empty[name] for name in SEGMENT_INPUT_COLUMNS}
     if len(parts) == 1:
         return parts[0]
     return {name: np.concatenate([p[name] for p in parts]) for name in SEGMENT_INPUT_COLUMNS}

@@ -221,3 +221,13 @@ def test_sigint_exits_130(tmp_path):
 
 def test_sigterm_exits_143(tmp_path):
     _interrupt(signal.SIGTERM, 143, tmp_path)
+
+
+@pytest.mark.parametrize("path", [DATA / "header_only.pcap", CAPTURES / "zeek__pcapng-multi-interface.pcapng"])
+def test_capture_without_tcp_gives_empty_tables(tmp_path, path):
+    if not path.exists():
+        pytest.skip(f"{path} not found (the shared corpus is missing)")
+    proc = run("process", path, "-o", tmp_path / "f.parquet", "--segments", tmp_path / "s.parquet")
+    assert proc.returncode == 0, proc.stderr
+    assert pq.read_table(tmp_path / "f.parquet").num_rows == 0
+    assert pq.read_table(tmp_path / "s.parquet").num_rows == 0
