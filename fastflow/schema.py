@@ -16,8 +16,8 @@ CATEGORY = pa.dictionary(pa.int8(), pa.string())
 
 FLOWS_FIELDS = [
     ("conn_id", pa.uint64(), "connection id, dense from 0 in order of first packet; joins segments.conn_id"),
-    ("ts_start", TS, "time of the connection's first packet"),
-    ("ts_end", TS, "time of the connection's last packet"),
+    ("ts_start", TS, "earliest packet time of the connection (the first packet's in a time-ordered capture)"),
+    ("ts_end", TS, "latest packet time of the connection"),
     ("duration", pa.float64(), "ts_end - ts_start in seconds"),
     ("orig_h", pa.string(), "originator address (dotted IPv4, RFC 5952 IPv6)"),
     ("orig_p", pa.uint16(), "originator port"),
