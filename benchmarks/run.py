@@ -332,6 +332,11 @@ def machine() -> dict:
             "load": os.getloadavg()}
 
 
+def _shown_path(path: str) -> str:
+    rel = os.path.relpath(path, ROOT)
+    return path if rel.startswith("..") else rel
+
+
 def fmt_rate(x: float) -> str:
     return f"{x / 1e6:.2f} M" if x >= 1e6 else f"{x / 1e3:.0f} k"
 
@@ -365,7 +370,7 @@ def render(benches: list[dict], info: dict, command: str, args) -> str:
     ]
     for b in benches:
         lines += ["", f"## {b['label']}", "",
-                  f"`{os.path.relpath(b['path'], ROOT)}`: {b['packets']:,} packets, {b['size'] / 1e6:,.1f} MB, "
+                  f"`{_shown_path(b['path'])}`: {b['packets']:,} packets, {b['size'] / 1e6:,.1f} MB, "
                   f"{b['tcp_segments']:,} TCP segments, {b['flows']:,} connections found by fastflow.", "",
                   "| tool | median s | packets/s | MB/s | peak RSS MB | ratio to fastflow | runs (s) |",
                   "|---|---:|---:|---:|---:|---:|---|"]
@@ -398,8 +403,8 @@ def render(benches: list[dict], info: dict, command: str, args) -> str:
                 cmd = ["python3", "-c", "<DPKT_LOOP in benchmarks/run.py>", "F"]
             elif name == "nfstream":
                 cmd = ["python3", "-c", "<NFSTREAM_LOOP in benchmarks/run.py>", "F"]
-            cmd = ["F" if c == b["path"] else ("OUT/" + os.path.basename(c) if c.endswith(".parquet") else c)
-                   for c in cmd]
+            cmd = ["F" if c == b["path"] else ("OUT/" + os.path.basename(c) if os.path.isabs(c) and
+                                               c.endswith(".parquet") else c) for c in cmd]
             out = " > /dev/null" if not name.startswith("fastflow") else ""
             lines.append(f"- {name}: `{shlex.join(cmd)}{out}`")
     lines += ["", f"Each command had a timeout of {args.timeout:.0f} s. stdout of every tool went to /dev/null.",
