@@ -99,7 +99,7 @@ cdef inline void decode_tcp(const uint8_t *p, uint32_t avail, int64_t l4len, Col
     c.status[i] = ST_TCP
 
 
-cdef inline void decode_l4(const uint8_t *p, uint32_t avail, int64_t l4len, uint8_t proto, bint v6,
+cdef inline void decode_l4(const uint8_t *p, uint32_t avail, int64_t l4len, uint8_t proto,
                            Columns *c, Py_ssize_t i) noexcept nogil:
     c.ip_proto[i] = proto
     if proto == IPPROTO_TCP:
@@ -168,7 +168,7 @@ cdef inline void decode_ipv4(const uint8_t *p, uint32_t avail, uint32_t wire_ava
         # the header claims more than was on the wire: lengths come from what was there (as Wireshark)
         c.pflags[i] |= PF_IP_LEN_EXCEEDS_WIRE
         total = wire_avail if wire_avail > ihl else ihl
-    decode_l4(p + ihl, avail - ihl, <int64_t>total - ihl, p[9], False, c, i)
+    decode_l4(p + ihl, avail - ihl, <int64_t>total - ihl, p[9], c, i)
     if (frag & 0x2000) and c.status[i] != ST_TCP and c.status[i] != ST_UDP \
             and c.status[i] != ST_ICMP and c.status[i] != ST_OTHER_IP:
         # a first fragment too short for its transport header
@@ -248,7 +248,7 @@ cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_ava
         return
     if first_fragment:
         c.pflags[i] |= PF_FIRST_FRAGMENT
-    decode_l4(p + off, avail - off, l4len, nh, True, c, i)
+    decode_l4(p + off, avail - off, l4len, nh, c, i)
     if first_fragment and (c.status[i] == ST_TRUNCATED or c.status[i] == ST_BAD_HEADER):
         c.status[i] = ST_FRAGMENT
         c.pflags[i] &= ~PF_FIRST_FRAGMENT
@@ -553,7 +553,6 @@ cdef class Decoder:
         cdef Py_ssize_t length = data.shape[0]
         cdef Py_ssize_t used = 0
         cdef int stop
-        cdef Py_ssize_t n_iface_before = self.n_ifaces
         if self.stop >= STOP_END:
             return 0
         if length > 0:

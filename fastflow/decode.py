@@ -162,8 +162,6 @@ class CaptureReader:
         if stop in _DAMAGE:
             kind, message = _DAMAGE[Stop(stop)]
             self.damage = Damage(kind, int(dec.stop_offset), message)
-        if stop in (Stop.END, *_DAMAGE) or self.damage:
-            self._check_linktypes()
 
     def _check_linktypes(self) -> None:
         types = self.linktypes
