@@ -7,8 +7,9 @@ never contain.
 
 Definition of a connection (the product's fixed rules):
 
-* Segments of one (VLAN, unordered {(addr, port), (addr, port)}) pair, both
-  directions.  The key is symmetric like gopacket's ``Flow.FastHash``.
+* Segments of one unordered {(addr, port), (addr, port)} pair, both
+  directions, as Zeek's default connection key (with ``vlan_aware``, one
+  pair per outermost VLAN id as Zeek's vlan_fivetuple key).  The key is symmetric like gopacket's ``Flow.FastHash``.
 * On a pair, a new connection starts
     - on a pure SYN (SYN without ACK) that arrives after the current connection
       closed (a FIN from each side, or any RST),
@@ -24,10 +25,10 @@ Definition of a connection (the product's fixed rules):
       clock steps backwards does not invent gaps.
   Known limitation: a simultaneous open (both sides send a pure SYN with
   different ISNs) is split into two connections by the ISN rule.
-* The originator is the sender of the first pure SYN; without one, the
-  receiver of the first SYN-ACK; without one, the endpoint *not* on a
-  well-known server port (port < 1024 or in ``SERVER_PORTS``; when both are,
-  the lower port is the server); otherwise the sender of the first segment.
+* ``from_orig`` here means "sent by the sender of the connection's first
+  segment": Zeek's orientation before its flips.  tcpstate.py applies
+  Zeek's flips (port heuristics, SYN-ACK first, SYN/SYN-ACK reversal) and
+  gives the final orientation.
 
 ``assign_connections`` returns per-segment ``conn_id`` (uint64, dense, in
 order of each connection's first segment) and ``from_orig`` (bool), plus the
@@ -47,16 +48,6 @@ import numpy as np
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 DEFAULT_IDLE_TIMEOUT_NS = 300 * 10**9
-
-# Common server ports above 1023 (used only when a connection has no SYN and
-# no SYN-ACK to tell who opened it).
-SERVER_PORTS = np.array(
-    sorted({1080, 1194, 1433, 1521, 1723, 1883, 2049, 2181, 3128, 3306, 3389,
-            5060, 5222, 5432, 5672, 5900, 5984, 6379, 6443, 6667, 6697, 8000,
-            8008, 8080, 8081, 8443, 8888, 9000, 9092, 9200, 9418, 11211,
-            27017}),
-    dtype=np.uint16)
-
 
 # ---------------------------------------------------------------------------
 # small vectorized helpers shared by tagging.py and summary.py
@@ -91,11 +82,6 @@ def seq_geq(a, b) -> np.ndarray:
     return diff.astype(np.uint32).view(np.int32) >= 0
 
 
-def is_server_port(port: np.ndarray) -> np.ndarray:
-    port = np.asarray(port)
-    return (port < 1024) | np.isin(port, SERVER_PORTS)
-
-
 # ---------------------------------------------------------------------------
 
 def _addr_words(addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,9 +91,12 @@ def _addr_words(addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
 
 
-def _canonical_key(seg):
+def _canonical_key(seg, vlan_aware=False):
     """Endpoints as (lower, higher) by (address, port); ``a_is_src`` tells
-    whether the segment's source is the lower endpoint."""
+    whether the segment's source is the lower endpoint.  The VLAN id joins
+    the key only when ``vlan_aware`` (Zeek's default key ignores it, so that
+    a capture whose two directions carry different tags keeps its
+    connections whole)."""
     s_hi, s_lo = _addr_words(seg["src"])
     d_hi, d_lo = _addr_words(seg["dst"])
     sp = np.asarray(seg["sport"], dtype=np.uint16)
@@ -119,7 +108,7 @@ def _canonical_key(seg):
     b_hi = np.where(a_is_src, d_hi, s_hi)
     b_lo = np.where(a_is_src, d_lo, s_lo)
     b_p = np.where(a_is_src, dp, sp)
-    vlan = np.asarray(seg["vlan"], dtype=np.int32)
+    vlan = np.asarray(seg["vlan"], dtype=np.int32) if vlan_aware else np.zeros(a_p.size, dtype=np.int32)
     return (vlan, a_hi, a_lo, a_p, b_hi, b_lo, b_p), a_is_src
 
 
@@ -220,13 +209,13 @@ def _resolve_ambiguous_syns(amb, boundary, events):
             last_amb_boundary = i
 
 
-def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS) -> dict:
+def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS, vlan_aware: bool = False) -> dict:
     n = int(np.asarray(seg["frame"]).shape[0])
     if n == 0:
         return {"conn_id": np.zeros(0, np.uint64), "from_orig": np.zeros(0, bool),
                 "order": np.zeros(0, np.int64), "offsets": np.zeros(1, np.int64),
                 "n_conns": 0}
-    keys, a_is_src = _canonical_key(seg)
+    keys, a_is_src = _canonical_key(seg, vlan_aware)
     order, pair_start = _sort_by_pair(keys, n)
 
     # Columns in pair-grouped order (frame order inside each pair).
@@ -288,18 +277,8 @@ def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
     sc_start = np.flatnonzero(boundary)
     sc_len = np.diff(np.append(sc_start, n))
 
-    # Originator, in terms of the canonical "a" endpoint.
-    first_syn = first_in_group(sc, pure_syn, n_conns)
-    first_synack = first_in_group(sc, synack, n_conns)
-    a_port = keys[3][order[sc_start]]
-    b_port = keys[6][order[sc_start]]
-    a_srv, b_srv = is_server_port(a_port), is_server_port(b_port)
-    by_port_a_is_orig = np.where(a_srv & b_srv, a_port > b_port, b_srv)
-    port_decides = (a_srv != b_srv) | (a_srv & b_srv & (a_port != b_port))
-    orig_is_a = np.where(
-        first_syn >= 0, src_a[np.maximum(first_syn, 0)],
-        np.where(first_synack >= 0, ~src_a[np.maximum(first_synack, 0)],
-                 np.where(port_decides, by_port_a_is_orig, src_a[sc_start])))
+    # Pre-orientation: the first segment's sender (tcpstate.py applies Zeek's flips).
+    orig_is_a = src_a[sc_start]
 
     # Dense ids in order of each connection's first segment (frame order).
     first_index = order[sc_start]

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from . import __version__, _decode
 from .decode import CaptureReader, Damage, Status, check_filter
+from .community_id import community_id
 from .flows import DEFAULT_IDLE_TIMEOUT_NS
 from .schema import file_metadata, flows_table, segments_table
 from .source import Source
@@ -46,7 +47,7 @@ def _concat(parts: list[dict]) -> dict:
 
 
 def process(path: str, *, filter_expr: str | None = None, idle_timeout_s: float | None = None,
-            want_segments: bool = False, batch_size: int = 1 << 18,
+            want_segments: bool = False, batch_size: int = 1 << 18, community_id_seed: int = 0,
             progress: Callable[[int, int | None], None] | None = None) -> Result:
     """Decode one capture and analyse its TCP connections. Raises FastflowError subclasses."""
     started = time.perf_counter()
@@ -66,6 +67,9 @@ def process(path: str, *, filter_expr: str | None = None, idle_timeout_s: float 
         seg = _concat(parts)
         del parts
         segments, flows = analyse(seg, idle_ns)
+        flows["community_id"] = community_id(flows["orig_addr"], flows["resp_addr"], flows["ip_version"],
+                                             flows["ip_proto"], flows["orig_p"], flows["resp_p"],
+                                             seed=community_id_seed)
         analysed_at = time.perf_counter()
         flows_tab = flows_table(flows, path)
         segments_tab = segments_table(seg, segments) if want_segments else None

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from .tagging import TAG_NAMES
+from .tcpstate import ANALYSIS_TAGS
 
 TS = pa.timestamp("ns", tz="UTC")
 CATEGORY = pa.dictionary(pa.int8(), pa.string())
@@ -18,19 +19,24 @@ FLOWS_FIELDS = [
     ("conn_id", pa.uint64(), "connection id, dense from 0 in order of first packet; joins segments.conn_id"),
     ("ts_start", TS, "earliest packet time of the connection (the first packet's in a time-ordered capture)"),
     ("ts_end", TS, "latest packet time of the connection"),
-    ("duration", pa.float64(), "ts_end - ts_start in seconds"),
+    ("duration", pa.float64(), "Zeek's duration: seconds from the first packet to the last one before both sides closed"),
     ("orig_h", pa.string(), "originator address (dotted IPv4, RFC 5952 IPv6)"),
     ("orig_p", pa.uint16(), "originator port"),
     ("resp_h", pa.string(), "responder address"),
     ("resp_p", pa.uint16(), "responder port"),
     ("ip_version", pa.uint8(), "4 or 6"),
-    ("vlan", pa.int32(), "outermost VLAN id, null if untagged"),
+    ("proto", CATEGORY, "tcp | udp | icmp | icmp6 | other"),
+    ("ip_proto", pa.uint8(), "IP protocol number (IPv6: the upper-layer next header)"),
+    ("vlan", pa.int32(), "outermost VLAN id of the first packet, null if untagged"),
+    ("community_id", pa.string(), "Community ID v1 flow hash (base64 SHA-1, seed --community-id-seed)"),
     ("orig_pkts", pa.uint64(), "segments sent by the originator"),
     ("resp_pkts", pa.uint64(), "segments sent by the responder"),
     ("orig_payload_bytes", pa.uint64(), "TCP payload bytes sent by the originator (retransmissions included)"),
     ("resp_payload_bytes", pa.uint64(), "TCP payload bytes sent by the responder"),
     ("orig_ip_bytes", pa.uint64(), "IP bytes (by the IP length fields) sent by the originator"),
     ("resp_ip_bytes", pa.uint64(), "IP bytes sent by the responder"),
+    ("orig_bytes", pa.uint64(), "Zeek's orig_bytes: TCP from sequence numbers, UDP/ICMP payload; null unless duration > 0"),
+    ("resp_bytes", pa.uint64(), "Zeek's resp_bytes"),
     ("handshake", CATEGORY, "complete | syn_synack | syn_only | refused | partial"),
     ("syn_ts", TS, "time of the handshake's SYN (step 1)"),
     ("synack_ts", TS, "time of the SYN-ACK (step 2)"),
@@ -40,7 +46,8 @@ FLOWS_FIELDS = [
     ("syn_count", pa.uint32(), "SYNs sent by the originator (retransmissions included)"),
     ("synack_count", pa.uint32(), "SYN-ACKs sent by the responder"),
     ("rtt_syn_synack", pa.float64(), "seconds from the last SYN before the SYN-ACK to the SYN-ACK"),
-    ("rtt_synack_ack", pa.float64(), "seconds from the SYN-ACK to the final handshake ACK"),
+    ("rtt_synack_ack", pa.float64(), "seconds from the last SYN-ACK before the final handshake ACK to that ACK"),
+    ("irtt", pa.float64(), "Wireshark's initial RTT: rtt_syn_synack + rtt_synack_ack"),
     ("orig_mss", pa.uint16(), "MSS option of the originator's SYN"),
     ("resp_mss", pa.uint16(), "MSS option of the responder's SYN-ACK"),
     ("orig_wscale", pa.int16(), "window scale shift of the originator's SYN (raw)"),
@@ -54,8 +61,10 @@ FLOWS_FIELDS = [
     ("fin2_ts", TS, "time of the other side's FIN (teardown step 3)"),
     ("rst_ts", TS, "time of the first RST"),
     ("teardown_segments", pa.uint8(), "3 or 4 for a complete FIN close (3 when step 2 and 3 share a segment)"),
+    ("orig_retransmissions", pa.uint32(), "originator segments tagged retransmission"),
+    ("resp_retransmissions", pa.uint32(), "responder segments tagged retransmission"),
     ("conn_state", CATEGORY, "Zeek's conn.log conn_state"),
-    ("history", pa.string(), "Zeek's conn.log history"),
+    ("history", pa.string(), "Zeek's conn.log history (no g: fastflow does not reassemble streams)"),
     ("source", pa.string(), "the input as given on the command line"),
     ("first_frame", pa.uint64(), "frame number of the first packet (from 1, as Wireshark)"),
     ("last_frame", pa.uint64(), "frame number of the last packet"),
@@ -81,6 +90,10 @@ SEGMENTS_FIELDS = [
     ("handshake_step", pa.int8(), "1 SYN, 2 SYN-ACK, 3 final ACK; null otherwise"),
     ("teardown_step", pa.int8(), "1 first FIN, 2 its ACK, 3 other FIN, 4 last ACK; null otherwise"),
     ("tag", CATEGORY, "role: " + ", ".join(TAG_NAMES)),
+    ("retransmission", pa.bool_(), "payload at or below the highest sequence number the sender had sent (not a keepalive)"),
+    ("keepalive", pa.bool_(), "length 0 or 1, sequence number one below the sender's next, no SYN/FIN/RST"),
+    ("zero_window", pa.bool_(), "window 0, no SYN/FIN/RST"),
+    ("dup_ack", pa.bool_(), "no payload, no SYN/FIN/RST; same ack, window and sequence number as the sender's previous ACK"),
 ]
 
 FLOWS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in FLOWS_FIELDS])
@@ -173,6 +186,8 @@ def segments_table(seg: dict, segments: dict) -> pa.Table:
         "teardown_step": _nullable(segments["teardown_step"], segments["teardown_step"] < 0),
         "tag": _category(segments["tag"], TAG_NAMES),
     }
+    for name, bit in ANALYSIS_TAGS.items():
+        columns[name] = (segments["analysis"] & bit) != 0
     arrays = [_column(columns[name], t) for name, t, _ in SEGMENTS_FIELDS]
     return pa.Table.from_arrays(arrays, schema=SEGMENTS_SCHEMA)
 

@@ -8,7 +8,9 @@ Choices worth knowing:
 
 * ``ts_start`` / ``ts_end`` are the minimum / maximum timestamp of the
   connection's segments (robust to clocks stepping backwards);
-  ``first_frame`` / ``last_frame`` follow frame order.
+  ``first_frame`` / ``last_frame`` follow frame order.  ``duration`` is
+  Zeek's: from the first packet to the last one sent before both sides had
+  closed (so not the final ACK of a FIN exchange).
 * ``handshake`` follows the number-checked steps of tagging.py: ``complete``
   (steps 1-3), ``syn_synack`` (1-2), ``refused`` (step 1, no step 2, and the
   responder's first segment after the SYN is a RST), ``syn_only`` (step 1
@@ -25,12 +27,9 @@ Choices worth knowing:
   each side before any RST; a RST after both FINs does not change it) > rst >
   half_closed (one side's FIN only) > none.  ``teardown_segments`` is set only
   for a fin / simultaneous_fin close whose four steps were all seen.
-* ``conn_state`` / ``history`` are a first version of Zeek's conn.log values
-  (see ``_conn_state``).  history letters: S SYN, H SYN-ACK, A pure ACK (ACK
-  flag, no SYN/FIN/RST, no payload), D payload, F FIN, R RST; uppercase for
-  the originator, lowercase for the responder, each letter once per direction
-  in order of first occurrence (letters of one segment in the order S H F R A D).
-  Midstream connections (no SYN, no SYN-ACK) are always OTH here.
+* ``conn_state``, ``history``, ``orig_bytes`` / ``resp_bytes`` (Zeek's
+  sequence-number sizes, null unless duration > 0) and the orientation come
+  from tcpstate.py, Zeek's state machine.
 """
 
 from __future__ import annotations
@@ -38,12 +37,12 @@ from __future__ import annotations
 import numpy as np
 
 from .flows import ACK, DEFAULT_IDLE_TIMEOUT_NS, FIN, RST, SYN, assign_connections, first_in_group, last_before
+from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP
 from .tagging import SEGMENT_COLUMNS, tag_segments
+from .tcpstate import ANALYSIS_TAGS, CONN_STATES, history_strings, tcp_state
 
 HANDSHAKE_VALUES = ("complete", "syn_synack", "syn_only", "refused", "partial")
 CLOSE_VALUES = ("fin", "simultaneous_fin", "half_closed", "rst", "refused", "none")
-
-_HISTORY_LETTERS = np.frombuffer(b"SHFRADshfrad", dtype=np.uint8)
 
 
 def _choose(conds, names, default):
@@ -62,30 +61,7 @@ def _at(grouped, positions, fill=0):
     return np.where(positions >= 0, grouped[np.maximum(positions, 0)], fill)
 
 
-def _conn_state(orig_syn, resp_synack, orig_fin, resp_fin, orig_rst, resp_rst, fins_before_rst):
-    """Zeek conn_state, first version (common cases)."""
-    established = orig_syn & resp_synack
-    syn_only = orig_syn & ~resp_synack
-    synack_only = resp_synack & ~orig_syn
-    conds = [
-        established & fins_before_rst,               # FIN from each side
-        established & resp_rst,
-        established & orig_rst,
-        established & orig_fin,
-        established & resp_fin,
-        established,
-        syn_only & resp_rst,
-        syn_only & orig_rst,
-        syn_only & orig_fin,
-        syn_only,
-        synack_only & resp_rst,
-        synack_only & resp_fin,
-    ]
-    names = ["SF", "RSTR", "RSTO", "S2", "S3", "S1", "REJ", "RSTOS0", "SH", "S0", "RSTRH", "SHR"]
-    return _choose(conds, names, "OTH")
-
-
-def summarize(seg: dict, conn: dict, tags: dict) -> dict:
+def summarize(seg: dict, conn: dict, tags: dict, state: dict) -> dict:
     order = conn["order"]
     offsets = conn["offsets"]
     n_conns = conn["n_conns"]
@@ -117,7 +93,7 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     out = {"conn_id": np.arange(n_conns, dtype=np.uint64)}
     out["ts_start"] = np.minimum.reduceat(ts, starts)
     out["ts_end"] = np.maximum.reduceat(ts, starts)
-    out["duration"] = (out["ts_end"] - out["ts_start"]) / 1e9
+    out["duration"] = (state["last_time"] - ts[starts]) / 1e9
 
     first = order[starts]
     first_fo = fo[starts]
@@ -130,6 +106,8 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     out["orig_p"] = np.where(first_fo, sport, dport).astype(np.uint16)
     out["resp_p"] = np.where(first_fo, dport, sport).astype(np.uint16)
     out["ip_version"] = np.asarray(seg["ip_version"], dtype=np.uint8)[first]
+    out["proto"] = np.full(n_conns, "tcp")
+    out["ip_proto"] = np.full(n_conns, 6, dtype=np.uint8)
     vlan = np.asarray(seg["vlan"], dtype=np.int32)[first]
     out["vlan"] = _masked(vlan, vlan >= 0)
 
@@ -141,6 +119,9 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     ip_len = np.asarray(seg["ip_len"], dtype=np.uint32)[order]
     out["orig_ip_bytes"] = per_conn_sum(np.where(fo, ip_len, 0))
     out["resp_ip_bytes"] = per_conn_sum(np.where(fo, 0, ip_len))
+    productive = out["duration"] > 0     # Zeek's set_conn logs the sizes only then
+    out["orig_bytes"] = _masked(state["orig_size"], productive)
+    out["resp_bytes"] = _masked(state["resp_size"], productive)
 
     # --- handshake -------------------------------------------------------------
     s1, s2, s3 = ev["syn"], ev["synack"], ev["handshake_ack"]
@@ -172,6 +153,7 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     rtt2 = np.where(ok2, (_at(ts, s3) - _at(ts, synack_before_s3)) / 1e9, np.nan)
     out["rtt_syn_synack"] = _masked(rtt1, ok1)
     out["rtt_synack_ack"] = _masked(rtt2, ok2)
+    out["irtt"] = _masked(rtt1 + rtt2, ok1 & ok2)
 
     # TCP options of each side's opening segment.
     mss = np.asarray(seg["mss"], dtype=np.uint16)[order]
@@ -210,39 +192,18 @@ def summarize(seg: dict, conn: dict, tags: dict) -> dict:
     teardown_done = fin_close & has_t1 & has_t3 & (t4 >= 0) & ((t2 >= 0) | combined)
     out["teardown_segments"] = _masked(np.where(combined, 3, 4).astype(np.uint8), teardown_done)
 
-    # --- Zeek-style state and history ------------------------------------------
-    orig_fin = per_conn_sum(is_fin & fo) > 0
-    resp_fin = per_conn_sum(is_fin & ~fo) > 0
-    out["conn_state"] = _conn_state(out["syn_count"] > 0, out["synack_count"] > 0,
-                                    orig_fin, resp_fin, orig_rst, resp_rst, fins_before_rst)
-    out["history"] = _history(g, fo, flags, plen, n_conns)
+    # --- Zeek's state machine ----------------------------------------------------
+    out["conn_state"] = np.asarray(CONN_STATES)[state["conn_state"]]
+    out["history"] = history_strings(state)
+    analysis = state["analysis"][order]
+    for side, mask in (("orig", fo), ("resp", ~fo)):
+        out[f"{side}_retransmissions"] = per_conn_sum(
+            mask & ((analysis & ANALYSIS_TAGS["retransmission"]) != 0)).astype(np.uint32)
 
     frame = np.asarray(seg["frame"], dtype=np.uint64)[order]
     out["first_frame"] = frame[starts]
     out["last_frame"] = frame[offsets[1:] - 1]
     return out
-
-
-def _history(g, fo, flags, plen, n_conns):
-    """Zeek-like history strings, built as a byte matrix (no per-row Python)."""
-    is_syn = (flags & SYN) != 0
-    has_ack = (flags & ACK) != 0
-    is_fin = (flags & FIN) != 0
-    is_rst = (flags & RST) != 0
-    events = (is_syn & ~has_ack, is_syn & has_ack, is_fin, is_rst,
-              has_ack & ~is_syn & ~is_fin & ~is_rst & (plen == 0), plen > 0)
-    big = np.iinfo(np.int64).max
-    first = np.empty((n_conns, 2 * len(events)), dtype=np.int64)
-    for side, side_mask in enumerate((fo, ~fo)):
-        for k, e in enumerate(events):
-            p = first_in_group(g, e & side_mask, n_conns)
-            first[:, side * len(events) + k] = np.where(p >= 0, p, big)
-    # Ties (one segment, several letters) keep the column order S H F R A D,
-    # and the originator's letters cannot tie with the responder's.
-    rank = np.argsort(first, axis=1, kind="stable")
-    letters = _HISTORY_LETTERS[rank]
-    letters[np.take_along_axis(first, rank, axis=1) == big] = 0  # absent: trailing NULs
-    return np.ascontiguousarray(letters).view(f"S{letters.shape[1]}").ravel().astype(str)
 
 
 def _empty_flows():
@@ -251,7 +212,8 @@ def _empty_flows():
             "ts_end": np.zeros(0, np.int64), "duration": e,
             "orig_addr": np.zeros((0, 16), np.uint8), "resp_addr": np.zeros((0, 16), np.uint8),
             "orig_p": np.zeros(0, np.uint16), "resp_p": np.zeros(0, np.uint16),
-            "ip_version": np.zeros(0, np.uint8), "vlan": _masked(np.zeros(0, np.int32), np.zeros(0, bool)),
+            "ip_version": np.zeros(0, np.uint8), "proto": np.zeros(0, "<U3"), "ip_proto": np.zeros(0, np.uint8),
+            "vlan": _masked(np.zeros(0, np.int32), np.zeros(0, bool)),
             **{k: np.zeros(0, np.uint64) for k in ("orig_pkts", "resp_pkts", "orig_payload_bytes",
                                                    "resp_payload_bytes", "orig_ip_bytes", "resp_ip_bytes")},
             "handshake": np.zeros(0, "<U1"),
@@ -260,7 +222,9 @@ def _empty_flows():
             "orig_isn": _masked(np.zeros(0, np.uint32), np.zeros(0, bool)),
             "resp_isn": _masked(np.zeros(0, np.uint32), np.zeros(0, bool)),
             "syn_count": np.zeros(0, np.uint32), "synack_count": np.zeros(0, np.uint32),
-            "rtt_syn_synack": _masked(e, np.zeros(0, bool)), "rtt_synack_ack": _masked(e, np.zeros(0, bool)),
+            **{k: _masked(e, np.zeros(0, bool)) for k in ("rtt_syn_synack", "rtt_synack_ack", "irtt")},
+            **{k: _masked(np.zeros(0, np.uint64), np.zeros(0, bool)) for k in ("orig_bytes", "resp_bytes")},
+            "orig_retransmissions": np.zeros(0, np.uint32), "resp_retransmissions": np.zeros(0, np.uint32),
             **{f"{s}_mss": _masked(np.zeros(0, np.uint16), np.zeros(0, bool)) for s in ("orig", "resp")},
             **{f"{s}_wscale": _masked(np.zeros(0, np.int16), np.zeros(0, bool)) for s in ("orig", "resp")},
             "orig_sack_ok": np.zeros(0, bool), "resp_sack_ok": np.zeros(0, bool),
@@ -282,13 +246,17 @@ def summary_counts(flows: dict) -> dict:
             "close": counts(flows["close"], CLOSE_VALUES)}
 
 
-def analyse(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS):
-    """Run connections, tagging and summary: returns (segment columns, flows).
+def analyse(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,
+            server_ports=ZEEK_LIKELY_SERVER_PORTS_TCP, vlan_aware: bool = False):
+    """Run connections, Zeek's state machine, tagging and summary: returns (segment columns, flows).
 
-    Segment columns are in the input (frame) order: conn_id, from_orig and the
-    tagging columns (``tag`` as uint8 codes, names in tagging.TAG_NAMES)."""
-    conn = assign_connections(seg, idle_timeout_ns)
+    Segment columns are in the input (frame) order: conn_id, from_orig, the
+    tagging columns (``tag`` as uint8 codes, names in tagging.TAG_NAMES) and
+    ``analysis`` (bits named in tcpstate.ANALYSIS_TAGS)."""
+    conn = assign_connections(seg, idle_timeout_ns, vlan_aware)
+    state = tcp_state(seg, conn, server_ports)
+    conn["from_orig"] = state["from_orig"]
     tags = tag_segments(seg, conn)
-    segments = {"conn_id": conn["conn_id"], "from_orig": conn["from_orig"]}
+    segments = {"conn_id": conn["conn_id"], "from_orig": conn["from_orig"], "analysis": state["analysis"]}
     segments.update({k: tags[k] for k in SEGMENT_COLUMNS})
-    return segments, summarize(seg, conn, tags)
+    return segments, summarize(seg, conn, tags, state)
