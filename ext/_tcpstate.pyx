@@ -447,7 +447,8 @@ cdef void process(Conn *c, int k, uint16_t flags, uint32_t base_seq, uint32_t ac
     if do_close:
         e.did_close = True
 
-    if rxmit and not (a & A_KEEPALIVE):
+    # Zeek's T also counts payload on a SYN or RST; the tag keeps to resent stream data
+    if rxmit and not (a & A_KEEPALIVE) and not (flags & (SYN | RST)):
         a |= A_RETRANSMISSION
     analysis[0] = a
 

@@ -90,7 +90,7 @@ SEGMENTS_FIELDS = [
     ("handshake_step", pa.int8(), "1 SYN, 2 SYN-ACK, 3 final ACK; null otherwise"),
     ("teardown_step", pa.int8(), "1 first FIN, 2 its ACK, 3 other FIN, 4 last ACK; null otherwise"),
     ("tag", CATEGORY, "role: " + ", ".join(TAG_NAMES)),
-    ("retransmission", pa.bool_(), "payload at or below the highest sequence number the sender had sent (not a keepalive)"),
+    ("retransmission", pa.bool_(), "payload at or below the highest sequence number the sender had sent (no SYN, RST or keepalive)"),
     ("keepalive", pa.bool_(), "length 0 or 1, sequence number one below the sender's next, no SYN/FIN/RST"),
     ("zero_window", pa.bool_(), "window 0, no SYN/FIN/RST"),
     ("dup_ack", pa.bool_(), "no payload, no SYN/FIN/RST; same ack, window and sequence number as the sender's previous ACK"),
