@@ -84,7 +84,7 @@ def seq_geq(a, b) -> np.ndarray:
 
 # ---------------------------------------------------------------------------
 
-def _addr_words(addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def addr_words(addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """16-byte addresses as (high, low) uint64 words in network byte order,
     so that integer comparison is address comparison."""
     words = np.ascontiguousarray(addr, dtype=np.uint8).reshape(-1, 16).view(">u8")
@@ -97,8 +97,8 @@ def _canonical_key(seg, vlan_aware=False):
     the key only when ``vlan_aware`` (Zeek's default key ignores it, so that
     a capture whose two directions carry different tags keeps its
     connections whole)."""
-    s_hi, s_lo = _addr_words(seg["src"])
-    d_hi, d_lo = _addr_words(seg["dst"])
+    s_hi, s_lo = addr_words(seg["src"])
+    d_hi, d_lo = addr_words(seg["dst"])
     sp = np.asarray(seg["sport"], dtype=np.uint16)
     dp = np.asarray(seg["dport"], dtype=np.uint16)
     a_is_src = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sp <= dp))))
@@ -112,52 +112,51 @@ def _canonical_key(seg, vlan_aware=False):
     return (vlan, a_hi, a_lo, a_p, b_hi, b_lo, b_p), a_is_src
 
 
-def _pair_hash(keys) -> np.ndarray:
-    """64-bit mix of the canonical pair key (splitmix-style rounds)."""
-    vlan, a_hi, a_lo, a_p, b_hi, b_lo, b_p = keys
-    h = np.uint64(0x9E3779B97F4A7C15) * (vlan.astype(np.int64).view(np.uint64) + np.uint64(1))
-    for w in (a_hi, a_lo, a_p.astype(np.uint64) << np.uint64(16) | b_p.astype(np.uint64), b_hi, b_lo):
-        h = h ^ w
+def _key_hash(keys) -> np.ndarray:
+    """64-bit mix of a tuple of integer key columns (splitmix-style rounds)."""
+    h = np.full(keys[0].shape, 0x9E3779B97F4A7C15, dtype=np.uint64)
+    for k in keys:
+        h = h ^ np.asarray(k).astype(np.int64).view(np.uint64)
         h = h * np.uint64(0xBF58476D1CE4E5B9)
         h = h ^ (h >> np.uint64(31))
     return h
 
 
-def _key_changes(keys, order, n):
-    """Rows (in ``order``) whose pair key differs from the previous row's."""
-    change = np.empty(n, dtype=bool)
+def _key_changes(keys, order):
+    """Rows (in ``order``) whose key differs from the previous row's."""
+    change = np.zeros(order.size, dtype=bool)
     change[0] = True
-    change[1:] = False
     for k in keys:
         ks = k[order]
         change[1:] |= ks[1:] != ks[:-1]
     return change
 
 
-def _sort_by_pair(keys, n):
-    """Stable grouping permutation by pair key plus a pair-start mask.
+def group_rows(keys):
+    """Stable grouping permutation by a tuple of key columns, plus a group-start mask.
 
     Fast path: pack the high bits of a 64-bit hash of the key above the row
     index and ``np.sort`` the packed words (a plain sort is much faster than
-    an argsort, and the index bits keep frame order inside a pair).  Two
+    an argsort, and the index bits keep frame order inside a group).  Two
     different keys sharing a hash prefix show up as a key change between rows
     of equal prefix; then retry with the full hash, then an exact lexsort."""
-    h = _pair_hash(keys)
+    n = keys[0].size
+    h = _key_hash(keys)
     idx_bits = max(1, (n - 1).bit_length())
     idx_mask = np.uint64((1 << idx_bits) - 1)
     packed = np.sort((h & ~idx_mask) | np.arange(n, dtype=np.uint64))
     order = (packed & idx_mask).astype(np.int64)
     prefix = packed & ~idx_mask
-    change = _key_changes(keys, order, n)
+    change = _key_changes(keys, order)
     if not np.any(change[1:] & (prefix[1:] == prefix[:-1])):
         return order, change
     order = np.argsort(h, kind="stable")
-    change = _key_changes(keys, order, n)
+    change = _key_changes(keys, order)
     hs = h[order]
     if not np.any(change[1:] & (hs[1:] == hs[:-1])):
         return order, change
     order = np.lexsort((np.arange(n),) + tuple(reversed(keys)))
-    return order, _key_changes(keys, order, n)
+    return order, _key_changes(keys, order)
 
 
 def _running_max_in_groups(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
@@ -216,7 +215,7 @@ def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
                 "order": np.zeros(0, np.int64), "offsets": np.zeros(1, np.int64),
                 "n_conns": 0}
     keys, a_is_src = _canonical_key(seg, vlan_aware)
-    order, pair_start = _sort_by_pair(keys, n)
+    order, pair_start = group_rows(keys)
 
     # Columns in pair-grouped order (frame order inside each pair).
     flags = np.asarray(seg["tcp_flags"], dtype=np.uint16)[order]

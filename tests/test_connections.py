@@ -668,7 +668,7 @@ def test_pair_hash_collisions_fall_back_to_exact_grouping(monkeypatch, fake_hash
     seg = {k: v[idx] for k, v in seg.items()}
     seg["frame"] = np.arange(1, 7, dtype=np.uint64)
     expected = assign_connections(seg)
-    monkeypatch.setattr(flows_mod, "_pair_hash", fake_hash)
+    monkeypatch.setattr(flows_mod, "_key_hash", fake_hash)
     got = assign_connections(seg)
     assert got["conn_id"].tolist() == expected["conn_id"].tolist() == [0, 1, 0, 1, 0, 1]
     assert got["from_orig"].tolist() == expected["from_orig"].tolist()
