@@ -105,19 +105,38 @@ cdef inline void decode_l4(const uint8_t *p, uint32_t avail, int64_t l4len, uint
     if proto == IPPROTO_TCP:
         decode_tcp(p, avail, l4len, c, i)
     elif proto == IPPROTO_UDP:
+        # Zeek (packet_analysis/protocol/udp/UDP.cc) takes a datagram only with its whole 8-byte header
+        # captured and an IP payload of at least 8 bytes, and counts the UDP length field minus the header
+        # as payload (conn.log orig_bytes/resp_bytes), whatever the IP lengths say
         if avail < 4:
             c.status[i] = ST_TRUNCATED
             return
         c.sport[i] = be16(p)
         c.dport[i] = be16(p + 2)
+        if l4len < 8:
+            c.status[i] = ST_BAD_HEADER
+            return
+        if avail < 8:
+            c.status[i] = ST_TRUNCATED
+            return
+        c.payload_len[i] = <uint32_t>be16(p + 4) - 8 if be16(p + 4) >= 8 else 0
         c.status[i] = ST_UDP
     elif proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6:
-        # type and code stand in the port columns, as Zeek keys ICMP flows
+        # type and code stand in the port columns, as Zeek keys ICMP flows. Zeek
+        # (packet_analysis/protocol/icmp/ICMP.cc) takes a message only with its 8-byte header captured and
+        # an IP payload of at least 8 bytes, and counts the IP payload minus that header as its bytes
         if avail < 2:
             c.status[i] = ST_TRUNCATED
             return
         c.sport[i] = p[0]
         c.dport[i] = p[1]
+        if l4len < 8:
+            c.status[i] = ST_BAD_HEADER
+            return
+        if avail < 8:
+            c.status[i] = ST_TRUNCATED
+            return
+        c.payload_len[i] = <uint32_t>(l4len - 8)
         c.status[i] = ST_ICMP6 if proto == IPPROTO_ICMPV6 else ST_ICMP
     else:
         c.status[i] = ST_OTHER_IP
