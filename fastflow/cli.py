@@ -35,13 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("process", help="analyse the TCP connections of a capture into Parquet")
+    p = sub.add_parser("process", help="analyse the connections of a capture (TCP in depth, UDP, ICMP, other IP) into Parquet")
     p.add_argument("capture", help="pcap or pcapng file, optionally gzip/zstd/xz/bz2 compressed; - for stdin")
     p.add_argument("-o", "--output", required=True, help="flows Parquet file to write")
     p.add_argument("--segments", metavar="PATH", help="also write one row per TCP segment to PATH")
     p.add_argument("--filter", metavar="EXPR", help="libpcap filter expression, as tcpdump takes it")
-    p.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
-                   help="silence after which a new connection starts on the same pair (default 300, as Zeek)")
+    p.add_argument("--idle-timeout", metavar="[PROTO=]SECONDS[,...]",
+                   help="silence after which a new connection starts on the same key, per protocol (tcp, udp, "
+                        "icmp, other; a bare number sets tcp); default tcp=300,udp=60,icmp=60,other=60 as Zeek")
+    p.add_argument("--likely-server-ports", metavar="PORTS",
+                   help="ports taken as servers when orienting connections, replacing Zeek's default list: "
+                        "e.g. 22,80,443/tcp,53/udp,8000-8010 (a bare port or range means TCP and UDP)")
+    p.add_argument("--vlan-aware", action="store_true",
+                   help="key connections on the outermost VLAN id too (Zeek's vlan_fivetuple); by default, as "
+                        "Zeek, the two directions of a connection may carry different tags")
+    p.add_argument("--community-id-seed", type=int, default=0, metavar="N",
+                   help="seed of the Community ID hash, 0-65535 (default 0)")
     p.add_argument("--compression", default="zstd",
                    choices=("zstd", "snappy", "gzip", "brotli", "lz4", "none"), help="Parquet compression")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -79,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _process(args) -> int:
     from .pipeline import process
+    from .server_ports import parse_ports
     from .write import check_output, write_tables
 
     outputs = [args.output] + ([args.segments] if args.segments else [])
@@ -86,11 +96,19 @@ def _process(args) -> int:
         raise UsageError("--segments and -o name the same file")
     for path in outputs:
         check_output(path, args.overwrite, [args.capture])
-    if args.idle_timeout <= 0:
-        raise UsageError("--idle-timeout must be positive")
+    timeouts = _parse_timeouts(args.idle_timeout) if args.idle_timeout else None
+    if not 0 <= args.community_id_seed <= 0xFFFF:
+        raise UsageError("--community-id-seed must be between 0 and 65535")
+    server_ports = None
+    if args.likely_server_ports is not None:
+        try:
+            server_ports = parse_ports(args.likely_server_ports)
+        except ValueError as exc:
+            raise UsageError(f"--likely-server-ports: {exc}") from None
     progress = _Progress(sys.stderr) if (not args.quiet and sys.stderr.isatty()) else None
-    result = process(args.capture, filter_expr=args.filter, idle_timeout_s=args.idle_timeout,
-                     want_segments=bool(args.segments), progress=progress)
+    result = process(args.capture, filter_expr=args.filter, idle_timeouts_s=timeouts,
+                     want_segments=bool(args.segments), community_id_seed=args.community_id_seed,
+                     vlan_aware=args.vlan_aware, server_ports=server_ports, progress=progress)
     if progress:
         progress.done()
     tables = [(args.output, result.flows)]
@@ -115,6 +133,24 @@ def _process(args) -> int:
     return EXIT_DAMAGED if result.damage is not None else EXIT_OK
 
 
+def _parse_timeouts(text: str) -> dict:
+    """'300' or 'tcp=300,udp=30' -> {proto: seconds}; UsageError on anything else."""
+    out = {}
+    for item in text.split(","):
+        proto, sep, value = item.strip().rpartition("=")
+        proto = proto.strip().lower() if sep else "tcp"
+        if proto not in ("tcp", "udp", "icmp", "other"):
+            raise UsageError(f"--idle-timeout: unknown protocol {proto!r} (tcp, udp, icmp or other)")
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise UsageError(f"--idle-timeout: {value.strip()!r} is not a number of seconds") from None
+        if not seconds > 0 or seconds == float("inf"):
+            raise UsageError("--idle-timeout must be positive")
+        out[proto] = seconds
+    return out
+
+
 def _summary(stats: dict, outputs: list[str]) -> str:
     c = stats["counts"]
     secs = stats["seconds"]["total"]
@@ -122,11 +158,10 @@ def _summary(stats: dict, outputs: list[str]) -> str:
     lines = [
         f"{stats['source']}: {c['packets']} packets ({c['format']}"
         + (f", {c['compression']}" if c["compression"] else "") + f"), {c['tcp_segments']} TCP segments, "
-        f"{c['connections']} connections",
-        "  handshake: " + ", ".join(f"{k} {v}" for k, v in c["handshake"].items() if v) if c["connections"] else
-        "  handshake: -",
-        "  close:     " + ", ".join(f"{k} {v}" for k, v in c["close"].items() if v) if c["connections"] else
-        "  close:     -",
+        f"{c['connections']} connections ("
+        + (", ".join(f"{k} {v}" for k, v in c["by_proto"].items() if v) or "none") + ")",
+        "  handshake: " + (", ".join(f"{k} {v}" for k, v in c["handshake"].items() if v) or "-"),
+        "  close:     " + (", ".join(f"{k} {v}" for k, v in c["close"].items() if v) or "-"),
         "  not TCP:   " + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none")
         + (f"; filtered out {c['filtered']}" if c["filtered"] else ""),
         f"  time:      {secs:.3f} s, {c['packets'] / secs if secs else 0:,.0f} packets/s",

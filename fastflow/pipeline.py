@@ -14,14 +14,22 @@ import pyarrow as pa
 from . import __version__, _decode
 from .decode import CaptureReader, Damage, Status, check_filter
 from .community_id import community_id
-from .flows import DEFAULT_IDLE_TIMEOUT_NS
+from .datagram import datagram_flows
+from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP
 from .schema import file_metadata, flows_table, segments_table
 from .source import Source
-from .summary import analyse, summary_counts
+from .summary import analyse, combine_flows, summary_counts
 
 # the decoder columns the connection stage and the segments table need
 SEGMENT_INPUT_COLUMNS = ("frame", "ts", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
                          "tcp_flags", "window", "payload_len", "ip_len", "mss", "wscale", "sack_ok", "pflags")
+# ... and those the UDP / ICMP / other-IP flows need
+DATAGRAM_INPUT_COLUMNS = ("frame", "ts", "status", "vlan", "ip_version", "src", "dst", "ip_proto", "sport",
+                          "dport", "ip_len", "payload_len")
+DATAGRAM_STATUSES = (Status.UDP, Status.ICMP, Status.ICMP6, Status.OTHER_IP)
+
+#: Zeek's inactivity timeouts (init-bare.zeek: tcp_inactivity_timeout, udp_, icmp_, unknown_ip_)
+DEFAULT_IDLE_TIMEOUTS_S = {"tcp": 300.0, "udp": 60.0, "icmp": 60.0, "other": 60.0}
 
 
 @dataclass
@@ -37,36 +45,50 @@ class Result:
                               "damage": self.stats["damage"]})
 
 
-def _concat(parts: list[dict]) -> dict:
+def _concat(parts: list[dict], columns) -> dict:
     if not parts:
         empty = _decode.Decoder(1).take()  # zero rows with the decoder's dtypes
-        return {name: empty[name] for name in SEGMENT_INPUT_COLUMNS}
+        return {name: empty[name] for name in columns}
     if len(parts) == 1:
         return parts[0]
-    return {name: np.concatenate([p[name] for p in parts]) for name in SEGMENT_INPUT_COLUMNS}
+    return {name: np.concatenate([p[name] for p in parts]) for name in columns}
 
 
-def process(path: str, *, filter_expr: str | None = None, idle_timeout_s: float | None = None,
+def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict | None = None,
             want_segments: bool = False, batch_size: int = 1 << 18, community_id_seed: int = 0,
+            vlan_aware: bool = False, server_ports: tuple | None = None,
             progress: Callable[[int, int | None], None] | None = None) -> Result:
-    """Decode one capture and analyse its TCP connections. Raises FastflowError subclasses."""
+    """Decode one capture and analyse its connections. Raises FastflowError subclasses.
+
+    idle_timeouts_s: seconds by protocol ("tcp", "udp", "icmp", "other"), missing ones Zeek's defaults;
+    server_ports: (TCP ports, UDP ports) Zeek takes as likely servers when it orients a connection."""
     started = time.perf_counter()
     if filter_expr:
         check_filter(filter_expr)
-    idle_ns = DEFAULT_IDLE_TIMEOUT_NS if idle_timeout_s is None else int(idle_timeout_s * 1e9)
-    parts = []
+    timeouts = dict(DEFAULT_IDLE_TIMEOUTS_S, **(idle_timeouts_s or {}))
+    timeouts_ns = {proto: int(seconds * 1e9) for proto, seconds in timeouts.items()}
+    tcp_ports, udp_ports = server_ports or (ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP)
+    tcp_parts, datagram_parts = [], []
     with Source(path) as source:
         reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size)
         for batch in reader.batches():
-            tcp = batch["status"] == Status.TCP
-            parts.append({name: batch[name][tcp] for name in SEGMENT_INPUT_COLUMNS})
+            status = batch["status"]
+            tcp = status == Status.TCP
+            tcp_parts.append({name: batch[name][tcp] for name in SEGMENT_INPUT_COLUMNS})
+            datagram = np.isin(status, DATAGRAM_STATUSES)
+            if datagram.any():
+                datagram_parts.append({name: batch[name][datagram] for name in DATAGRAM_INPUT_COLUMNS})
             del batch
             if progress is not None:
                 progress(source.raw_consumed, source.size)
         decoded_at = time.perf_counter()
-        seg = _concat(parts)
-        del parts
-        segments, flows = analyse(seg, idle_ns)
+        seg = _concat(tcp_parts, SEGMENT_INPUT_COLUMNS)
+        del tcp_parts
+        segments, tcp_flows = analyse(seg, timeouts_ns["tcp"], tcp_ports, vlan_aware)
+        other = datagram_flows(_concat(datagram_parts, DATAGRAM_INPUT_COLUMNS), timeouts_ns, udp_ports, vlan_aware)
+        del datagram_parts
+        flows, tcp_conn_id = combine_flows(tcp_flows, other)
+        segments["conn_id"] = tcp_conn_id[segments["conn_id"]]
         flows["community_id"] = community_id(flows["orig_addr"], flows["resp_addr"], flows["ip_version"],
                                              flows["ip_proto"], flows["orig_p"], flows["resp_p"],
                                              seed=community_id_seed)

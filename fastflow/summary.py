@@ -236,14 +236,43 @@ def _empty_flows():
             "first_frame": np.zeros(0, np.uint64), "last_frame": np.zeros(0, np.uint64)}
 
 
+PROTO_VALUES = ("tcp", "udp", "icmp", "icmp6", "other")
+
+
 def summary_counts(flows: dict) -> dict:
-    """Connection counts by handshake and by close outcome (CLI summary)."""
+    """Connection counts by protocol, and TCP's by handshake and by close outcome (CLI summary)."""
     def counts(values, names):
-        values = np.asarray(values)
+        values = np.ma.filled(np.ma.asarray(values), "") if np.ma.isMaskedArray(values) else np.asarray(values)
         return {name: int(np.count_nonzero(values == name)) for name in names}
     return {"connections": int(np.asarray(flows["conn_id"]).size),
+            "by_proto": counts(flows["proto"], PROTO_VALUES),
             "handshake": counts(flows["handshake"], HANDSHAKE_VALUES),
             "close": counts(flows["close"], CLOSE_VALUES)}
+
+
+def combine_flows(tcp: dict, datagram: dict) -> tuple[dict, np.ndarray]:
+    """TCP flows and datagram.datagram_flows rows as one table in order of first packet.
+
+    Columns only TCP has are null on datagram rows. Returns the table (conn_id dense from 0) and each TCP
+    connection's new conn_id, to renumber the segments."""
+    n_tcp, n_dg = len(tcp["conn_id"]), len(datagram["first_frame"])
+    order = np.argsort(np.concatenate([tcp["first_frame"], datagram["first_frame"]]), kind="stable")
+    out = {}
+    for name, a in tcp.items():
+        if name == "conn_id":
+            continue
+        b = datagram.get(name)
+        if b is None:
+            b = np.ma.masked_all((n_dg,) + np.shape(a)[1:], dtype=np.asarray(a).dtype)
+        if np.ma.isMaskedArray(a) or np.ma.isMaskedArray(b):
+            merged = np.ma.concatenate([np.ma.asarray(a), np.ma.asarray(b)])
+        else:
+            merged = np.concatenate([a, b])
+        out[name] = merged[order]
+    out["conn_id"] = np.arange(n_tcp + n_dg, dtype=np.uint64)
+    new_id = np.empty(n_tcp + n_dg, dtype=np.uint64)
+    new_id[order] = out["conn_id"]
+    return out, new_id[:n_tcp]
 
 
 def analyse(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,

@@ -223,11 +223,15 @@ def test_sigterm_exits_143(tmp_path):
     _interrupt(signal.SIGTERM, 143, tmp_path)
 
 
-@pytest.mark.parametrize("path", [DATA / "header_only.pcap", CAPTURES / "zeek__pcapng-multi-interface.pcapng"])
-def test_capture_without_tcp_gives_empty_tables(tmp_path, path):
+@pytest.mark.parametrize("path,udp_flows", [(DATA / "header_only.pcap", 0),
+                                            (CAPTURES / "zeek__pcapng-multi-interface.pcapng", 3)])
+def test_capture_without_tcp_gives_empty_segments(tmp_path, path, udp_flows):
     if not path.exists():
         pytest.skip(f"{path} not found (the shared corpus is missing)")
     proc = run("process", path, "-o", tmp_path / "f.parquet", "--segments", tmp_path / "s.parquet")
     assert proc.returncode == 0, proc.stderr
-    assert pq.read_table(tmp_path / "f.parquet").num_rows == 0
+    flows = pq.read_table(tmp_path / "f.parquet")
+    assert flows.num_rows == udp_flows and flows.column("proto").to_pylist() == ["udp"] * udp_flows
+    # the TCP-only columns are null on other protocols
+    assert flows.column("handshake").null_count == udp_flows and flows.column("orig_isn").null_count == udp_flows
     assert pq.read_table(tmp_path / "s.parquet").num_rows == 0
