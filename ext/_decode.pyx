@@ -68,6 +68,7 @@ cdef inline void decode_tcp(const uint8_t *p, uint32_t avail, int64_t l4len, Col
         c.status[i] = ST_BAD_HEADER
         return
     c.payload_len[i] = <uint32_t>(l4len - hlen)
+    c.claimed_len[i] = c.payload_len[i]
     optend = hlen
     if avail < hlen:
         optend = avail
@@ -142,9 +143,38 @@ cdef inline void decode_l4(const uint8_t *p, uint32_t avail, int64_t l4len, uint
         c.status[i] = ST_OTHER_IP
 
 
+cdef inline uint64_t ones_sum(uint64_t total, const uint8_t *p, uint64_t n) noexcept nogil:
+    """Add n bytes as big-endian 16-bit words (a last odd byte padded) to a ones-complement sum."""
+    cdef uint64_t k = 0
+    while k + 1 < n:
+        total += (<uint64_t>p[k] << 8) | p[k + 1]
+        k += 2
+    if k < n:
+        total += <uint64_t>p[k] << 8
+    return total
+
+
+cdef inline bint ones_sum_ok(uint64_t total) noexcept nogil:
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    return total == 0xffff
+
+
+cdef inline void check_l4_checksum(const uint8_t *l4, uint32_t avail, int64_t l4len, uint64_t pseudo,
+                                   Columns *c, Py_ssize_t i) noexcept nogil:
+    """TCP/UDP checksum over a fully captured segment (Zeek's ValidChecksum; caplen >= len)."""
+    cdef uint8_t st = c.status[i]
+    if (st != ST_TCP and st != ST_UDP) or avail < l4len or (c.pflags[i] & PF_IP_LEN_EXCEEDS_WIRE):
+        return
+    if st == ST_UDP and be16(l4 + 6) == 0 and c.ip_version[i] == 4:
+        return  # IPv4 UDP without a checksum
+    if not ones_sum_ok(ones_sum(pseudo + <uint64_t>l4len, l4, <uint64_t>l4len)):
+        c.pflags[i] |= PF_BAD_CHECKSUM
+
+
 cdef inline void decode_ipv4(const uint8_t *p, uint32_t avail, uint32_t wire_avail, Columns *c,
                              Py_ssize_t i) noexcept nogil:
-    cdef uint32_t ihl, total
+    cdef uint32_t ihl, total, claimed
     cdef uint16_t frag
     cdef uint8_t *a
     c.ip_version[i] = 4
@@ -183,11 +213,19 @@ cdef inline void decode_ipv4(const uint8_t *p, uint32_t avail, uint32_t wire_ava
         return
     if frag & 0x2000:
         c.pflags[i] |= PF_FIRST_FRAGMENT
+    if c.verify_checksums and not ones_sum_ok(ones_sum(0, p, ihl)):
+        c.pflags[i] |= PF_BAD_IP_CHECKSUM
+    claimed = total
     if total > wire_avail:
         # the header claims more than was on the wire: lengths come from what was there (as Wireshark)
         c.pflags[i] |= PF_IP_LEN_EXCEEDS_WIRE
         total = wire_avail if wire_avail > ihl else ihl
     decode_l4(p + ihl, avail - ihl, <int64_t>total - ihl, p[9], c, i)
+    if c.status[i] == ST_TCP and claimed > total:
+        c.claimed_len[i] += claimed - total     # Zeek sizes segments by the IP header alone
+    if c.verify_checksums:
+        check_l4_checksum(p + ihl, avail - ihl, <int64_t>total - ihl,
+                          ones_sum(<uint64_t>p[9], p + 12, 8), c, i)
     if (frag & 0x2000) and c.status[i] != ST_TCP and c.status[i] != ST_UDP \
             and c.status[i] != ST_ICMP and c.status[i] != ST_OTHER_IP:
         # a first fragment too short for its transport header
@@ -202,7 +240,9 @@ cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_ava
     cdef uint32_t plen
     cdef uint8_t nh
     cdef uint16_t fo
-    cdef bint first_fragment = False
+    cdef bint first_fragment = False, jumbo = False
+    cdef uint32_t claimed
+    cdef const uint8_t *final_dst = p + 24    # the checksum's destination: a routing header's last hop
     c.ip_version[i] = 6
     if avail < 40:
         c.status[i] = ST_TRUNCATED
@@ -238,6 +278,9 @@ cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_ava
             hlen = (<uint32_t>p[off + 1] + 2) * 4
         else:
             hlen = (<uint32_t>p[off + 1] + 1) * 8
+            if nh == IPPROTO_ROUTING and (p[off + 2] == 0 or p[off + 2] == 2) and p[off + 3] > 0 \
+                    and p[off + 1] >= 2 and avail >= off + hlen:
+                final_dst = p + off + 8 + 16 * (p[off + 1] // 2 - 1)
             if nh == IPPROTO_HOPOPTS and be16(p + 4) == 0 and avail >= off + hlen:
                 # RFC 2675 jumbo payload option (type 0xC2, length 4)
                 k = off + 2
@@ -248,11 +291,15 @@ cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_ava
                         continue
                     if p[k] == 0xC2 and p[k + 1] == 4 and k + 6 <= optend:
                         plen = be32(p + k + 2)
+                        jumbo = True
                         break
                     k += 2 + p[k + 1]
         nh = p[off]
         off += hlen
-    c.ip_len[i] = 40 + plen
+    # a payload length of 0 without a jumbo option counts 40 bytes, as Zeek's IP_Hdr::TotalLen (the payload
+    # itself is still taken from the frame)
+    c.ip_len[i] = 40 + (plen if jumbo or be16(p + 4) != 0 else 0)
+    claimed = plen
     if 40 + plen > wire_avail:
         c.pflags[i] |= PF_IP_LEN_EXCEEDS_WIRE
         plen = wire_avail - 40
@@ -268,6 +315,11 @@ cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_ava
     if first_fragment:
         c.pflags[i] |= PF_FIRST_FRAGMENT
     decode_l4(p + off, avail - off, l4len, nh, c, i)
+    if c.status[i] == ST_TCP and claimed > plen:
+        c.claimed_len[i] += claimed - plen
+    if c.verify_checksums:
+        check_l4_checksum(p + off, avail - off, l4len,
+                          ones_sum(ones_sum(<uint64_t>nh, p + 8, 16), final_dst, 16), c, i)
     if first_fragment and (c.status[i] == ST_TRUNCATED or c.status[i] == ST_BAD_HEADER):
         c.status[i] = ST_FRAGMENT
         c.pflags[i] &= ~PF_FIRST_FRAGMENT
@@ -386,6 +438,7 @@ cdef void decode_packet(const uint8_t *p, uint32_t caplen, uint32_t wirelen, int
     c.window[i] = 0
     c.tcp_hlen[i] = 0
     c.payload_len[i] = 0
+    c.claimed_len[i] = 0
     c.mss[i] = 0
     c.wscale[i] = -1
     c.sack_ok[i] = 0
@@ -438,7 +491,7 @@ _COLUMN_DTYPES = (
     ("src", np.uint8), ("dst", np.uint8), ("ip_proto", np.uint8), ("ip_len", np.uint32),
     ("sport", np.uint16), ("dport", np.uint16), ("seq", np.uint32), ("ack", np.uint32),
     ("tcp_flags", np.uint16), ("window", np.uint16), ("tcp_hlen", np.uint8), ("payload_len", np.uint32),
-    ("mss", np.uint16), ("wscale", np.int16), ("sack_ok", np.uint8), ("tsval", np.uint32),
+    ("claimed_len", np.uint32), ("mss", np.uint16), ("wscale", np.int16), ("sack_ok", np.uint8), ("tsval", np.uint32),
     ("tsecr", np.uint32),
 )
 COLUMN_NAMES = tuple(name for name, _ in _COLUMN_DTYPES)
@@ -479,7 +532,7 @@ cdef class Decoder:
     cdef readonly uint64_t bad_length_records   # records whose captured length exceeds the original
     cdef readonly uint64_t bad_length_offset    # offset of the first of them
 
-    def __cinit__(self, Py_ssize_t capacity=1 << 18, filter_expr=None):
+    def __cinit__(self, Py_ssize_t capacity=1 << 18, filter_expr=None, bint verify_checksums=False):
         cdef str name
         if capacity < 1:
             raise ValueError("capacity must be positive")
@@ -506,6 +559,7 @@ cdef class Decoder:
             self.filter_c = self.filter_expr
         self.arrays = {}
         self._allocate()
+        self.cols.verify_checksums = verify_checksums
 
     def __dealloc__(self):
         cdef int k
@@ -539,6 +593,7 @@ cdef class Decoder:
         c.window = <uint16_t *>_ptr(arrays["window"])
         c.tcp_hlen = <uint8_t *>_ptr(arrays["tcp_hlen"])
         c.payload_len = <uint32_t *>_ptr(arrays["payload_len"])
+        c.claimed_len = <uint32_t *>_ptr(arrays["claimed_len"])
         c.mss = <uint16_t *>_ptr(arrays["mss"])
         c.wscale = <int16_t *>_ptr(arrays["wscale"])
         c.sack_ok = <uint8_t *>_ptr(arrays["sack_ok"])

@@ -95,6 +95,8 @@ cdef struct Endpoint:
     uint32_t rxmt_thresh
     uint32_t win0_cnt
     uint32_t win0_thresh
+    uint32_t chk_cnt
+    uint32_t chk_thresh
     # fastflow's dup-ACK test: the previous ACK this endpoint sent
     bint sent_ack
     uint32_t last_ack
@@ -518,6 +520,8 @@ cdef inline void reset_conn(Conn *c) noexcept nogil:
         c.ep[k].rxmt_thresh = 1
         c.ep[k].win0_cnt = 0
         c.ep[k].win0_thresh = 1
+        c.ep[k].chk_cnt = 0
+        c.ep[k].chk_thresh = 1
         c.ep[k].sent_ack = False
         c.ep[k].last_ack = 0
         c.ep[k].last_win = 0
@@ -528,12 +532,13 @@ cdef inline void reset_conn(Conn *c) noexcept nogil:
 
 cdef int run(Py_ssize_t n_conns, const int64_t *offsets, const uint16_t *flags, const uint32_t *seq,
              const uint32_t *ack, const uint32_t *length, const uint16_t *window, const int64_t *ts,
-             const uint8_t *from_first, const uint8_t *port_flip,
+             const uint8_t *from_first, const uint8_t *bad_checksum, const uint8_t *port_flip,
              uint8_t *analysis, uint8_t *orig_is_first, uint8_t *state_code, uint8_t *orig_state,
              uint8_t *resp_state, uint64_t *orig_size, uint64_t *resp_size, int64_t *last_time,
              int64_t *hist_offsets, Text *h) noexcept nogil:
     cdef Conn c
     cdef Py_ssize_t ci, i, j, start, end
+    cdef int k
     cdef bint flip
     cdef uint16_t f0
     cdef Endpoint *o
@@ -556,9 +561,14 @@ cdef int run(Py_ssize_t n_conns, const int64_t *offsets, const uint16_t *flags, 
                 flip = j < end and (flags[j] & (SYN | RST)) == 0
         if flip:
             flip_roles(&c, h)
+        c.last_time = ts[start]     # a Session starts with start_time = last_time = its first packet's
         for i in range(start, end):
-            process(&c, 0 if from_first[i] else 1, flags[i], seq[i], ack[i], length[i], window[i], ts[i],
-                    &analysis[i], h)
+            k = 0 if from_first[i] else 1
+            if bad_checksum[i]:
+                # TCPAnalyzer::ValidateChecksum: counted as C/c, then the packet goes no further
+                scaled_history(&c, k, b'C', &c.ep[k].chk_cnt, &c.ep[k].chk_thresh, h)
+                continue
+            process(&c, k, flags[i], seq[i], ack[i], length[i], window[i], ts[i], &analysis[i], h)
         o = &c.ep[c.orig]
         r = &c.ep[1 - c.orig]
         orig_is_first[ci] = c.orig == 0
@@ -579,11 +589,12 @@ def zeek_tcp(const int64_t[::1] offsets not None, const uint16_t[::1] flags not 
              const uint32_t[::1] seq not None, const uint32_t[::1] ack not None,
              const uint32_t[::1] length not None, const uint16_t[::1] window not None,
              const int64_t[::1] ts not None, const uint8_t[::1] from_first not None,
-             const uint8_t[::1] port_flip not None):
+             const uint8_t[::1] bad_checksum not None, const uint8_t[::1] port_flip not None):
     """Run the state machine over segments grouped by connection.
 
-    offsets: connection k owns rows offsets[k]:offsets[k+1] (frame order inside); from_first: the row's
-    sender sent the connection's first packet; port_flip (per connection): Zeek's port heuristic would
+    offsets: connection k owns rows offsets[k]:offsets[k+1] (frame order inside); length: the payload
+    length by the IP length fields (Zeek's); from_first: the row's sender sent the connection's first
+    packet; bad_checksum: the row failed checksum verification (Zeek drops it after noting C); port_flip (per connection): Zeek's port heuristic would
     flip a connection that does not start with a pure SYN. Returns (status, dict of arrays)."""
     cdef Py_ssize_t n_conns = offsets.shape[0] - 1
     cdef Py_ssize_t n = flags.shape[0]
@@ -591,6 +602,7 @@ def zeek_tcp(const int64_t[::1] offsets not None, const uint16_t[::1] flags not 
     cdef int status
     if n_conns < 0 or offsets[n_conns] != n or seq.shape[0] != n or ack.shape[0] != n \
             or length.shape[0] != n or window.shape[0] != n or ts.shape[0] != n or from_first.shape[0] != n \
+            or bad_checksum.shape[0] != n \
             or port_flip.shape[0] != n_conns:
         raise ValueError("zeek_tcp: column lengths disagree")
     out = {
@@ -623,7 +635,7 @@ def zeek_tcp(const int64_t[::1] offsets not None, const uint16_t[::1] flags not 
     try:
         with nogil:
             status = run(n_conns, &offsets[0], &flags[0], &seq[0], &ack[0], &length[0], &window[0], &ts[0],
-                         &from_first[0], &port_flip[0], &analysis[0], &orig_is_first[0], &state_code[0],
+                         &from_first[0], &bad_checksum[0], &port_flip[0], &analysis[0], &orig_is_first[0], &state_code[0],
                          &orig_state[0], &resp_state[0], &orig_size[0], &resp_size[0], &last_time[0],
                          &hist_offsets[0], &h)
         out["history_data"] = h.data[:h.len] if status == ST_OK and h.len else b""

@@ -71,6 +71,8 @@ cdef enum:
     PF_HAS_TS = 4
     PF_IPV4_OPTIONS = 8
     PF_IP_LEN_EXCEEDS_WIRE = 16
+    PF_BAD_CHECKSUM = 32         # TCP/UDP checksum wrong (computed only when asked and fully captured)
+    PF_BAD_IP_CHECKSUM = 64      # IPv4 header checksum wrong (computed only when asked)
 
 # What feed() stopped on (mirrored by fastflow.decode.Stop).
 cdef enum:
@@ -122,8 +124,10 @@ cdef struct Columns:
     uint16_t *window
     uint8_t *tcp_hlen
     uint32_t *payload_len
+    uint32_t *claimed_len
     uint16_t *mss
     int16_t *wscale
     uint8_t *sack_ok
     uint32_t *tsval
     uint32_t *tsecr
+    bint verify_checksums

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vlan-aware", action="store_true",
                    help="key connections on the outermost VLAN id too (Zeek's vlan_fivetuple); by default, as "
                         "Zeek, the two directions of a connection may carry different tags")
+    p.add_argument("--verify-checksums", action="store_true",
+                   help="verify IPv4 header and TCP checksums as Zeek does without -C: drop packets with a bad "
+                        "IPv4 header checksum, note bad TCP checksums as C/c in history (default: off, as zeek -C)")
     p.add_argument("--community-id-seed", type=int, default=0, metavar="N",
                    help="seed of the Community ID hash, 0-65535 (default 0)")
     p.add_argument("--compression", default="zstd",
@@ -108,7 +111,8 @@ def _process(args) -> int:
     progress = _Progress(sys.stderr) if (not args.quiet and sys.stderr.isatty()) else None
     result = process(args.capture, filter_expr=args.filter, idle_timeouts_s=timeouts,
                      want_segments=bool(args.segments), community_id_seed=args.community_id_seed,
-                     vlan_aware=args.vlan_aware, server_ports=server_ports, progress=progress)
+                     vlan_aware=args.vlan_aware, server_ports=server_ports,
+                     verify_checksums=args.verify_checksums, progress=progress)
     if progress:
         progress.done()
     tables = [(args.output, result.flows)]

@@ -35,6 +35,8 @@ class PFlag(enum.IntFlag):
     HAS_TS = 4
     IPV4_OPTIONS = 8
     IP_LEN_EXCEEDS_WIRE = 16
+    BAD_CHECKSUM = 32        # TCP/UDP checksum wrong (verify_checksums only)
+    BAD_IP_CHECKSUM = 64     # IPv4 header checksum wrong (verify_checksums only)
 
 
 class Stop(enum.IntEnum):
@@ -85,9 +87,10 @@ def check_filter(expr: str) -> None:
 class CaptureReader:
     """Decode one input into batches of packet columns (dicts of numpy arrays, see docs/design.md)."""
 
-    def __init__(self, source: Source, filter_expr: str | None = None, batch_size: int = 1 << 18):
+    def __init__(self, source: Source, filter_expr: str | None = None, batch_size: int = 1 << 18,
+                 verify_checksums: bool = False):
         self.source = source
-        self.decoder = _decode.Decoder(batch_size, filter_expr)
+        self.decoder = _decode.Decoder(batch_size, filter_expr, verify_checksums)
         self.filter_expr = filter_expr
         self.damage: Damage | None = None
 

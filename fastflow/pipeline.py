@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__, _decode
-from .decode import CaptureReader, Damage, Status, check_filter
 from .community_id import community_id
 from .datagram import datagram_flows
+from .decode import CaptureReader, Damage, PFlag, Status, check_filter
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP
 from .schema import file_metadata, flows_table, segments_table
 from .source import Source
@@ -22,7 +22,8 @@ from .summary import analyse, combine_flows, summary_counts
 
 # the decoder columns the connection stage and the segments table need
 SEGMENT_INPUT_COLUMNS = ("frame", "ts", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
-                         "tcp_flags", "window", "payload_len", "ip_len", "mss", "wscale", "sack_ok", "pflags")
+                         "tcp_flags", "window", "payload_len", "claimed_len", "ip_len", "mss", "wscale", "sack_ok",
+                         "pflags")
 # ... and those the UDP / ICMP / other-IP flows need
 DATAGRAM_INPUT_COLUMNS = ("frame", "ts", "status", "vlan", "ip_version", "src", "dst", "ip_proto", "sport",
                           "dport", "ip_len", "payload_len")
@@ -56,12 +57,14 @@ def _concat(parts: list[dict], columns) -> dict:
 
 def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict | None = None,
             want_segments: bool = False, batch_size: int = 1 << 18, community_id_seed: int = 0,
-            vlan_aware: bool = False, server_ports: tuple | None = None,
+            vlan_aware: bool = False, server_ports: tuple | None = None, verify_checksums: bool = False,
             progress: Callable[[int, int | None], None] | None = None) -> Result:
     """Decode one capture and analyse its connections. Raises FastflowError subclasses.
 
     idle_timeouts_s: seconds by protocol ("tcp", "udp", "icmp", "other"), missing ones Zeek's defaults;
-    server_ports: (TCP ports, UDP ports) Zeek takes as likely servers when it orients a connection."""
+    server_ports: (TCP ports, UDP ports) Zeek takes as likely servers when it orients a connection;
+    verify_checksums: as Zeek without -C, drop packets with a bad IPv4 header checksum and note bad TCP
+    checksums in history (C) instead of analysing those segments."""
     started = time.perf_counter()
     if filter_expr:
         check_filter(filter_expr)
@@ -70,12 +73,16 @@ def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict 
     tcp_ports, udp_ports = server_ports or (ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP)
     tcp_parts, datagram_parts = [], []
     with Source(path) as source:
-        reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size)
+        reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size,
+                               verify_checksums=verify_checksums)
+        bad_ip_checksum = 0
         for batch in reader.batches():
             status = batch["status"]
-            tcp = status == Status.TCP
+            valid = (batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
+            bad_ip_checksum += int(valid.size - np.count_nonzero(valid))
+            tcp = (status == Status.TCP) & valid
             tcp_parts.append({name: batch[name][tcp] for name in SEGMENT_INPUT_COLUMNS})
-            datagram = np.isin(status, DATAGRAM_STATUSES)
+            datagram = np.isin(status, DATAGRAM_STATUSES) & valid
             if datagram.any():
                 datagram_parts.append({name: batch[name][datagram] for name in DATAGRAM_INPUT_COLUMNS})
             del batch
@@ -98,6 +105,7 @@ def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict 
         counts = {
             "packets": int(reader.frames),
             "filtered": int(reader.filtered),
+            "bad_ip_checksum": bad_ip_checksum,
             "tcp_segments": int(len(seg["frame"])),
             "by_status": reader.status_counts,
             "format": reader.file_format,

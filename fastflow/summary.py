@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .decode import PFlag
 from .flows import ACK, DEFAULT_IDLE_TIMEOUT_NS, FIN, RST, SYN, assign_connections, first_in_group, last_before
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP
 from .tagging import SEGMENT_COLUMNS, tag_segments
@@ -111,14 +112,15 @@ def summarize(seg: dict, conn: dict, tags: dict, state: dict) -> dict:
     vlan = np.asarray(seg["vlan"], dtype=np.int32)[first]
     out["vlan"] = _masked(vlan, vlan >= 0)
 
-    n_pkts = np.diff(offsets).astype(np.uint64)
-    out["orig_pkts"] = per_conn_sum(fo)
-    out["resp_pkts"] = n_pkts - out["orig_pkts"]
+    # Zeek's counts leave out packets dropped for a bad checksum (only found with verify_checksums)
+    counted = (np.asarray(seg["pflags"], dtype=np.uint8)[order] & PFlag.BAD_CHECKSUM) == 0
+    out["orig_pkts"] = per_conn_sum(fo & counted)
+    out["resp_pkts"] = per_conn_sum(~fo & counted)
     out["orig_payload_bytes"] = per_conn_sum(np.where(fo, plen, 0))
     out["resp_payload_bytes"] = per_conn_sum(np.where(fo, 0, plen))
     ip_len = np.asarray(seg["ip_len"], dtype=np.uint32)[order]
-    out["orig_ip_bytes"] = per_conn_sum(np.where(fo, ip_len, 0))
-    out["resp_ip_bytes"] = per_conn_sum(np.where(fo, 0, ip_len))
+    out["orig_ip_bytes"] = per_conn_sum(np.where(fo & counted, ip_len, 0))
+    out["resp_ip_bytes"] = per_conn_sum(np.where(~fo & counted, ip_len, 0))
     productive = out["duration"] > 0     # Zeek's set_conn logs the sizes only then
     out["orig_bytes"] = _masked(state["orig_size"], productive)
     out["resp_bytes"] = _masked(state["resp_size"], productive)

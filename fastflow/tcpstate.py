@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _tcpstate
+from .decode import PFlag
 from .flows import ACK, SYN
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, is_likely_server_port
 
@@ -47,10 +48,11 @@ def tcp_state(seg: dict, conn: dict, server_ports=ZEEK_LIKELY_SERVER_PORTS_TCP) 
         np.ascontiguousarray(offsets, dtype=np.int64), flags,
         np.ascontiguousarray(np.asarray(seg["seq"], dtype=np.uint32)[order]),
         np.ascontiguousarray(np.asarray(seg["ack"], dtype=np.uint32)[order]),
-        np.ascontiguousarray(np.asarray(seg["payload_len"], dtype=np.uint32)[order]),
+        np.ascontiguousarray(np.asarray(seg["claimed_len"], dtype=np.uint32)[order]),
         np.ascontiguousarray(np.asarray(seg["window"], dtype=np.uint16)[order]),
         np.ascontiguousarray(np.asarray(seg["ts"], dtype=np.int64)[order]),
         np.ascontiguousarray(from_first, dtype=np.uint8),
+        np.ascontiguousarray((np.asarray(seg["pflags"], dtype=np.uint8)[order] & PFlag.BAD_CHECKSUM) != 0, dtype=np.uint8),
         np.ascontiguousarray(port_flip, dtype=np.uint8))
     if status != _tcpstate.STATUS_OK:
         raise MemoryError("out of memory while building connection histories")

@@ -73,6 +73,7 @@ def make_segments(rows, client=(C, CP), server=(S, SP), vlan=-1):
               "ip_len": np.uint32, "mss": np.uint16, "wscale": np.int16, "sack_ok": np.uint8,
               "pflags": np.uint8}
     seg = {k: np.array(v, dtype=dtypes[k]) for k, v in cols.items() if k in dtypes}
+    seg["claimed_len"] = seg["payload_len"].copy()
     seg["src"] = np.array(cols["src"], dtype=np.uint8).reshape(-1, 16)
     seg["dst"] = np.array(cols["dst"], dtype=np.uint8).reshape(-1, 16)
     return seg
