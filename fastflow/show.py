@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 
 from .errors import InputError, UsageError
 
-FLOW_COLUMNS = (("conn_id", 7), ("ts_start", 26), ("orig", 0), ("resp", 0), ("handshake", 10), ("close", 16),
-                ("closer", 6), ("state", 6), ("history", 12), ("pkts", 9), ("duration", 10))
+FLOW_COLUMNS = (("conn_id", 7), ("ts_start", 26), ("proto", 5), ("orig", 0), ("resp", 0), ("handshake", 10),
+                ("close", 16), ("closer", 6), ("state", 6), ("history", 12), ("pkts", 9), ("duration", 10))
 STEP_NAMES = {1: "SYN", 2: "SYN-ACK", 3: "ACK"}
 TEARDOWN_NAMES = {1: "first FIN", 2: "ACK of first FIN", 3: "second FIN", 4: "ACK of second FIN"}
 
@@ -63,10 +63,11 @@ def _print_flows(table, limit: int, out) -> None:
     cells = []
     for r in rows:
         cells.append([
-            str(r["conn_id"]), r["ts_start"].strftime("%Y-%m-%d %H:%M:%S.%f"),
+            str(r["conn_id"]), r["ts_start"].strftime("%Y-%m-%d %H:%M:%S.%f"), r["proto"],
             _endpoint(r["orig_h"], r["orig_p"]), _endpoint(r["resp_h"], r["resp_p"]),
-            r["handshake"], r["close"], r["close_initiator"] or "-", r["conn_state"], r["history"],
-            f"{r['orig_pkts']}/{r['resp_pkts']}", f"{r['duration']:.6f}",
+            # TCP-only columns are null on other protocols; history is empty where Zeek writes none
+            r["handshake"] or "-", r["close"] or "-", r["close_initiator"] or "-", r["conn_state"],
+            r["history"] or "-", f"{r['orig_pkts']}/{r['resp_pkts']}", f"{r['duration']:.6f}",
         ])
     header = [name for name, _ in FLOW_COLUMNS]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]

@@ -124,6 +124,12 @@ def test_refuses_to_write_over_input(tmp_path):
     (["process", str(SEED), "-o", "{tmp}/f.parquet", "--filter", "tcp port 99999"], ["illegal port number"]),
     (["process", str(SEED), "-o", "{tmp}/f.parquet", "--filter", "tcp and and"], ["bad filter expression"]),
     (["process", str(SEED), "-o", "{tmp}/f.parquet", "--idle-timeout", "0"], ["--idle-timeout"]),
+    (["process", str(SEED), "-o", "{tmp}/f.parquet", "--idle-timeout", "udp=-1"], ["--idle-timeout"]),
+    (["process", str(SEED), "-o", "{tmp}/f.parquet", "--idle-timeout", "sctp=5"], ["unknown protocol"]),
+    (["process", str(SEED), "-o", "{tmp}/f.parquet", "--idle-timeout", "tcp=abc"], ["not a number"]),
+    (["process", str(SEED), "-o", "{tmp}/f.parquet", "--likely-server-ports", "80,70000"], ["> 65535"]),
+    (["process", str(SEED), "-o", "{tmp}/f.parquet", "--likely-server-ports", "90-80"], ["reversed range"]),
+    (["process", str(SEED), "-o", "{tmp}/f.parquet", "--community-id-seed", "65536"], ["--community-id-seed"]),
     (["process", str(SEED)], ["required"]),
     (["frobnicate"], ["invalid choice"]),
     (["show", "{tmp}/none.parquet"], ["no such file"]),
@@ -235,3 +241,41 @@ def test_capture_without_tcp_gives_empty_segments(tmp_path, path, udp_flows):
     # the TCP-only columns are null on other protocols
     assert flows.column("handshake").null_count == udp_flows and flows.column("orig_isn").null_count == udp_flows
     assert pq.read_table(tmp_path / "s.parquet").num_rows == 0
+
+
+def test_analysis_options(tmp_path):
+    out = tmp_path / "f.parquet"
+    # the seed's client port is a likely server port now: its SYN still makes it the originator
+    proc = run("process", SEED, "-o", out, "--likely-server-ports", "57245", "--community-id-seed", "1",
+               "--idle-timeout", "tcp=10,udp=5", "--vlan-aware")
+    assert proc.returncode == 0, proc.stderr
+    first, second = pq.read_table(out).to_pylist()
+    # the 23 s before the client's FIN exceed the 10 s TCP timeout: that FIN starts a second connection
+    assert (first["orig_p"], first["history"]) == (57245, "ShADdf")
+    # which starts midstream from port 57245, a server port now (80 is not): Zeek's heuristic flips it
+    assert (second["orig_p"], second["resp_p"], second["history"]) == (80, 57245, "^fA")
+    seed0 = run("process", SEED, "-o", tmp_path / "g.parquet")
+    assert seed0.returncode == 0, seed0.stderr
+    assert first["community_id"] != pq.read_table(tmp_path / "g.parquet").column("community_id")[0].as_py()
+
+
+@requires_corpus
+def test_verify_checksums_option(tmp_path):
+    syn_bad = CAPTURES / "zeek__tcp__syn-bad.pcap"
+    for args, expected in (([], ("S", "S0")), (["--verify-checksums"], ("C", "OTH"))):
+        out = tmp_path / "f.parquet"
+        proc = run("process", syn_bad, "-o", out, "--overwrite", *args)
+        assert proc.returncode == 0, proc.stderr
+        f = pq.read_table(out).to_pylist()[0]
+        assert (f["history"], f["conn_state"]) == expected
+
+
+@requires_corpus
+def test_show_lists_every_protocol(tmp_path):
+    out = tmp_path / "f.parquet"
+    assert run("process", CAPTURES / "zeek__wikipedia.pcap", "-o", out).returncode == 0
+    proc = run("show", out, "--limit", "0")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].split()[:3] == ["conn_id", "ts_start", "proto"] and len(lines) == 1 + 34
+    assert sum(" udp " in line for line in lines) == 24 and sum(" tcp " in line for line in lines) == 10
