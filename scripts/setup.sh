@@ -27,6 +27,8 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 if [ "$with_tests" = 1 ]; then
+  # the build tools too, so that `setup.py build_ext --inplace` (README, Development) works in .venv
+  .venv/bin/python -m pip install -q "Cython>=3.1" "setuptools>=77"
   .venv/bin/python -m pip install -q -e ".[test]"
 else
   .venv/bin/python -m pip install -q -e .
