@@ -401,6 +401,19 @@ def test_port_reuse_after_close_even_with_same_isn():
     assert flows["conn_state"].tolist() == ["RSTR", "S1"]
 
 
+def test_time_wait_reuse_with_isn_just_past_the_old_final_sequence():
+    # Linux reusing a 4-tuple in TIME_WAIT picks the old final sequence number + 65537 as the new ISN
+    closed = HANDSHAKE + [(2_000_000_000, ">", "F.", 101, 501, 1000, 0), (2_000_000_100, "<", "F.", 501, 102, 1000, 0),
+                          (2_000_000_200, ">", ".", 102, 502, 1000, 0)]
+    isn = (102 + 65537) % 2**32
+    again = [(2_500_000_000, ">", "S", isn, None, 1000, 0), (2_500_100_000, "<", "S.", 7000, isn + 1, 1000, 0),
+             (2_500_200_000, ">", ".", isn + 1, 7001, 1000, 0)]
+    _, segs, flows = run(closed + again)
+    assert segs["conn_id"].tolist() == [0] * 6 + [1] * 3
+    assert flows["conn_state"].tolist() == ["SF", "S1"] and flows["history"].tolist() == ["ShAFf", "ShA"]
+    assert flows["orig_isn"].tolist() == [100, isn]
+
+
 def test_same_isn_syn_after_one_fin_only_stays():
     # one FIN is not a close: a same-ISN SYN does not open a new connection
     rows = HANDSHAKE + [(2_000_000_000, ">", "F.", 101, 501, 1000, 0),
