@@ -439,6 +439,13 @@ def main(argv=None) -> None:
         inputs.append((os.path.abspath(path), f"Capture {os.path.basename(path)}"))
     benches = [bench_input(path, label, args.runs, args.timeout, args.with_slow) for path, label in inputs]
     text = render(benches, machine(), command, args)
+    # a hand-written "## Observations" section at the end of the previous file is kept
+    if os.path.exists(args.output):
+        with open(args.output) as f:
+            previous = f.read()
+        mark = previous.find("\n## Observations")
+        if mark >= 0:
+            text = text.rstrip("\n") + "\n" + previous[mark:]
     with open(args.output, "w") as f:
         f.write(text)
     print(f"\nwrote {args.output}")

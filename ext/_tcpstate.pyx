@@ -10,7 +10,8 @@ that each function can be read beside its Zeek counterpart; docs/zeek.md lists t
 The pass never raises: running out of memory for the history text comes back as a status code.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport realloc, free
+from libc.string cimport memset
 
 import numpy as np
 cimport numpy as cnp
@@ -503,31 +504,12 @@ cdef int conn_state(Endpoint *o, Endpoint *r, uint64_t osize, uint64_t rsize, co
 
 cdef inline void reset_conn(Conn *c) noexcept nogil:
     cdef int k
+    memset(c, 0, sizeof(Conn))          # INACTIVE is 0, as every number and flag
     for k in range(2):
-        c.ep[k].state = INACTIVE
-        c.ep[k].prev_state = INACTIVE
-        c.ep[k].start_seq = 0
-        c.ep[k].last_seq = 0
-        c.ep[k].ack_seq = 0
-        c.ep[k].seq_wraps = 0
-        c.ep[k].ack_wraps = 0
-        c.ep[k].fin_cnt = 0
-        c.ep[k].did_close = False
-        c.ep[k].hist_last_syn = 0
-        c.ep[k].hist_last_fin = 0
-        c.ep[k].hist_last_rst = 0
-        c.ep[k].rxmt_cnt = 0
+        # ScaledHistoryEntry thresholds start at 1: the first occurrence adds the letter
         c.ep[k].rxmt_thresh = 1
-        c.ep[k].win0_cnt = 0
         c.ep[k].win0_thresh = 1
-        c.ep[k].chk_cnt = 0
         c.ep[k].chk_thresh = 1
-        c.ep[k].sent_ack = False
-        c.ep[k].last_ack = 0
-        c.ep[k].last_win = 0
-    c.orig = 0
-    c.hist_seen = 0
-    c.last_time = 0
 
 
 cdef int run(Py_ssize_t n_conns, const int64_t *offsets, const uint16_t *flags, const uint32_t *seq,

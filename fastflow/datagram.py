@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flows import addr_words, group_rows
+from .flows import addr_words, group_rows, number_blocks
 
 # decoder status codes of the rows this stage takes (fastflow.decode.Status)
 ST_UDP, ST_ICMP, ST_ICMP6, ST_OTHER_IP = 1, 2, 3, 4
@@ -210,24 +210,8 @@ def datagram_flows(pk: dict, idle_timeout_ns: dict | None = None, server_ports=N
     gap[1:] = net_time[order][1:] - ts_o[:-1]   # network time now minus the flow's last_time
     t_o = timeout[order]
     conn_start = key_start | ((t_o > 0) & (gap >= t_o))
-    sc = np.cumsum(conn_start) - 1               # connection of each row, in key-sorted numbering
-    n_flows = int(sc[-1]) + 1
-    sc_start = np.flatnonzero(conn_start)        # position (in key-sorted rows) of each connection's start
-    sc_len = np.diff(np.append(sc_start, n))
-    first_index_sc = order[sc_start]             # subset row of each connection's first packet
-    perm = np.argsort(first_index_sc, kind="stable")
-    flow_of_sc = np.empty(n_flows, dtype=np.int64)
-    flow_of_sc[perm] = np.arange(n_flows, dtype=np.int64)
-    flow_sorted = flow_of_sc[sc]
-    flow = np.empty(n, dtype=np.int64)
-    flow[order] = flow_sorted
-    first = first_index_sc[perm]                 # subset row of each flow's first packet, flows in order
-    # rows regrouped by flow (frame order inside), moving the key-sorted blocks without another sort
-    counts = sc_len[perm]
-    offsets = np.zeros(n_flows + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    g = np.empty(n, dtype=np.int64)
-    g[offsets[flow_sorted] + (np.arange(n, dtype=np.int64) - sc_start[sc])] = order
+    flow, g, offsets, first = number_blocks(order, conn_start)    # g: rows grouped by flow, frame order inside
+    counts = np.diff(offsets)
     starts, ends = offsets[:-1], offsets[1:]
     last = g[ends - 1]
 

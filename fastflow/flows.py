@@ -159,6 +159,28 @@ def group_rows(keys):
     return order, _key_changes(keys, order)
 
 
+def number_blocks(order: np.ndarray, block_start: np.ndarray):
+    """Number the blocks of ``order`` (rows grouped by key, frame order inside; a block starts where
+    ``block_start``) densely in order of each block's first row, and regroup the rows by that number without
+    another sort. Returns (id per row, rows grouped by id, offsets (id k owns grouped[offsets[k]:offsets[k+1]]),
+    first row of each id)."""
+    n = order.size
+    block = np.cumsum(block_start) - 1            # block of each sorted position
+    start = np.flatnonzero(block_start)
+    length = np.diff(np.append(start, n))
+    perm = np.argsort(order[start], kind="stable")
+    id_of_block = np.empty(start.size, dtype=np.int64)
+    id_of_block[perm] = np.arange(start.size, dtype=np.int64)
+    sorted_id = id_of_block[block]
+    ids = np.empty(n, dtype=np.int64)
+    ids[order] = sorted_id
+    offsets = np.zeros(start.size + 1, dtype=np.int64)
+    np.cumsum(length[perm], out=offsets[1:])
+    grouped = np.empty(n, dtype=np.int64)
+    grouped[offsets[sorted_id] + (np.arange(n, dtype=np.int64) - start[block])] = order
+    return ids, grouped, offsets, order[start][perm]
+
+
 def _running_max_in_groups(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
     """Running maximum of int64 ``values`` restarted at each group start."""
     n = values.size
@@ -223,7 +245,6 @@ def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
     ack = np.asarray(seg["ack"], dtype=np.uint32)[order]
     ts = np.asarray(seg["ts"], dtype=np.int64)[order]
     src_a = a_is_src[order]
-    pos = np.arange(n, dtype=np.int64)
 
     is_syn = (flags & SYN) != 0
     has_ack = (flags & ACK) != 0
@@ -270,33 +291,11 @@ def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
     if maybe.any():
         _resolve_ambiguous_syns(cand[maybe], boundary, events)
 
-    # Connections in sorted order: contiguous blocks.
-    sc = np.cumsum(boundary) - 1  # sorted-connection index per sorted row
-    n_conns = int(sc[-1]) + 1
-    sc_start = np.flatnonzero(boundary)
-    sc_len = np.diff(np.append(sc_start, n))
-
+    conn, conn_order, offsets, first = number_blocks(order, boundary)
+    n_conns = offsets.size - 1
+    conn_id = conn.astype(np.uint64)
     # Pre-orientation: the first segment's sender (tcpstate.py applies Zeek's flips).
-    orig_is_a = src_a[sc_start]
-
-    # Dense ids in order of each connection's first segment (frame order).
-    first_index = order[sc_start]
-    perm = np.argsort(first_index, kind="stable")
-    conn_of_sc = np.empty(n_conns, dtype=np.int64)
-    conn_of_sc[perm] = np.arange(n_conns, dtype=np.int64)
-
-    conn_sorted = conn_of_sc[sc]
-    conn_id = np.empty(n, dtype=np.uint64)
-    conn_id[order] = conn_sorted
-    from_orig = np.empty(n, dtype=bool)
-    from_orig[order] = src_a == orig_is_a[sc]
-
-    # Regroup blocks in conn_id order without another sort.
-    offsets = np.zeros(n_conns + 1, dtype=np.int64)
-    np.cumsum(sc_len[perm], out=offsets[1:])
-    new_pos = offsets[conn_sorted] + (pos - sc_start[sc])
-    conn_order = np.empty(n, dtype=np.int64)
-    conn_order[new_pos] = order
+    from_orig = a_is_src == a_is_src[first][conn]
 
     return {"conn_id": conn_id, "from_orig": from_orig, "order": conn_order,
             "offsets": offsets, "n_conns": n_conns}
