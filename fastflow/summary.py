@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from .decode import PFlag
-from .flows import ACK, DEFAULT_IDLE_TIMEOUT_NS, FIN, RST, SYN, assign_connections, first_in_group, last_before
+from .flows import ACK, DEFAULT_IDLE_TIMEOUT_NS, RST, SYN, assign_connections, first_in_group, last_before
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP
 from .tagging import SEGMENT_COLUMNS, tag_segments
 from .tcpstate import ANALYSIS_TAGS, CONN_STATES, history_strings, tcp_state
@@ -82,7 +82,6 @@ def summarize(seg: dict, conn: dict, tags: dict, state: dict) -> dict:
     is_syn = (flags & SYN) != 0
     has_ack = (flags & ACK) != 0
     is_rst = (flags & RST) != 0
-    is_fin = (flags & FIN) != 0
     pure_syn = is_syn & ~has_ack
     synack = is_syn & has_ack
 

@@ -71,7 +71,6 @@ def _set(arr, positions, value):
 
 def tag_segments(seg: dict, conn: dict) -> dict:
     order = conn["order"]
-    offsets = conn["offsets"]
     n_conns = conn["n_conns"]
     n = order.size
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _tcpstate
 from .decode import PFlag
-from .flows import ACK, SYN
+from .flows import SYN
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, is_likely_server_port
 
 CONN_STATES = _tcpstate.CONN_STATES
