@@ -39,6 +39,9 @@ def show(path: str, conn: int | None = None, limit: int = 50, out=None) -> None:
             seg_path = _segments_path(table, path)
             if seg_path is None:
                 raise UsageError(f"{path} was written without --segments: no segments to list")
+            row = table.filter(pc.equal(table["conn_id"], conn)).select(["proto"]).to_pylist()
+            if row and row[0]["proto"] != "tcp":
+                raise UsageError(f"connection {conn} is {row[0]['proto']}: segments are listed for TCP only")
             _list_segments(_read(seg_path), conn, out)
         else:
             _print_flows(table, limit, out)

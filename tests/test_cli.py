@@ -279,3 +279,7 @@ def test_show_lists_every_protocol(tmp_path):
     lines = proc.stdout.decode().splitlines()
     assert lines[0].split()[:3] == ["conn_id", "ts_start", "proto"] and len(lines) == 1 + 34
     assert sum(" udp " in line for line in lines) == 24 and sum(" tcp " in line for line in lines) == 10
+    # segments are TCP's only: asking for a UDP flow's says so
+    assert run("process", CAPTURES / "zeek__wikipedia.pcap", "-o", out, "--segments", tmp_path / "s.parquet",
+               "--overwrite").returncode == 0
+    assert_one_line_error(run("show", out, "--conn", "0"), 2, "connection 0 is udp")
