@@ -3,7 +3,6 @@
 Column meanings are documented in docs/schema.md; each field here carries a one-line description too."""
 from __future__ import annotations
 
-import ipaddress
 import json
 
 import numpy as np
@@ -96,8 +95,21 @@ SEGMENTS_FIELDS = [
     ("dup_ack", pa.bool_(), "no payload, no SYN/FIN/RST; same ack, window and sequence number as the sender's previous ACK"),
 ]
 
+#: segments columns that can be null; the others are declared non-nullable (Parquet REQUIRED), which spares the
+#: writer a definition level per value and tells readers they never hold a null
+SEGMENTS_NULLABLE = frozenset({"rel_seq", "rel_ack", "handshake_step", "teardown_step"})
+
 FLOWS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in FLOWS_FIELDS])
-SEGMENTS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in SEGMENTS_FIELDS])
+SEGMENTS_SCHEMA = pa.schema([pa.field(n, t, nullable=n in SEGMENTS_NULLABLE, metadata={"description": d})
+                             for n, t, d in SEGMENTS_FIELDS])
+
+# How fastflow.write lays the columns out in Parquet (the figures behind each choice are in
+# benchmarks/parquet_write.py): sorted or slowly growing integers as deltas (DELTA_BINARY_PACKED: a few bits a
+# value, no dictionary to build); columns of random 32-bit values without a dictionary (it never pays); every
+# other column with a dictionary (Parquet falls back to plain values where it outgrows 1 MB). String columns are
+# written without min/max statistics: comparing every string costs more than the statistics can prune.
+DELTA_COLUMNS = frozenset({"frame", "ts", "conn_id", "ts_start", "first_frame"})
+NO_DICTIONARY_COLUMNS = frozenset({"seq", "ack", "orig_isn", "resp_isn"})
 
 # tcpdump's flag letters, in the order it prints them (print-tcp.c tcp_flag_values)
 _TCPDUMP_FLAGS = ((0x001, "F"), (0x002, "S"), (0x004, "R"), (0x008, "P"), (0x010, "."), (0x020, "U"),
@@ -115,18 +127,105 @@ def _tcpdump_flag_names() -> list[str]:
 TCPDUMP_FLAG_NAMES = _tcpdump_flag_names()
 
 
+# The 16-byte address columns (IPv4 as ::ffff:a.b.c.d) become text without Python per address: the distinct
+# addresses of all the columns given are found at once by Arrow's hash table, formatted with numpy (dotted quad, or
+# RFC 5952 IPv6 as Python's ipaddress prints it), and each column is then a take() of that text.
+
+_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+_DECIMAL = np.array([list(f"{i:<3}".encode()) for i in range(256)], np.uint8)  # 3 characters, space padded
+_DECIMAL_LEN = np.array([len(str(i)) for i in range(256)], np.int64)
+_MAPPED_PREFIX = np.frombuffer(bytes(10) + b"\xff\xff", np.uint8)
+
+
+def _strings(cells: np.ndarray, keep: np.ndarray) -> pa.Array:
+    """One string per row of cells (rows, ..., characters): the kept characters in order."""
+    lengths = keep.reshape(len(keep), keep[0].size if len(keep) else 0).sum(axis=1)
+    offsets = np.zeros(len(keep) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = np.ascontiguousarray(cells[keep])
+    return pa.Array.from_buffers(pa.string(), len(keep), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _format_ipv4(keys: np.ndarray) -> pa.Array:
+    """(k, 16) addresses to dotted quads of their last 4 bytes."""
+    octets = keys[:, 12:16]
+    cells = np.full((len(keys), 4, 4), ord("."), np.uint8)
+    cells[:, :, :3] = _DECIMAL[octets]
+    keep = np.ones(cells.shape, bool)
+    keep[:, :, :3] = np.arange(3) < _DECIMAL_LEN[octets][:, :, None]
+    keep[:, 3, 3] = False  # no dot after the last octet
+    return _strings(cells, keep)
+
+
+def _format_ipv6(keys: np.ndarray) -> pa.Array:
+    """(k, 16) addresses to RFC 5952 text, as Python 3.11's ipaddress.IPv6Address prints them: lower-case hex
+    groups without leading zeros, the first longest run of two or more zero groups as '::'."""
+    k = len(keys)
+    groups = keys.astype(np.uint16).reshape(k, 8, 2)
+    groups = (groups[:, :, 0] << 8) | groups[:, :, 1]
+    # run[:, j]: zero groups starting at j
+    run = np.zeros((k, 9), np.int8)
+    zero = groups == 0
+    for j in range(7, -1, -1):
+        run[:, j] = np.where(zero[:, j], run[:, j + 1] + 1, 0)
+    best_len = run[:, :8].max(axis=1)
+    best_start = run[:, :8].argmax(axis=1)  # the first of the longest runs
+    best_len[best_len < 2] = 0  # a single zero group is written as 0
+    j = np.arange(8)
+    in_run = (j >= best_start[:, None]) & (j < (best_start + best_len)[:, None])
+    run_start = (j == best_start[:, None]) & (best_len > 0)[:, None]
+    # each group: two ':' written only where the '::' starts (the second when it starts the address),
+    # four hex digits (leading zeros dropped), its ':' separator
+    cells = np.full((k, 8, 7), ord(":"), np.uint8)
+    for d in range(4):
+        cells[:, :, 2 + d] = _DIGITS[(groups >> (4 * (3 - d))) & 0xF]
+    digits = 1 + (groups >= 0x10).astype(np.int8) + (groups >= 0x100) + (groups >= 0x1000)
+    keep = np.empty(cells.shape, bool)
+    keep[:, :, 0] = run_start
+    keep[:, :, 1] = run_start & (best_start == 0)[:, None]
+    keep[:, :, 2:6] = (np.arange(4) >= 4 - digits[:, :, None]) & ~in_run[:, :, None]
+    keep[:, :, 6] = ~in_run & (j < 7)
+    return _strings(cells, keep)
+
+
+def _format_keys(keys: np.ndarray, as_ipv4: np.ndarray) -> pa.Array:
+    """(k, 16) addresses to text, IPv4 where as_ipv4, in the order given."""
+    texts = pa.concat_arrays([_format_ipv4(keys[as_ipv4]), _format_ipv6(keys[~as_ipv4])])
+    position = np.empty(len(keys), np.int64)
+    position[np.flatnonzero(as_ipv4)] = np.arange(np.count_nonzero(as_ipv4))
+    position[np.flatnonzero(~as_ipv4)] = np.arange(np.count_nonzero(as_ipv4), len(keys))
+    return texts.take(pa.array(position))
+
+
+def address_columns(raws: list[np.ndarray], version: np.ndarray) -> list[pa.Array]:
+    """Address columns of the same rows (16 bytes each, IPv4 mapped; version 4 or 6 per row) to strings:
+    version 4 rows as dotted IPv4, the others as RFC 5952 IPv6. Each distinct address is formatted once."""
+    n = len(version)
+    if n == 0:
+        return [pa.array([], pa.string()) for _ in raws]
+    raw = [np.ascontiguousarray(r, dtype=np.uint8).reshape(n, 16) for r in raws]
+    raw = raw[0] if len(raw) == 1 else np.concatenate(raw)
+    encoded = pa.Array.from_buffers(pa.binary(16), len(raw), [None, pa.py_buffer(raw)]).dictionary_encode()
+    dictionary = encoded.dictionary
+    keys = np.frombuffer(dictionary.buffers()[1], np.uint8, 16 * len(dictionary),
+                         16 * dictionary.offset).reshape(-1, 16)
+    mapped = (keys[:, :12] == _MAPPED_PREFIX).all(axis=1)
+    index = encoded.indices.to_numpy()
+    texts = _format_keys(keys, mapped)
+    # rows whose version disagrees with the prefix (an IPv6 packet carrying an IPv4-mapped address) get the
+    # other formatting, as extra dictionary entries
+    differs = np.tile(version == 4, len(raws)) != mapped[index]
+    if differs.any():
+        extra = np.unique(index[differs])
+        texts = pa.concat_arrays([texts, _format_keys(keys[extra], ~mapped[extra])])
+        index = index.copy()
+        index[differs] = len(keys) + np.searchsorted(extra, index[differs])
+    return [texts.take(pa.array(index[i * n:(i + 1) * n])) for i in range(len(raws))]
+
+
 def format_addresses(raw: np.ndarray, version: np.ndarray) -> pa.Array:
-    """16-byte addresses (IPv4 mapped) to strings; each distinct address is formatted once."""
-    if len(raw) == 0:
-        return pa.array([], pa.string())
-    keyed = np.ascontiguousarray(raw).view(np.dtype((np.void, 16))).ravel()
-    uniq, first, inverse = np.unique(keyed, return_index=True, return_inverse=True)
-    texts = []
-    for u, i in zip(uniq, first):
-        b = u.tobytes()
-        texts.append(str(ipaddress.IPv4Address(b[12:])) if version[i] == 4 else str(ipaddress.IPv6Address(b)))
-    return pa.DictionaryArray.from_arrays(pa.array(inverse.ravel().astype(np.int32)),
-                                          pa.array(texts, pa.string())).cast(pa.string())
+    """16-byte addresses (IPv4 mapped) to strings: dotted IPv4 where version is 4, RFC 5952 IPv6 elsewhere."""
+    return address_columns([raw], version)[0]
 
 
 def _category(values, names=None) -> pa.Array:
@@ -163,8 +262,8 @@ def _column(values, arrow_type) -> pa.Array:
 def flows_table(flows: dict, source: str) -> pa.Table:
     n = len(flows["conn_id"])
     columns = dict(flows)
-    columns["orig_h"] = format_addresses(flows["orig_addr"], flows["ip_version"])
-    columns["resp_h"] = format_addresses(flows["resp_addr"], flows["ip_version"])
+    columns["orig_h"], columns["resp_h"] = address_columns([flows["orig_addr"], flows["resp_addr"]],
+                                                           flows["ip_version"])
     columns["source"] = pa.array([source] * n, pa.string()) if n else pa.array([], pa.string())
     arrays = [_column(columns[name], t) for name, t, _ in FLOWS_FIELDS]
     return pa.Table.from_arrays(arrays, schema=FLOWS_SCHEMA)
@@ -172,11 +271,11 @@ def flows_table(flows: dict, source: str) -> pa.Table:
 
 def segments_table(seg: dict, segments: dict) -> pa.Table:
     """seg: the decoder's TCP rows; segments: the connection stage's per-segment columns."""
+    src_h, dst_h = address_columns([seg["src"], seg["dst"]], seg["ip_version"])
     columns = {
         "frame": seg["frame"], "ts": seg["ts"], "conn_id": segments["conn_id"],
         "from_orig": segments["from_orig"],
-        "src_h": format_addresses(seg["src"], seg["ip_version"]), "src_p": seg["sport"],
-        "dst_h": format_addresses(seg["dst"], seg["ip_version"]), "dst_p": seg["dport"],
+        "src_h": src_h, "src_p": seg["sport"], "dst_h": dst_h, "dst_p": seg["dport"],
         "seq": seg["seq"], "ack": seg["ack"],
         "rel_seq": _nullable(segments["rel_seq"], segments["rel_seq"] < 0),
         "rel_ack": _nullable(segments["rel_ack"], segments["rel_ack"] < 0),
@@ -197,9 +296,13 @@ def _nullable(values, null_mask):
 
 
 def _flags_column(tcp_flags: np.ndarray) -> pa.Array:
-    codes, inverse = np.unique(np.asarray(tcp_flags) & 0x1ff, return_inverse=True)
-    names = pa.array([TCPDUMP_FLAG_NAMES[int(c)] for c in codes], pa.string())
-    return pa.DictionaryArray.from_arrays(pa.array(inverse.astype(np.int16).ravel()), names)
+    """tcpdump's flag text per segment: a dictionary of the flag combinations present, in code order."""
+    codes = np.asarray(tcp_flags).astype(np.intp) & 0x1ff
+    present = np.flatnonzero(np.bincount(codes, minlength=0x200))
+    position = np.zeros(0x200, np.int16)
+    position[present] = np.arange(len(present), dtype=np.int16)
+    names = pa.array([TCPDUMP_FLAG_NAMES[int(c)] for c in present], pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(position[codes]), names)
 
 
 def file_metadata(info: dict) -> dict[bytes, bytes]:
