@@ -100,6 +100,24 @@ cdef inline void decode_tcp(const uint8_t *p, uint32_t avail, int64_t l4len, Col
     c.status[i] = ST_TCP
 
 
+cdef inline bint eight_byte_header(const uint8_t *p, uint32_t avail, int64_t l4len, uint16_t sport,
+                                   uint16_t dport, bint have_ports, Columns *c, Py_ssize_t i) noexcept nogil:
+    """UDP and ICMP: ports (or type and code) when captured; then, as Zeek, the whole 8-byte header must be
+    in the IP payload (BAD_HEADER otherwise) and captured (TRUNCATED otherwise)."""
+    if not have_ports:
+        c.status[i] = ST_TRUNCATED
+        return False
+    c.sport[i] = sport
+    c.dport[i] = dport
+    if l4len < 8:
+        c.status[i] = ST_BAD_HEADER
+        return False
+    if avail < 8:
+        c.status[i] = ST_TRUNCATED
+        return False
+    return True
+
+
 cdef inline void decode_l4(const uint8_t *p, uint32_t avail, int64_t l4len, uint8_t proto,
                            Columns *c, Py_ssize_t i) noexcept nogil:
     c.ip_proto[i] = proto
@@ -109,16 +127,8 @@ cdef inline void decode_l4(const uint8_t *p, uint32_t avail, int64_t l4len, uint
         # Zeek (packet_analysis/protocol/udp/UDP.cc) takes a datagram only with its whole 8-byte header
         # captured and an IP payload of at least 8 bytes, and counts the UDP length field minus the header
         # as payload (conn.log orig_bytes/resp_bytes), whatever the IP lengths say
-        if avail < 4:
-            c.status[i] = ST_TRUNCATED
-            return
-        c.sport[i] = be16(p)
-        c.dport[i] = be16(p + 2)
-        if l4len < 8:
-            c.status[i] = ST_BAD_HEADER
-            return
-        if avail < 8:
-            c.status[i] = ST_TRUNCATED
+        if not eight_byte_header(p, avail, l4len, be16(p) if avail >= 4 else 0,
+                                 be16(p + 2) if avail >= 4 else 0, avail >= 4, c, i):
             return
         c.payload_len[i] = <uint32_t>be16(p + 4) - 8 if be16(p + 4) >= 8 else 0
         c.status[i] = ST_UDP
@@ -126,16 +136,8 @@ cdef inline void decode_l4(const uint8_t *p, uint32_t avail, int64_t l4len, uint
         # type and code stand in the port columns, as Zeek keys ICMP flows. Zeek
         # (packet_analysis/protocol/icmp/ICMP.cc) takes a message only with its 8-byte header captured and
         # an IP payload of at least 8 bytes, and counts the IP payload minus that header as its bytes
-        if avail < 2:
-            c.status[i] = ST_TRUNCATED
-            return
-        c.sport[i] = p[0]
-        c.dport[i] = p[1]
-        if l4len < 8:
-            c.status[i] = ST_BAD_HEADER
-            return
-        if avail < 8:
-            c.status[i] = ST_TRUNCATED
+        if not eight_byte_header(p, avail, l4len, p[0] if avail >= 2 else 0, p[1] if avail >= 2 else 0,
+                                 avail >= 2, c, i):
             return
         c.payload_len[i] = <uint32_t>(l4len - 8)
         c.status[i] = ST_ICMP6 if proto == IPPROTO_ICMPV6 else ST_ICMP
