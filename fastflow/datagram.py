@@ -80,6 +80,7 @@ from __future__ import annotations
 import numpy as np
 
 from .flows import addr_words, group_rows, number_blocks
+from .server_ports import is_likely_server_port
 
 # decoder status codes of the rows this stage takes (fastflow.decode.Status)
 ST_UDP, ST_ICMP, ST_ICMP6, ST_OTHER_IP = 1, 2, 3, 4
@@ -106,19 +107,6 @@ ICMP6_COUNTERPART = _counterparts([(128, 129), (133, 134), (135, 136), (130, 131
 _UDP_HISTORY = np.array(["", "D", "d", "Dd", "dD", "^", "^D", "^d", "^Dd", "^dD"])
 # (orig active, resp active) -> conn_state (main.zeek conn_state, trans == udp)
 _UDP_STATE = np.array(["OTH", "SHR", "S0", "SF"])  # index 2 * orig + resp
-
-
-def _server_port_table(server_ports) -> np.ndarray:
-    """bool[65536]: UDP likely server ports. ``server_ports`` is an array / set of UDP ports, or a dict of
-    protocol name -> ports (only "udp" is used: Zeek's ICMP and unknown-transport analyzers never flip)."""
-    if isinstance(server_ports, dict):
-        server_ports = server_ports.get("udp")
-    table = np.zeros(65536, dtype=bool)
-    if server_ports is not None:
-        ports = np.asarray(list(server_ports) if isinstance(server_ports, (set, frozenset)) else server_ports)
-        if ports.size:
-            table[ports.astype(np.int64).ravel()] = True
-    return table
 
 
 def _masked(values, present):
@@ -148,8 +136,8 @@ def datagram_flows(pk: dict, idle_timeout_ns: dict | None = None, server_ports=N
 
     ``pk``: decoder columns of the non-TCP IP rows in frame order (optionally ``network_time``, see above).
     ``idle_timeout_ns``: {"udp": ns, "icmp": ns, "other": ns} (ICMPv6 uses "icmp"); missing keys take Zeek's
-    60 s. ``server_ports``: UDP likely server ports (array or set, e.g.
-    fastflow.server_ports.ZEEK_LIKELY_SERVER_PORTS_UDP), or a dict {"udp": ports}; None: no port flips.
+    60 s. ``server_ports``: UDP likely server ports (a tuple, set or array, e.g.
+    fastflow.server_ports.ZEEK_LIKELY_SERVER_PORTS_UDP) or a dict {"udp": ports}; None: no port flips.
 
     Returns a dict of numpy arrays (nullable columns as np.ma masked arrays), plus ``first_index`` (int64,
     the pk row of each flow's first packet) and ``flow_of_row`` (int64 per pk row, -1 for rows of which Zeek
@@ -216,9 +204,12 @@ def datagram_flows(pk: dict, idle_timeout_ns: dict | None = None, server_ports=N
     last = g[ends - 1]
 
     # --- roles ------------------------------------------------------------------------------------------
-    srv = _server_port_table(server_ports)
+    if isinstance(server_ports, dict):  # {"udp": ports}: Zeek's ICMP and unknown transports never flip
+        server_ports = server_ports.get("udp")
+    ports = () if server_ports is None else server_ports
     broadcast = (d_hi[first] == 0) & (d_lo[first] == np.uint64(0x0000FFFFFFFFFFFF))
-    flipped = is_udp[first] & srv[sport[first]] & ~srv[dport[first]] & ~broadcast
+    flipped = (is_udp[first] & is_likely_server_port(sport[first], ports)
+               & ~is_likely_server_port(dport[first], ports) & ~broadcast)
     src_first_pk, dst_first_pk = src_all[rows[first]], dst_all[rows[first]]
     orig_addr = np.where(flipped[:, None], dst_first_pk, src_first_pk)
     resp_addr = np.where(flipped[:, None], src_first_pk, dst_first_pk)
