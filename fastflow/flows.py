@@ -18,11 +18,15 @@ Definition of a connection (the product's fixed rules):
       connection).  A connection with no pure SYN yet takes its expected ISN
       from a SYN-ACK sent towards the new SYN's sender (``ack - 1``); with no
       SYN-ACK either, the SYN starts a new connection,
-    - on *any* segment that follows more than ``idle_timeout_ns`` of silence on
-      the pair (Zeek expires idle connections the same way; the next segment
-      then opens a fresh, usually midstream, connection).  Silence is measured
-      from the latest timestamp seen so far on the pair, so a capture whose
-      clock steps backwards does not invent gaps.
+    - on *any* segment that arrives when more than ``idle_timeout_ns`` of
+      network time has passed since the latest timestamp seen on the pair
+      (Zeek expires idle connections the same way; the next segment then opens
+      a fresh, usually midstream, connection).  Network time is Zeek's: the
+      largest timestamp seen so far in the capture (``seg["network_time"]``,
+      a running maximum over every packet; without it, over these segments),
+      so a capture whose clock steps backwards does not invent gaps, and
+      whether a connection is still open depends only on what came before:
+      the streaming engine (ext/_tcpflows.pyx) can close it for good.
   Known limitation: a simultaneous open (both sides send a pure SYN with
   different ISNs) is split into two connections by the ISN rule.
 * ``from_orig`` here means "sent by the sender of the connection's first
@@ -252,9 +256,13 @@ def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
     synack = is_syn & has_ack
 
     # Idle split: silence measured from the latest timestamp seen on the pair.
+    if "network_time" in seg:
+        now = np.asarray(seg["network_time"], dtype=np.int64)[order]
+    else:
+        now = np.maximum.accumulate(np.asarray(seg["ts"], dtype=np.int64))[order]
     seen_max = _running_max_in_groups(ts, pair_start)
     epoch_start = pair_start.copy()
-    epoch_start[1:] |= (ts[1:] - seen_max[:-1]) > idle_timeout_ns
+    epoch_start[1:] |= (now[1:] - seen_max[:-1]) > idle_timeout_ns
     epochs = np.flatnonzero(epoch_start)
     boundary = epoch_start.copy()
 

@@ -23,10 +23,10 @@ from .summary import analyse, combine_flows, summary_counts
 # the decoder columns the connection stage and the segments table need
 SEGMENT_INPUT_COLUMNS = ("frame", "ts", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
                          "tcp_flags", "window", "payload_len", "claimed_len", "ip_len", "mss", "wscale", "sack_ok",
-                         "pflags")
+                         "pflags", "network_time")
 # ... and those the UDP / ICMP / other-IP flows need
 DATAGRAM_INPUT_COLUMNS = ("frame", "ts", "status", "vlan", "ip_version", "src", "dst", "ip_proto", "sport",
-                          "dport", "ip_len", "payload_len")
+                          "dport", "ip_len", "payload_len", "network_time")
 DATAGRAM_STATUSES = (Status.UDP, Status.ICMP, Status.ICMP6, Status.OTHER_IP)
 
 #: Zeek's inactivity timeouts (init-bare.zeek: tcp_inactivity_timeout, udp_, icmp_, unknown_ip_)
@@ -46,10 +46,22 @@ class Result:
                               "damage": self.stats["damage"]})
 
 
+def add_network_time(batch: dict, previous: int) -> int:
+    """Zeek's network time per row: the largest timestamp seen so far in the capture, every packet counted
+    (timeouts are measured on it). Returns the network time at the end of the batch."""
+    ts = batch["ts"]
+    now = np.maximum.accumulate(ts) if ts.size else ts.copy()
+    if ts.size:
+        np.maximum(now, previous, out=now)
+        previous = int(now[-1])
+    batch["network_time"] = now
+    return previous
+
+
 def _concat(parts: list[dict], columns) -> dict:
     if not parts:
         empty = _decode.Decoder(1).take()  # zero rows with the decoder's dtypes
-        return {name: empty[name] for name in columns}
+        return {name: empty[name] if name in empty else np.zeros(0, np.int64) for name in columns}
     if len(parts) == 1:
         return parts[0]
     return {name: np.concatenate([p[name] for p in parts]) for name in columns}
@@ -76,7 +88,9 @@ def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict 
         reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size,
                                verify_checksums=verify_checksums)
         bad_ip_checksum = 0
+        network_time = np.iinfo(np.int64).min
         for batch in reader.batches():
+            network_time = add_network_time(batch, network_time)
             status = batch["status"]
             valid = (batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
             bad_ip_checksum += int(valid.size - np.count_nonzero(valid))
