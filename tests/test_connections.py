@@ -555,7 +555,9 @@ def reference_connections(seg, idle_timeout_ns, vlan_aware=False):
     raw = np.zeros(n, dtype=np.int64)
     state = {}
     next_id = 0
+    network_time = None   # Zeek's: the largest timestamp so far
     for i in range(n):
+        network_time = int(seg["ts"][i]) if network_time is None else max(network_time, int(seg["ts"][i]))
         src = (bytes(seg["src"][i]), int(seg["sport"][i]))
         dst = (bytes(seg["dst"][i]), int(seg["dport"][i]))
         key = (int(seg["vlan"][i]) if vlan_aware else 0, min(src, dst), max(src, dst))
@@ -563,7 +565,7 @@ def reference_connections(seg, idle_timeout_ns, vlan_aware=False):
         seq, ack = int(seg["seq"][i]), int(seg["ack"][i])
         pure_syn, synack = (flags & 0x12) == 0x2, (flags & 0x12) == 0x12
         st_ = state.get(key)
-        new = st_ is None or ts - st_["max_ts"] > idle_timeout_ns
+        new = st_ is None or network_time - st_["max_ts"] > idle_timeout_ns
         if not new and pure_syn:
             if st_["rst"] or len(st_["fin_from"]) == 2:
                 new = True
