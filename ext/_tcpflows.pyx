@@ -1,0 +1,999 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Streaming TCP connection engine: segments in, one row per finished connection out, state only for the
+connections still open.
+
+It computes, segment by segment, what the whole-capture numpy stages compute from all the segments at once
+(fastflow/flows.py's connection rules, ext/zeek_tcp.pxd's Zeek state machine, fastflow/tagging.py's
+handshake and teardown steps and fastflow/summary.py's columns); tests/test_tcpflows.py holds it to their
+output on every corpus capture and on random ones, at any chunk size. What needs the final orientation
+(Zeek may flip it late) is kept for both orientations and chosen when the connection is written.
+
+A connection is finished when a new one starts on its address/port pair, or when network time (the largest
+timestamp so far) is more than the idle timeout past the latest timestamp on the pair: no later packet can
+join it then. Its row goes to an output buffer and its state is freed, so memory follows the open
+connections, not the input.
+
+Nothing here raises inside the per-segment loop; allocation failures come back as status codes.
+"""
+from libc.stdint cimport uint8_t, uint16_t, int16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memset, memcpy
+
+import numpy as np
+cimport numpy as cnp
+
+from zeek_tcp cimport *
+
+cnp.import_array()
+
+STATUS_OK = ST_OK
+STATUS_NO_MEMORY = ST_NO_MEMORY
+
+# summary.HANDSHAKE_VALUES and summary.CLOSE_VALUES order
+cdef enum:
+    HS_COMPLETE = 0
+    HS_SYN_SYNACK = 1
+    HS_SYN_ONLY = 2
+    HS_REFUSED = 3
+    HS_PARTIAL = 4
+
+cdef enum:
+    CL_FIN = 0
+    CL_SIMULTANEOUS = 1
+    CL_HALF_CLOSED = 2
+    CL_RST = 3
+    CL_REFUSED = 4
+    CL_NONE = 5
+
+cdef enum:
+    BAD_CHECKSUM_FLAG = 32      # decode.PFlag.BAD_CHECKSUM
+    EMPTY = -1
+
+
+cdef struct Opening:            # TCP options of an opening segment
+    bint present
+    uint16_t mss
+    int16_t wscale
+    uint8_t sack_ok
+
+
+cdef struct Handshake:          # tagging.py's handshake steps, supposing side `orig` is the originator
+    bint has_s1
+    uint32_t isn
+    int64_t s1_ts
+    Opening s1_opt
+    bint answer_pending         # the responder has not sent a segment since step 1
+    bint answered_rst           # ... and its first one was a RST
+    int64_t last_syn_ts         # the originator's latest pure SYN
+    bint has_s2
+    uint32_t s2_seq
+    int64_t s2_ts
+    int64_t rtt1
+    Opening s2_opt
+    bint has_first_synack
+    uint32_t first_synack_seq
+    Opening first_synack_opt
+    int64_t last_synack_ts      # the responder's latest SYN-ACK
+    bint has_s3
+    int64_t s3_ts
+    int64_t rtt2
+
+
+cdef struct Teardown:           # tagging.py's teardown steps (sides: 0 sent the first segment)
+    bint has_t1
+    int closer
+    uint32_t fin1_end
+    int64_t t1_ts
+    bint t1_before_rst
+    bint has_t2                 # the other side's first segment acknowledging FIN 1 (step 2, or 2+3)
+    bint has_t3
+    int64_t t3_ts
+    uint32_t fin2_end
+    bint combined
+    bint simultaneous
+    bint fins_before_rst
+    bint has_t4
+    bint has_rst
+    int64_t rst_ts
+    int rst_side
+    bint rst_from[2]
+
+
+cdef struct Deferred:           # a segment held back until Zeek's SYN-ACK-first flip is decided
+    uint16_t flags
+    uint16_t window
+    uint8_t k
+    uint8_t bad
+    uint32_t seq
+    uint32_t ack
+    uint32_t length
+    int64_t ts
+
+
+cdef struct Key:
+    uint64_t a_hi
+    uint64_t a_lo
+    uint64_t b_hi
+    uint64_t b_lo
+    int32_t vlan
+    uint16_t a_p
+    uint16_t b_p
+
+
+cdef struct Flow:
+    Key key
+    uint64_t hash
+    int64_t next_free
+    bint used
+    # the address/port pair, carried from connection to connection (flows.py's split rules)
+    int64_t seen_max
+    bint ep_has_syn             # in the current idle epoch: the latest pure SYN
+    uint32_t ep_syn_seq
+    bint ep_has_synack          # ... and the latest SYN-ACK
+    bint ep_synack_from_a
+    uint32_t ep_synack_ack
+    bint ev_rst                 # close events since the connection started
+    bint ev_fin_a
+    bint ev_fin_b
+    # the connection; side 0 sent its first segment
+    uint64_t first_frame
+    uint64_t last_frame
+    int64_t first_ts
+    int64_t ts_min
+    int64_t ts_max
+    bint first_src_is_a
+    uint8_t src[16]
+    uint8_t dst[16]
+    uint16_t sport
+    uint16_t dport
+    uint8_t ip_version
+    int32_t vlan
+    uint64_t pkts[2]
+    uint64_t payload[2]
+    uint64_t ip_bytes[2]
+    uint32_t retx[2]
+    uint32_t syns[2]
+    uint32_t synacks[2]
+    Handshake hs[2]
+    Teardown td
+    Conn zc
+    Text hist
+    bint flip_pending
+    Deferred *deferred
+    Py_ssize_t n_deferred
+    Py_ssize_t cap_deferred
+
+
+cdef struct Row:                # one finished connection (orientation applied)
+    uint64_t first_frame
+    uint64_t last_frame
+    int64_t ts_start
+    int64_t ts_end
+    int64_t first_ts
+    int64_t last_time
+    uint64_t orig_pkts
+    uint64_t resp_pkts
+    uint64_t orig_payload_bytes
+    uint64_t resp_payload_bytes
+    uint64_t orig_ip_bytes
+    uint64_t resp_ip_bytes
+    uint64_t orig_size
+    uint64_t resp_size
+    int64_t syn_ts
+    int64_t synack_ts
+    int64_t handshake_ack_ts
+    int64_t rtt1
+    int64_t rtt2
+    int64_t fin1_ts
+    int64_t fin2_ts
+    int64_t rst_ts
+    int64_t hist_offset
+    int64_t hist_len
+    uint32_t orig_isn
+    uint32_t resp_isn
+    uint32_t syn_count
+    uint32_t synack_count
+    uint32_t orig_retransmissions
+    uint32_t resp_retransmissions
+    int32_t vlan
+    uint16_t orig_p
+    uint16_t resp_p
+    uint16_t orig_mss
+    uint16_t resp_mss
+    int16_t orig_wscale
+    int16_t resp_wscale
+    uint8_t orig_addr[16]
+    uint8_t resp_addr[16]
+    uint8_t ip_version
+    uint8_t orig_opt            # the opening segment exists
+    uint8_t resp_opt
+    uint8_t orig_sack_ok
+    uint8_t resp_sack_ok
+    uint8_t has_syn
+    uint8_t has_synack
+    uint8_t has_handshake_ack
+    uint8_t has_orig_isn
+    uint8_t has_resp_isn
+    uint8_t has_fin1
+    uint8_t has_fin2
+    uint8_t has_rst
+    uint8_t handshake
+    uint8_t close
+    uint8_t close_initiator     # 0 orig, 1 resp, 2 none
+    uint8_t rst_by              # bit 0 orig, bit 1 resp
+    uint8_t teardown_segments   # 0: none
+    uint8_t conn_state
+
+
+cdef inline uint64_t load_be64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef inline uint64_t mix64(uint64_t h, uint64_t v) noexcept nogil:
+    h ^= v
+    h *= <uint64_t>0xBF58476D1CE4E5B9
+    h ^= h >> 31
+    return h
+
+
+cdef inline uint64_t key_hash(Key *k) noexcept nogil:
+    cdef uint64_t h = <uint64_t>0x9E3779B97F4A7C15
+    h = mix64(h, k.a_hi)
+    h = mix64(h, k.a_lo)
+    h = mix64(h, k.b_hi)
+    h = mix64(h, k.b_lo)
+    h = mix64(h, (<uint64_t><uint32_t>k.vlan << 32) | (<uint64_t>k.a_p << 16) | k.b_p)
+    h *= <uint64_t>0x94D049BB133111EB
+    h ^= h >> 29
+    return h
+
+
+cdef inline bint key_eq(Key *x, Key *y) noexcept nogil:
+    return (x.a_hi == y.a_hi and x.a_lo == y.a_lo and x.b_hi == y.b_hi and x.b_lo == y.b_lo
+            and x.a_p == y.a_p and x.b_p == y.b_p and x.vlan == y.vlan)
+
+
+cdef inline bint seq_geq(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) >= 0
+
+
+cdef inline void set_opening(Opening *o, uint16_t mss, int16_t wscale, uint8_t sack_ok) noexcept nogil:
+    o.present = True
+    o.mss = mss
+    o.wscale = wscale
+    o.sack_ok = sack_ok
+
+
+cdef void handshake_step(Handshake *h, bint from_orig, uint16_t flags, uint32_t seq, uint32_t ack, int64_t ts,
+                         uint16_t mss, int16_t wscale, uint8_t sack_ok) noexcept nogil:
+    cdef bint syn = (flags & SYN) != 0
+    cdef bint has_ack = (flags & ACK) != 0
+    if from_orig:
+        if syn and not has_ack:
+            if not h.has_s1:
+                h.has_s1 = True
+                h.isn = seq
+                h.s1_ts = ts
+                set_opening(&h.s1_opt, mss, wscale, sack_ok)
+                h.answer_pending = True
+            h.last_syn_ts = ts
+        elif (h.has_s2 and not h.has_s3 and has_ack and not syn and not (flags & RST)
+              and ack == h.s2_seq + <uint32_t>1):
+            h.has_s3 = True
+            h.s3_ts = ts
+            h.rtt2 = ts - h.last_synack_ts
+    else:
+        if h.answer_pending:
+            h.answer_pending = False
+            h.answered_rst = (flags & RST) != 0
+        if syn and has_ack:
+            if not h.has_first_synack:
+                h.has_first_synack = True
+                h.first_synack_seq = seq
+                set_opening(&h.first_synack_opt, mss, wscale, sack_ok)
+            if h.has_s1 and not h.has_s2 and ack == h.isn + <uint32_t>1:
+                h.has_s2 = True
+                h.s2_seq = seq
+                h.s2_ts = ts
+                h.rtt1 = ts - h.last_syn_ts
+                set_opening(&h.s2_opt, mss, wscale, sack_ok)
+            h.last_synack_ts = ts
+
+
+cdef void teardown_step(Teardown *t, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint32_t plen,
+                        int64_t ts) noexcept nogil:
+    cdef bint is_rst = (flags & RST) != 0
+    cdef bint is_fin = (flags & FIN) != 0 and not is_rst and not (flags & SYN)
+    cdef bint acking = (flags & ACK) != 0 and not is_rst
+    cdef bint acks_fin1, other, this_is_t2 = False
+    if t.has_t1:
+        other = k != t.closer
+        acks_fin1 = acking and seq_geq(ack, t.fin1_end)
+        if other and acks_fin1 and not t.has_t2:
+            t.has_t2 = True
+            this_is_t2 = True
+        if t.has_t3:
+            if not other and not t.has_t4 and acking and seq_geq(ack, t.fin2_end):
+                t.has_t4 = True
+        elif is_fin and other:
+            t.has_t3 = True
+            t.t3_ts = ts
+            t.fin2_end = seq + plen + <uint32_t>1
+            t.combined = this_is_t2
+            t.simultaneous = not acks_fin1
+            t.fins_before_rst = not t.has_rst
+    elif is_fin:
+        t.has_t1 = True
+        t.closer = k
+        t.fin1_end = seq + plen + <uint32_t>1
+        t.t1_ts = ts
+        t.t1_before_rst = not t.has_rst
+    if is_rst:
+        t.rst_from[k] = True
+        if not t.has_rst:
+            t.has_rst = True
+            t.rst_ts = ts
+            t.rst_side = k
+
+
+cdef inline void zeek_step(Flow *f, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint32_t length,
+                           uint16_t window, int64_t ts, bint bad) noexcept nogil:
+    cdef uint8_t a = 0
+    if bad:
+        # TCPAnalyzer::ValidateChecksum: counted as C/c, then the packet goes no further
+        scaled_history(&f.zc, k, b'C', &f.zc.ep[k].chk_cnt, &f.zc.ep[k].chk_thresh, &f.hist)
+        return
+    process(&f.zc, k, flags, seq, ack, length, window, ts, &a, &f.hist)
+    if a & A_RETRANSMISSION:
+        f.retx[k] += 1
+
+
+cdef void replay_deferred(Flow *f) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef Deferred *d
+    for i in range(f.n_deferred):
+        d = &f.deferred[i]
+        zeek_step(f, d.k, d.flags, d.seq, d.ack, d.length, d.window, d.ts, d.bad)
+    f.n_deferred = 0
+    f.flip_pending = False
+
+
+cdef int defer(Flow *f, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint32_t length, uint16_t window,
+               int64_t ts, bint bad) noexcept nogil:
+    cdef Deferred *grown
+    cdef Py_ssize_t cap
+    if f.n_deferred == f.cap_deferred:
+        cap = f.cap_deferred * 2 if f.cap_deferred else 4
+        grown = <Deferred *>realloc(f.deferred, cap * sizeof(Deferred))
+        if grown == NULL:
+            return ST_NO_MEMORY
+        f.deferred = grown
+        f.cap_deferred = cap
+    f.deferred[f.n_deferred] = Deferred(flags, window, k, bad, seq, ack, length, ts)
+    f.n_deferred += 1
+    return ST_OK
+
+
+cdef inline void free_flow_memory(Flow *f) noexcept nogil:
+    free(f.hist.data)
+    f.hist.data = NULL
+    free(f.deferred)
+    f.deferred = NULL
+
+
+cdef class Engine:
+    """Open connections in a hash table (linear probing) over a pool of Flow records; finished
+    connections as Rows plus their history text, handed over by drain()."""
+    cdef Flow *pool
+    cdef Py_ssize_t pool_cap
+    cdef Py_ssize_t pool_top          # records ever used (the free list holds the released ones)
+    cdef int64_t free_head
+    cdef int64_t *table
+    cdef uint64_t table_mask
+    cdef Py_ssize_t n_open
+    cdef Row *rows
+    cdef Py_ssize_t n_rows
+    cdef Py_ssize_t cap_rows
+    cdef Text out_hist
+    cdef uint8_t server_port[65536]
+    cdef bint vlan_aware
+    cdef int64_t timeout_ns
+
+    def __cinit__(self, int64_t timeout_ns, const uint8_t[::1] server_port not None, bint vlan_aware):
+        cdef Py_ssize_t i
+        if server_port.shape[0] != 65536:
+            raise ValueError("server_port: a 65536-entry table")
+        for i in range(65536):
+            self.server_port[i] = server_port[i]
+        self.timeout_ns = timeout_ns
+        self.vlan_aware = vlan_aware
+        self.free_head = EMPTY
+        self.table_mask = 1023
+        self.table = <int64_t *>malloc(1024 * sizeof(int64_t))
+        if self.table == NULL:
+            raise MemoryError()
+        for i in range(1024):
+            self.table[i] = EMPTY
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.pool != NULL:
+            for i in range(self.pool_top):
+                if self.pool[i].used:
+                    free_flow_memory(&self.pool[i])
+        free(self.pool)
+        free(self.table)
+        free(self.rows)
+        free(self.out_hist.data)
+
+    @property
+    def open_count(self):
+        return self.n_open
+
+    def reserve_rows(self, Py_ssize_t extra):
+        """Room for `extra` more finished rows (called with the GIL before feed/expire/finish)."""
+        cdef Py_ssize_t need = self.n_rows + extra
+        cdef Row *grown
+        if need <= self.cap_rows:
+            return
+        need = max(need, 2 * self.cap_rows, 1024)
+        grown = <Row *>realloc(self.rows, need * sizeof(Row))
+        if grown == NULL:
+            raise MemoryError("out of memory for finished connections")
+        self.rows = grown
+        self.cap_rows = need
+
+    # --- the hash table --------------------------------------------------------------------------------
+
+    cdef Py_ssize_t find(self, Key *key, uint64_t h) noexcept nogil:
+        """Table position of key's flow, or of the empty place where it would go."""
+        cdef uint64_t pos = h & self.table_mask
+        cdef int64_t slot
+        while True:
+            slot = self.table[pos]
+            if slot == EMPTY:
+                return <Py_ssize_t>pos
+            if self.pool[slot].hash == h and key_eq(&self.pool[slot].key, key):
+                return <Py_ssize_t>pos
+            pos = (pos + 1) & self.table_mask
+
+    cdef int grow_table(self) noexcept nogil:
+        cdef uint64_t new_size = (self.table_mask + 1) * 2
+        cdef int64_t *fresh = <int64_t *>malloc(new_size * sizeof(int64_t))
+        cdef uint64_t i, pos
+        cdef int64_t slot
+        if fresh == NULL:
+            return ST_NO_MEMORY
+        for i in range(new_size):
+            fresh[i] = EMPTY
+        for i in range(self.table_mask + 1):
+            slot = self.table[i]
+            if slot != EMPTY:
+                pos = self.pool[slot].hash & (new_size - 1)
+                while fresh[pos] != EMPTY:
+                    pos = (pos + 1) & (new_size - 1)
+                fresh[pos] = slot
+        free(self.table)
+        self.table = fresh
+        self.table_mask = new_size - 1
+        return ST_OK
+
+    cdef void remove_at(self, Py_ssize_t i) noexcept nogil:
+        """Backward-shift deletion: later entries of the probe run move up, so no tombstones."""
+        cdef uint64_t hole = <uint64_t>i, j = <uint64_t>i, home
+        cdef int64_t slot
+        while True:
+            j = (j + 1) & self.table_mask
+            slot = self.table[j]
+            if slot == EMPTY:
+                break
+            home = self.pool[slot].hash & self.table_mask
+            # leave the entry when its home lies cyclically in (hole, j]
+            if (hole <= j and hole < home and home <= j) or (hole > j and (hole < home or home <= j)):
+                continue
+            self.table[hole] = slot
+            hole = j
+        self.table[hole] = EMPTY
+
+    cdef int64_t new_slot(self) noexcept nogil:
+        cdef int64_t slot
+        cdef Flow *grown
+        cdef Py_ssize_t cap
+        if self.free_head != EMPTY:
+            slot = self.free_head
+            self.free_head = self.pool[slot].next_free
+            return slot
+        if self.pool_top == self.pool_cap:
+            cap = self.pool_cap * 2 if self.pool_cap else 1024
+            grown = <Flow *>realloc(self.pool, cap * sizeof(Flow))
+            if grown == NULL:
+                return EMPTY
+            self.pool = grown
+            self.pool_cap = cap
+        slot = self.pool_top
+        self.pool_top += 1
+        return slot
+
+    # --- connections -----------------------------------------------------------------------------------
+
+    cdef void start_connection(self, Flow *f, bint a_is_src, uint64_t frame, int64_t ts, const uint8_t *src,
+                               const uint8_t *dst, uint16_t sport, uint16_t dport, uint8_t ip_version,
+                               int32_t vlan, uint16_t flags) noexcept nogil:
+        cdef bint src_srv, dst_srv, flip = False
+        # everything of the connection starts from zero; the pair's fields are kept by the caller
+        f.ev_rst = False
+        f.ev_fin_a = False
+        f.ev_fin_b = False
+        f.first_frame = frame
+        f.last_frame = frame
+        f.first_ts = ts
+        f.ts_min = ts
+        f.ts_max = ts
+        f.first_src_is_a = a_is_src
+        memcpy(f.src, src, 16)
+        memcpy(f.dst, dst, 16)
+        f.sport = sport
+        f.dport = dport
+        f.ip_version = ip_version
+        f.vlan = vlan
+        memset(f.pkts, 0, sizeof(f.pkts))
+        memset(f.payload, 0, sizeof(f.payload))
+        memset(f.ip_bytes, 0, sizeof(f.ip_bytes))
+        memset(f.retx, 0, sizeof(f.retx))
+        memset(f.syns, 0, sizeof(f.syns))
+        memset(f.synacks, 0, sizeof(f.synacks))
+        memset(f.hs, 0, sizeof(f.hs))
+        memset(&f.td, 0, sizeof(Teardown))
+        reset_conn(&f.zc)
+        f.hist.data = NULL
+        f.hist.len = 0
+        f.hist.cap = 0
+        f.hist.failed = False
+        f.deferred = NULL
+        f.n_deferred = 0
+        f.cap_deferred = 0
+        f.flip_pending = False
+        # IPBasedAnalyzer::NewConn with TCPAnalyzer::WantConnection (tcpstate.py, _tcpstate.run): anything
+        # but a pure SYN first flips by ports; a SYN-ACK first flips once ACKs or data follow it.
+        if not ((flags & SYN) and not (flags & ACK)):
+            src_srv = self.server_port[sport] != 0
+            dst_srv = self.server_port[dport] != 0
+            flip = src_srv and (not (flags & SYN) and sport < dport if dst_srv else True)
+            if not flip and (flags & SYN) and (flags & ACK):
+                f.flip_pending = True
+        if flip:
+            flip_roles(&f.zc, &f.hist)
+        f.zc.last_time = ts
+
+    cdef int finish_connection(self, Flow *f) noexcept nogil:
+        """Write f's row (orientation decided now) and free its per-connection memory."""
+        cdef Row *r = &self.rows[self.n_rows]
+        cdef int o, p
+        cdef Handshake *h
+        cdef Teardown *t = &f.td
+        cdef Endpoint *oe
+        cdef Endpoint *re
+        cdef Py_ssize_t i
+        cdef bint refused, fin_first
+        cdef Opening *ro
+        if f.flip_pending:
+            replay_deferred(f)
+        o = f.zc.orig
+        p = 1 - o
+        h = &f.hs[o]
+        memset(r, 0, sizeof(Row))
+        r.first_frame = f.first_frame
+        r.last_frame = f.last_frame
+        r.ts_start = f.ts_min
+        r.ts_end = f.ts_max
+        r.first_ts = f.first_ts
+        r.last_time = f.zc.last_time
+        if o == 0:
+            memcpy(r.orig_addr, f.src, 16)
+            memcpy(r.resp_addr, f.dst, 16)
+            r.orig_p = f.sport
+            r.resp_p = f.dport
+        else:
+            memcpy(r.orig_addr, f.dst, 16)
+            memcpy(r.resp_addr, f.src, 16)
+            r.orig_p = f.dport
+            r.resp_p = f.sport
+        r.ip_version = f.ip_version
+        r.vlan = f.vlan
+        r.orig_pkts = f.pkts[o]
+        r.resp_pkts = f.pkts[p]
+        r.orig_payload_bytes = f.payload[o]
+        r.resp_payload_bytes = f.payload[p]
+        r.orig_ip_bytes = f.ip_bytes[o]
+        r.resp_ip_bytes = f.ip_bytes[p]
+        r.orig_retransmissions = f.retx[o]
+        r.resp_retransmissions = f.retx[p]
+        r.syn_count = f.syns[o]
+        r.synack_count = f.synacks[p]
+        oe = &f.zc.ep[o]
+        re = &f.zc.ep[p]
+        r.orig_size = endpoint_size(oe, re)
+        r.resp_size = endpoint_size(re, oe)
+        if f.hist.failed:
+            return ST_NO_MEMORY
+        r.conn_state = conn_state(oe, re, r.orig_size, r.resp_size, f.hist.data, f.hist.len)
+        r.hist_offset = self.out_hist.len
+        r.hist_len = f.hist.len
+        for i in range(f.hist.len):
+            text_add(&self.out_hist, f.hist.data[i])
+        if self.out_hist.failed:
+            return ST_NO_MEMORY
+
+        # handshake (summary.py)
+        refused = h.has_s1 and not h.has_s2 and h.answered_rst
+        if not h.has_s1:
+            r.handshake = HS_PARTIAL
+        elif h.has_s3:
+            r.handshake = HS_COMPLETE
+        elif h.has_s2:
+            r.handshake = HS_SYN_SYNACK
+        elif h.answered_rst:
+            r.handshake = HS_REFUSED
+        else:
+            r.handshake = HS_SYN_ONLY
+        r.has_syn = h.has_s1
+        r.syn_ts = h.s1_ts
+        r.has_synack = h.has_s2
+        r.synack_ts = h.s2_ts
+        r.rtt1 = h.rtt1
+        r.has_handshake_ack = h.has_s3
+        r.handshake_ack_ts = h.s3_ts
+        r.rtt2 = h.rtt2
+        r.has_orig_isn = h.has_s1
+        r.orig_isn = h.isn
+        r.has_resp_isn = h.has_s2 or h.has_first_synack
+        r.resp_isn = h.s2_seq if h.has_s2 else h.first_synack_seq
+        r.orig_opt = h.s1_opt.present
+        r.orig_mss = h.s1_opt.mss
+        r.orig_wscale = h.s1_opt.wscale if h.s1_opt.present else -1
+        r.orig_sack_ok = h.s1_opt.sack_ok
+        ro = &h.s2_opt if h.has_s2 else &h.first_synack_opt
+        r.resp_opt = ro.present
+        r.resp_mss = ro.mss
+        r.resp_wscale = ro.wscale if ro.present else -1
+        r.resp_sack_ok = ro.sack_ok
+
+        # close
+        if refused:
+            r.close = CL_REFUSED
+        elif t.fins_before_rst and t.simultaneous:
+            r.close = CL_SIMULTANEOUS
+        elif t.fins_before_rst:
+            r.close = CL_FIN
+        elif t.has_rst:
+            r.close = CL_RST
+        elif t.has_t1:
+            r.close = CL_HALF_CLOSED
+        else:
+            r.close = CL_NONE
+        fin_first = t.has_t1 and (not t.has_rst or t.t1_before_rst)
+        if fin_first:
+            r.close_initiator = 0 if t.closer == o else 1
+        elif t.has_rst:
+            r.close_initiator = 0 if t.rst_side == o else 1
+        else:
+            r.close_initiator = 2
+        r.rst_by = (1 if t.rst_from[o] else 0) | (2 if t.rst_from[p] else 0)
+        r.has_fin1 = t.has_t1
+        r.fin1_ts = t.t1_ts
+        r.has_fin2 = t.has_t3
+        r.fin2_ts = t.t3_ts
+        r.has_rst = t.has_rst
+        r.rst_ts = t.rst_ts
+        if t.fins_before_rst and not refused and t.has_t3 and t.has_t4 and t.has_t2:
+            r.teardown_segments = 3 if t.combined else 4
+        self.n_rows += 1
+        free_flow_memory(f)
+        return ST_OK
+
+    cdef int release(self, Py_ssize_t table_pos) noexcept nogil:
+        """Finish the flow at table_pos and give its record back."""
+        cdef int64_t slot = self.table[table_pos]
+        cdef int status = self.finish_connection(&self.pool[slot])
+        self.remove_at(table_pos)
+        self.pool[slot].used = False
+        self.pool[slot].next_free = self.free_head
+        self.free_head = slot
+        self.n_open -= 1
+        return status
+
+    cdef int feed_rows(self, Py_ssize_t n, const uint64_t *frame, const int64_t *ts, const int64_t *now,
+                       const int32_t *vlan, const uint8_t *ip_version, const uint8_t *src, const uint8_t *dst,
+                       const uint16_t *sport, const uint16_t *dport, const uint32_t *seq, const uint32_t *ack,
+                       const uint16_t *tcp_flags, const uint16_t *window, const uint32_t *payload_len,
+                       const uint32_t *claimed_len, const uint32_t *ip_len, const uint16_t *mss,
+                       const int16_t *wscale, const uint8_t *sack_ok, const uint8_t *pflags) noexcept nogil:
+        cdef Py_ssize_t i, pos
+        cdef Key key
+        cdef uint64_t h, s_hi, s_lo, d_hi, d_lo
+        cdef bint a_is_src, pure_syn, synack, new_conn, new_epoch, same_isn, bad
+        cdef uint16_t flags, sp, dp
+        cdef int64_t slot
+        cdef int k, o, status
+        cdef Flow *f
+        for i in range(n):
+            s_hi = load_be64(src + 16 * i)
+            s_lo = load_be64(src + 16 * i + 8)
+            d_hi = load_be64(dst + 16 * i)
+            d_lo = load_be64(dst + 16 * i + 8)
+            sp = sport[i]
+            dp = dport[i]
+            a_is_src = s_hi < d_hi or (s_hi == d_hi and (s_lo < d_lo or (s_lo == d_lo and sp <= dp)))
+            if a_is_src:
+                key = Key(s_hi, s_lo, d_hi, d_lo, 0, sp, dp)
+            else:
+                key = Key(d_hi, d_lo, s_hi, s_lo, 0, dp, sp)
+            if self.vlan_aware:
+                key.vlan = vlan[i]
+            h = key_hash(&key)
+            flags = tcp_flags[i]
+            pure_syn = (flags & SYN) != 0 and (flags & ACK) == 0
+            synack = (flags & SYN) != 0 and (flags & ACK) != 0
+
+            pos = self.find(&key, h)
+            slot = self.table[pos]
+            new_epoch = slot == EMPTY
+            new_conn = new_epoch
+            if slot != EMPTY:
+                f = &self.pool[slot]
+                if now[i] - f.seen_max > self.timeout_ns:
+                    new_epoch = new_conn = True
+                elif pure_syn:
+                    # flows.py: the expected ISN is the epoch's latest pure SYN's, else the latest SYN-ACK's
+                    # (ack - 1) when that came from the other side; a same-ISN SYN splits only after a close
+                    if f.ep_has_syn:
+                        same_isn = seq[i] == f.ep_syn_seq
+                    elif f.ep_has_synack and f.ep_synack_from_a != a_is_src:
+                        same_isn = seq[i] == f.ep_synack_ack - <uint32_t>1
+                    else:
+                        same_isn = False
+                    new_conn = not same_isn or f.ev_rst or (f.ev_fin_a and f.ev_fin_b)
+                if new_conn:
+                    status = self.finish_connection(f)
+                    if status != ST_OK:
+                        return status
+            else:
+                slot = self.new_slot()
+                if slot == EMPTY:
+                    return ST_NO_MEMORY
+                f = &self.pool[slot]
+                f.key = key
+                f.hash = h
+                f.used = True
+                f.seen_max = ts[i]
+                self.table[pos] = slot
+                self.n_open += 1
+                if <uint64_t>self.n_open * 2 > self.table_mask:
+                    if self.grow_table() != ST_OK:
+                        return ST_NO_MEMORY
+            if new_epoch:
+                f.ep_has_syn = False
+                f.ep_has_synack = False
+            if new_conn:
+                self.start_connection(f, a_is_src, frame[i], ts[i], src + 16 * i, dst + 16 * i, sp, dp,
+                                      ip_version[i], vlan[i], flags)
+
+            # the pair
+            if ts[i] > f.seen_max:
+                f.seen_max = ts[i]
+            if pure_syn:
+                f.ep_has_syn = True
+                f.ep_syn_seq = seq[i]
+            elif synack:
+                f.ep_has_synack = True
+                f.ep_synack_from_a = a_is_src
+                f.ep_synack_ack = ack[i]
+            if flags & RST:
+                f.ev_rst = True
+            if flags & FIN:
+                if a_is_src:
+                    f.ev_fin_a = True
+                else:
+                    f.ev_fin_b = True
+
+            # the connection
+            k = 0 if a_is_src == f.first_src_is_a else 1
+            bad = (pflags[i] & BAD_CHECKSUM_FLAG) != 0
+            f.last_frame = frame[i]
+            if ts[i] < f.ts_min:
+                f.ts_min = ts[i]
+            if ts[i] > f.ts_max:
+                f.ts_max = ts[i]
+            if not bad:
+                f.pkts[k] += 1
+                f.ip_bytes[k] += ip_len[i]
+            f.payload[k] += payload_len[i]
+            if pure_syn:
+                f.syns[k] += 1
+            elif synack:
+                f.synacks[k] += 1
+            for o in range(2):
+                handshake_step(&f.hs[o], k == o, flags, seq[i], ack[i], ts[i], mss[i], wscale[i], sack_ok[i])
+            teardown_step(&f.td, k, flags, seq[i], ack[i], payload_len[i], ts[i])
+            if f.flip_pending:
+                if (flags & (SYN | ACK)) == (SYN | ACK):
+                    if defer(f, k, flags, seq[i], ack[i], claimed_len[i], window[i], ts[i], bad) != ST_OK:
+                        return ST_NO_MEMORY
+                    continue
+                if (flags & (SYN | RST)) == 0:
+                    flip_roles(&f.zc, &f.hist)
+                replay_deferred(f)
+            zeek_step(f, k, flags, seq[i], ack[i], claimed_len[i], window[i], ts[i], bad)
+        return ST_OK
+
+    def feed(self, dict seg):
+        """Feed TCP segments (decoder columns, frame order, with network_time); returns a status code."""
+        cdef Py_ssize_t n = seg["frame"].shape[0]
+        cdef const uint64_t[::1] frame = seg["frame"]
+        cdef const int64_t[::1] ts = seg["ts"]
+        cdef const int64_t[::1] now = seg["network_time"]
+        cdef const int32_t[::1] vlan = seg["vlan"]
+        cdef const uint8_t[::1] ip_version = seg["ip_version"]
+        cdef const uint8_t[:, ::1] src = seg["src"]
+        cdef const uint8_t[:, ::1] dst = seg["dst"]
+        cdef const uint16_t[::1] sport = seg["sport"]
+        cdef const uint16_t[::1] dport = seg["dport"]
+        cdef const uint32_t[::1] seq = seg["seq"]
+        cdef const uint32_t[::1] ack = seg["ack"]
+        cdef const uint16_t[::1] flags = seg["tcp_flags"]
+        cdef const uint16_t[::1] window = seg["window"]
+        cdef const uint32_t[::1] payload_len = seg["payload_len"]
+        cdef const uint32_t[::1] claimed_len = seg["claimed_len"]
+        cdef const uint32_t[::1] ip_len = seg["ip_len"]
+        cdef const uint16_t[::1] mss = seg["mss"]
+        cdef const int16_t[::1] wscale = seg["wscale"]
+        cdef const uint8_t[::1] sack_ok = seg["sack_ok"]
+        cdef const uint8_t[::1] pflags = seg["pflags"]
+        cdef int status
+        for name in ("ts", "network_time", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
+                     "tcp_flags", "window", "payload_len", "claimed_len", "ip_len", "mss", "wscale", "sack_ok",
+                     "pflags"):
+            if seg[name].shape[0] != n:
+                raise ValueError("feed: column lengths disagree")
+        if n == 0:
+            return ST_OK
+        if src.shape[1] != 16 or dst.shape[1] != 16:
+            raise ValueError("feed: addresses must be 16 bytes")
+        self.reserve_rows(n)
+        with nogil:
+            status = self.feed_rows(n, &frame[0], &ts[0], &now[0], &vlan[0], &ip_version[0], &src[0, 0],
+                                    &dst[0, 0], &sport[0], &dport[0], &seq[0], &ack[0], &flags[0], &window[0],
+                                    &payload_len[0], &claimed_len[0], &ip_len[0], &mss[0], &wscale[0],
+                                    &sack_ok[0], &pflags[0])
+        return status
+
+    cdef int expire_flows(self, int64_t now, bint everything) noexcept nogil:
+        cdef Py_ssize_t pos = 0
+        cdef int64_t slot
+        cdef int status
+        # a removal shifts later entries back into pos, so pos advances only past kept entries
+        while pos <= <Py_ssize_t>self.table_mask:
+            slot = self.table[pos]
+            if slot != EMPTY and (everything or now - self.pool[slot].seen_max > self.timeout_ns):
+                status = self.release(pos)
+                if status != ST_OK:
+                    return status
+                continue
+            pos += 1
+        return ST_OK
+
+    def expire(self, int64_t now):
+        """Finish the connections no packet at network time >= now can join; returns a status code."""
+        cdef int status
+        self.reserve_rows(self.n_open)
+        with nogil:
+            status = self.expire_flows(now, False)
+        return status
+
+    def finish(self):
+        """End of input: finish every open connection; returns a status code."""
+        cdef int status
+        self.reserve_rows(self.n_open)
+        with nogil:
+            status = self.expire_flows(0, True)
+        return status
+
+    def min_open_first_frame(self):
+        """The first frame of the oldest open connection (2**64 - 1 when none is open)."""
+        cdef uint64_t low = <uint64_t>0xFFFFFFFFFFFFFFFF
+        cdef Py_ssize_t i
+        with nogil:
+            for i in range(self.pool_top):
+                if self.pool[i].used and self.pool[i].first_frame < low:
+                    low = self.pool[i].first_frame
+        return low
+
+    def drain(self):
+        """The finished connections since the last drain: (structured array of ROW_DTYPE, history bytes)."""
+        rows = np.empty(self.n_rows, dtype=ROW_DTYPE)
+        if self.n_rows:
+            memcpy(<void *>cnp.PyArray_DATA(rows), self.rows, self.n_rows * sizeof(Row))
+        text = self.out_hist.data[:self.out_hist.len] if self.out_hist.len else b""
+        self.n_rows = 0
+        self.out_hist.len = 0
+        return rows, text
+
+
+cdef Row _probe
+cdef Py_ssize_t _base = <Py_ssize_t>&_probe
+
+
+def _field(name, fmt, Py_ssize_t address):
+    return name, fmt, address - _base
+
+
+_fields = [
+        _field("first_frame", "u8", <Py_ssize_t>&_probe.first_frame),
+        _field("last_frame", "u8", <Py_ssize_t>&_probe.last_frame),
+        _field("ts_start", "i8", <Py_ssize_t>&_probe.ts_start),
+        _field("ts_end", "i8", <Py_ssize_t>&_probe.ts_end),
+        _field("first_ts", "i8", <Py_ssize_t>&_probe.first_ts),
+        _field("last_time", "i8", <Py_ssize_t>&_probe.last_time),
+        _field("orig_pkts", "u8", <Py_ssize_t>&_probe.orig_pkts),
+        _field("resp_pkts", "u8", <Py_ssize_t>&_probe.resp_pkts),
+        _field("orig_payload_bytes", "u8", <Py_ssize_t>&_probe.orig_payload_bytes),
+        _field("resp_payload_bytes", "u8", <Py_ssize_t>&_probe.resp_payload_bytes),
+        _field("orig_ip_bytes", "u8", <Py_ssize_t>&_probe.orig_ip_bytes),
+        _field("resp_ip_bytes", "u8", <Py_ssize_t>&_probe.resp_ip_bytes),
+        _field("orig_size", "u8", <Py_ssize_t>&_probe.orig_size),
+        _field("resp_size", "u8", <Py_ssize_t>&_probe.resp_size),
+        _field("syn_ts", "i8", <Py_ssize_t>&_probe.syn_ts),
+        _field("synack_ts", "i8", <Py_ssize_t>&_probe.synack_ts),
+        _field("handshake_ack_ts", "i8", <Py_ssize_t>&_probe.handshake_ack_ts),
+        _field("rtt1", "i8", <Py_ssize_t>&_probe.rtt1),
+        _field("rtt2", "i8", <Py_ssize_t>&_probe.rtt2),
+        _field("fin1_ts", "i8", <Py_ssize_t>&_probe.fin1_ts),
+        _field("fin2_ts", "i8", <Py_ssize_t>&_probe.fin2_ts),
+        _field("rst_ts", "i8", <Py_ssize_t>&_probe.rst_ts),
+        _field("hist_offset", "i8", <Py_ssize_t>&_probe.hist_offset),
+        _field("hist_len", "i8", <Py_ssize_t>&_probe.hist_len),
+        _field("orig_isn", "u4", <Py_ssize_t>&_probe.orig_isn),
+        _field("resp_isn", "u4", <Py_ssize_t>&_probe.resp_isn),
+        _field("syn_count", "u4", <Py_ssize_t>&_probe.syn_count),
+        _field("synack_count", "u4", <Py_ssize_t>&_probe.synack_count),
+        _field("orig_retransmissions", "u4", <Py_ssize_t>&_probe.orig_retransmissions),
+        _field("resp_retransmissions", "u4", <Py_ssize_t>&_probe.resp_retransmissions),
+        _field("vlan", "i4", <Py_ssize_t>&_probe.vlan),
+        _field("orig_p", "u2", <Py_ssize_t>&_probe.orig_p),
+        _field("resp_p", "u2", <Py_ssize_t>&_probe.resp_p),
+        _field("orig_mss", "u2", <Py_ssize_t>&_probe.orig_mss),
+        _field("resp_mss", "u2", <Py_ssize_t>&_probe.resp_mss),
+        _field("orig_wscale", "i2", <Py_ssize_t>&_probe.orig_wscale),
+        _field("resp_wscale", "i2", <Py_ssize_t>&_probe.resp_wscale),
+        _field("orig_addr", ("u1", (16,)), <Py_ssize_t>&_probe.orig_addr[0]),
+        _field("resp_addr", ("u1", (16,)), <Py_ssize_t>&_probe.resp_addr[0]),
+        _field("ip_version", "u1", <Py_ssize_t>&_probe.ip_version),
+        _field("orig_opt", "u1", <Py_ssize_t>&_probe.orig_opt),
+        _field("resp_opt", "u1", <Py_ssize_t>&_probe.resp_opt),
+        _field("orig_sack_ok", "u1", <Py_ssize_t>&_probe.orig_sack_ok),
+        _field("resp_sack_ok", "u1", <Py_ssize_t>&_probe.resp_sack_ok),
+        _field("has_syn", "u1", <Py_ssize_t>&_probe.has_syn),
+        _field("has_synack", "u1", <Py_ssize_t>&_probe.has_synack),
+        _field("has_handshake_ack", "u1", <Py_ssize_t>&_probe.has_handshake_ack),
+        _field("has_orig_isn", "u1", <Py_ssize_t>&_probe.has_orig_isn),
+        _field("has_resp_isn", "u1", <Py_ssize_t>&_probe.has_resp_isn),
+        _field("has_fin1", "u1", <Py_ssize_t>&_probe.has_fin1),
+        _field("has_fin2", "u1", <Py_ssize_t>&_probe.has_fin2),
+        _field("has_rst", "u1", <Py_ssize_t>&_probe.has_rst),
+        _field("handshake", "u1", <Py_ssize_t>&_probe.handshake),
+        _field("close", "u1", <Py_ssize_t>&_probe.close),
+        _field("close_initiator", "u1", <Py_ssize_t>&_probe.close_initiator),
+        _field("rst_by", "u1", <Py_ssize_t>&_probe.rst_by),
+        _field("teardown_segments", "u1", <Py_ssize_t>&_probe.teardown_segments),
+        _field("conn_state", "u1", <Py_ssize_t>&_probe.conn_state),
+]
+ROW_DTYPE = np.dtype({
+    "names": [f[0] for f in _fields],
+    "formats": [f[1] for f in _fields],
+    "offsets": [f[2] for f in _fields],
+    "itemsize": sizeof(Row),
+})

@@ -1,0 +1,141 @@
+"""Streaming TCP flows: ext/_tcpflows.pyx behind the interface the pipeline feeds chunk by chunk.
+
+The engine gives the flows table's TCP rows (summary.summarize's columns, same values) as connections
+finish, holding state only for the open ones; this module sets it up, maps its status codes to exceptions
+and turns its packed rows into summary.py's column dict.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _tcpflows
+from .flows import DEFAULT_IDLE_TIMEOUT_NS
+from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, is_likely_server_port
+from .summary import CLOSE_VALUES, HANDSHAKE_VALUES
+from .tcpstate import CONN_STATES, history_strings
+
+#: the decoder columns the engine reads (contiguous arrays; src/dst as (n, 16) uint8)
+INPUT_COLUMNS = ("frame", "ts", "network_time", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
+                 "tcp_flags", "window", "payload_len", "claimed_len", "ip_len", "mss", "wscale", "sack_ok", "pflags")
+_DTYPES = {"frame": np.uint64, "ts": np.int64, "network_time": np.int64, "vlan": np.int32, "ip_version": np.uint8,
+           "src": np.uint8, "dst": np.uint8, "sport": np.uint16, "dport": np.uint16, "seq": np.uint32,
+           "ack": np.uint32, "tcp_flags": np.uint16, "window": np.uint16, "payload_len": np.uint32,
+           "claimed_len": np.uint32, "ip_len": np.uint32, "mss": np.uint16, "wscale": np.int16, "sack_ok": np.uint8,
+           "pflags": np.uint8}
+
+NO_OPEN_CONNECTION = 2**64 - 1
+
+
+def _masked(values, present):
+    return np.ma.masked_array(values, mask=~np.asarray(present, dtype=bool))
+
+
+def _check(status: int) -> None:
+    if status != _tcpflows.STATUS_OK:
+        raise MemoryError("out of memory while tracking open TCP connections")
+
+
+class TcpFlows:
+    """feed() segments in frame order (chunks of any size), expire() with the network time reached, finish()
+    at the end; drain() returns the rows of the connections finished so far, ordered by first frame."""
+
+    def __init__(self, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS, server_ports=ZEEK_LIKELY_SERVER_PORTS_TCP,
+                 vlan_aware: bool = False):
+        table = is_likely_server_port(np.arange(65536), server_ports).astype(np.uint8)
+        self._engine = _tcpflows.Engine(int(idle_timeout_ns), np.ascontiguousarray(table), bool(vlan_aware))
+
+    @property
+    def open_count(self) -> int:
+        return self._engine.open_count
+
+    def min_open_first_frame(self) -> int:
+        return self._engine.min_open_first_frame()
+
+    def feed(self, seg: dict) -> None:
+        cols = {}
+        for name in INPUT_COLUMNS:
+            a = np.ascontiguousarray(seg[name], dtype=_DTYPES[name])
+            cols[name] = a.reshape(-1, 16) if name in ("src", "dst") else a
+        _check(self._engine.feed(cols))
+
+    def expire(self, network_time: int) -> None:
+        _check(self._engine.expire(int(network_time)))
+
+    def finish(self) -> None:
+        _check(self._engine.finish())
+
+    def drain(self) -> dict:
+        rows, text = self._engine.drain()
+        rows = rows[np.argsort(rows["first_frame"], kind="stable")] if len(rows) > 1 else rows
+        return rows_to_flows(rows, text)
+
+
+def rows_to_flows(r: np.ndarray, text: bytes) -> dict:
+    """The engine's packed rows as summary.summarize's columns (without conn_id)."""
+    n = len(r)
+    out = {}
+    out["ts_start"] = r["ts_start"].copy()
+    out["ts_end"] = r["ts_end"].copy()
+    out["duration"] = (r["last_time"] - r["first_ts"]) / 1e9
+    out["orig_addr"] = np.ascontiguousarray(r["orig_addr"])
+    out["resp_addr"] = np.ascontiguousarray(r["resp_addr"])
+    out["orig_p"] = r["orig_p"].copy()
+    out["resp_p"] = r["resp_p"].copy()
+    out["ip_version"] = r["ip_version"].copy()
+    out["proto"] = np.full(n, "tcp")
+    out["ip_proto"] = np.full(n, 6, dtype=np.uint8)
+    out["vlan"] = _masked(r["vlan"].copy(), r["vlan"] >= 0)
+    for name in ("orig_pkts", "resp_pkts", "orig_payload_bytes", "resp_payload_bytes", "orig_ip_bytes",
+                 "resp_ip_bytes"):
+        out[name] = r[name].copy()
+    productive = out["duration"] > 0
+    out["orig_bytes"] = _masked(r["orig_size"].copy(), productive)
+    out["resp_bytes"] = _masked(r["resp_size"].copy(), productive)
+
+    out["handshake"] = np.array(HANDSHAKE_VALUES)[r["handshake"]]
+    out["syn_ts"] = _masked(r["syn_ts"].copy(), r["has_syn"])
+    out["synack_ts"] = _masked(r["synack_ts"].copy(), r["has_synack"])
+    out["handshake_ack_ts"] = _masked(r["handshake_ack_ts"].copy(), r["has_handshake_ack"])
+    out["orig_isn"] = _masked(r["orig_isn"].copy(), r["has_orig_isn"])
+    out["resp_isn"] = _masked(r["resp_isn"].copy(), r["has_resp_isn"])
+    out["syn_count"] = r["syn_count"].copy()
+    out["synack_count"] = r["synack_count"].copy()
+    ok1, ok2 = r["has_synack"] != 0, r["has_handshake_ack"] != 0
+    rtt1 = np.where(ok1, r["rtt1"] / 1e9, np.nan)
+    rtt2 = np.where(ok2, r["rtt2"] / 1e9, np.nan)
+    out["rtt_syn_synack"] = _masked(rtt1, ok1)
+    out["rtt_synack_ack"] = _masked(rtt2, ok2)
+    out["irtt"] = _masked(rtt1 + rtt2, ok1 & ok2)
+    for side in ("orig", "resp"):
+        present = r[f"{side}_opt"] != 0
+        mss, wscale = r[f"{side}_mss"], r[f"{side}_wscale"]
+        out[f"{side}_mss"] = _masked(mss.copy(), present & (mss > 0))
+        out[f"{side}_wscale"] = _masked(wscale.copy(), present & (wscale >= 0))
+        out[f"{side}_sack_ok"] = r[f"{side}_sack_ok"] != 0
+
+    out["close"] = np.array(CLOSE_VALUES)[r["close"]]
+    initiator = r["close_initiator"]
+    out["close_initiator"] = _masked(np.where(initiator == 0, "orig", "resp"), initiator < 2)
+    rst_by = r["rst_by"]
+    out["rst_by"] = _masked(np.where(rst_by == 3, "both", np.where(rst_by == 1, "orig", "resp")), rst_by != 0)
+    out["fin1_ts"] = _masked(r["fin1_ts"].copy(), r["has_fin1"])
+    out["fin2_ts"] = _masked(r["fin2_ts"].copy(), r["has_fin2"])
+    out["rst_ts"] = _masked(r["rst_ts"].copy(), r["has_rst"])
+    teardown = r["teardown_segments"]
+    out["teardown_segments"] = _masked(teardown.copy(), teardown > 0)
+
+    out["conn_state"] = np.asarray(CONN_STATES)[r["conn_state"]]
+    # histories were written in row order before the sort: gather them in the new order
+    starts, lengths = r["hist_offset"], r["hist_len"]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = np.frombuffer(text, dtype=np.uint8)
+    if n and offsets[-1]:
+        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        data = data[gather]
+    out["history"] = history_strings({"history_data": data.tobytes(), "history_offsets": offsets})
+    out["orig_retransmissions"] = r["orig_retransmissions"].copy()
+    out["resp_retransmissions"] = r["resp_retransmissions"].copy()
+    out["first_frame"] = r["first_frame"].copy()
+    out["last_frame"] = r["last_frame"].copy()
+    return out

@@ -1,0 +1,190 @@
+"""The streaming TCP engine (fastflow/tcpflows.py, ext/_tcpflows.pyx) against the whole-capture numpy stages
+(summary.analyse): every column of every TCP flow equal, whatever the chunk size, on the corpus and on random
+segment soups built to hit the rare paths (port reuse, ISN changes, idle splits, clocks stepping back,
+SYN-ACK-first flips, bad checksums, RST/FIN orders)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from corpus import CAPTURES, capture_names, decode_all, requires_corpus
+from fastflow.decode import PFlag, Status
+from fastflow.pipeline import SEGMENT_INPUT_COLUMNS, add_network_time
+from fastflow.summary import analyse
+from fastflow.tcpflows import NO_OPEN_CONNECTION, TcpFlows
+
+SECOND = 10**9
+
+
+def tcp_rows(pk: dict) -> dict:
+    """The pipeline's TCP input from all decoded rows."""
+    add_network_time(pk, np.iinfo(np.int64).min)
+    keep = (pk["status"] == Status.TCP) & ((pk["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0)
+    return {k: pk[k][keep] for k in SEGMENT_INPUT_COLUMNS}
+
+
+def concat_flows(parts: list[dict]) -> dict:
+    out = {}
+    for name in parts[0]:
+        cols = [p[name] for p in parts]
+        out[name] = np.ma.concatenate(cols) if any(np.ma.isMaskedArray(c) for c in cols) else np.concatenate(cols)
+    order = np.argsort(out["first_frame"], kind="stable")
+    return {k: v[order] for k, v in out.items()}
+
+
+def stream(seg: dict, chunk: int, timeout_ns=300 * SECOND, vlan_aware=False, check_open=False) -> dict:
+    engine = TcpFlows(timeout_ns, vlan_aware=vlan_aware)
+    parts = []
+    n = len(seg["frame"])
+    for start in range(0, n, chunk):
+        part = {k: v[start:start + chunk] for k, v in seg.items()}
+        engine.feed(part)
+        now = int(part["network_time"][-1])
+        engine.expire(now)
+        parts.append(engine.drain())
+        if check_open:
+            low = engine.min_open_first_frame()
+            assert engine.open_count == 0 or low <= int(part["frame"][-1])
+    engine.finish()
+    assert engine.open_count == 0
+    assert engine.min_open_first_frame() == NO_OPEN_CONNECTION
+    parts.append(engine.drain())
+    return concat_flows(parts)
+
+
+def assert_same_flows(ref: dict, got: dict, label: str) -> None:
+    assert len(got["first_frame"]) == len(ref["conn_id"]), label
+    for name, want in ref.items():
+        if name == "conn_id":
+            continue
+        have = got[name]
+        if np.ma.isMaskedArray(want) or np.ma.isMaskedArray(have):
+            wm, hm = np.ma.getmaskarray(want), np.ma.getmaskarray(have)
+            assert np.array_equal(wm, hm), f"{label}: {name} nulls differ"
+            want, have = np.asarray(want)[~wm], np.asarray(have)[~hm]
+        want, have = np.asarray(want), np.asarray(have)
+        assert want.shape == have.shape, f"{label}: {name} shape"
+        same = np.array_equal(want, have, equal_nan=want.dtype.kind == "f")
+        if not same:
+            bad = np.flatnonzero(want != have)[:5] if want.ndim == 1 else "rows"
+            pytest.fail(f"{label}: {name} differs at {bad}: {want[bad] if want.ndim == 1 else ''} "
+                        f"vs {have[bad] if have.ndim == 1 else ''}")
+
+
+# --- the corpus -----------------------------------------------------------------------------------------
+
+def corpus_tcp_captures():
+    return [n for n in capture_names()]
+
+
+@requires_corpus
+@pytest.mark.parametrize("name", corpus_tcp_captures())
+def test_corpus_capture_streams_to_the_same_flows(name):
+    pk, _ = decode_all(CAPTURES / name)
+    if not pk:
+        pytest.skip("no packets")
+    seg = tcp_rows(pk)
+    n = len(seg["frame"])
+    if n == 0:
+        pytest.skip("no TCP segments")
+    for timeout in (300 * SECOND, SECOND):     # Zeek's, and one short enough to expire and split
+        _, ref = analyse(seg, timeout)
+        chunks = {7, 1000, n} | ({1} if n < 3000 else set())
+        for chunk in sorted(chunks):
+            assert_same_flows(ref, stream(seg, chunk, timeout, check_open=chunk == 7), f"{name} chunk {chunk}")
+
+
+@requires_corpus
+@pytest.mark.parametrize("name", ["zeek__vlan-collisions.pcap", "zeek__mpls-in-vlan.pcap",
+                                  "zeek__ldap__modify-request.pcapng"])
+def test_vlan_aware_keys_stream_the_same(name):
+    if not (CAPTURES / name).exists():
+        pytest.skip(f"{name} not in the corpus")
+    pk, _ = decode_all(CAPTURES / name)
+    seg = tcp_rows(pk)
+    _, ref = analyse(seg, 300 * SECOND, vlan_aware=True)
+    assert_same_flows(ref, stream(seg, 3, vlan_aware=True), name)
+
+
+# --- random segment soups ---------------------------------------------------------------------------------
+
+FLAG_CHOICES = np.array([0x02, 0x02, 0x12, 0x12, 0x10, 0x10, 0x18, 0x18, 0x11, 0x01, 0x04, 0x14, 0x03,
+                         0x05, 0x13, 0x16], dtype=np.uint16)
+ADDRS = [bytes(10) + b"\xff\xff" + bytes([10, 0, 0, i]) for i in range(1, 5)] + \
+        [bytes([0x20, 0x01, 0x0d, 0xb8]) + bytes(11) + bytes([i]) for i in range(1, 3)]
+PAIRS = [(0, 40000, 1, 80), (2, 40001, 3, 45000), (0, 80, 1, 443), (4, 40000, 5, 3128), (1, 5353, 0, 22),
+         (0, 40000, 1, 81)]
+
+
+def random_segments(rng: np.random.Generator, n: int) -> dict:
+    pair = rng.integers(0, len(PAIRS), n)
+    forward = rng.random(n) < 0.55
+    ca = np.array([PAIRS[p][0] for p in pair])
+    cp = np.array([PAIRS[p][1] for p in pair])
+    sa = np.array([PAIRS[p][2] for p in pair])
+    sp = np.array([PAIRS[p][3] for p in pair])
+    addr = np.frombuffer(b"".join(ADDRS), dtype=np.uint8).reshape(-1, 16)
+    src_i, dst_i = np.where(forward, ca, sa), np.where(forward, sa, ca)
+    steps = rng.choice([0, 1, 1000, 10**6, 2 * SECOND, 9 * SECOND, -3 * SECOND], n,
+                       p=[0.1, 0.3, 0.3, 0.2, 0.05, 0.03, 0.02])
+    ts = (10**18 + np.cumsum(steps)).astype(np.int64)
+    payload = rng.choice([0, 0, 0, 1, 100], n).astype(np.uint32)
+    seg = {
+        "frame": np.arange(1, n + 1, dtype=np.uint64),
+        "ts": ts,
+        "vlan": rng.choice([-1, -1, 7], n).astype(np.int32),
+        "ip_version": np.where(np.isin(src_i, [4, 5]), 6, 4).astype(np.uint8),
+        "src": addr[src_i].copy(), "dst": addr[dst_i].copy(),
+        "sport": np.where(forward, cp, sp).astype(np.uint16),
+        "dport": np.where(forward, sp, cp).astype(np.uint16),
+        "seq": rng.choice([100, 101, 200, 201, 301, 4294967295, 0], n).astype(np.uint32),
+        "ack": rng.choice([101, 201, 102, 202, 302, 0], n).astype(np.uint32),
+        "tcp_flags": rng.choice(FLAG_CHOICES, n),
+        "window": rng.choice([0, 1000, 1000], n).astype(np.uint16),
+        "payload_len": payload,
+        "claimed_len": payload + rng.choice([0, 0, 0, 7], n).astype(np.uint32),
+        "ip_len": (payload + 40).astype(np.uint32),
+        "mss": rng.choice([0, 1460], n).astype(np.uint16),
+        "wscale": rng.choice([-1, 7], n).astype(np.int16),
+        "sack_ok": rng.choice([0, 1], n).astype(np.uint8),
+        "pflags": np.where(rng.random(n) < 0.03, PFlag.BAD_CHECKSUM, 0).astype(np.uint8),
+    }
+    seg["network_time"] = np.maximum.accumulate(ts)
+    return seg
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_segments_stream_to_the_same_flows(seed):
+    rng = np.random.default_rng(seed)
+    seg = random_segments(rng, int(rng.integers(50, 1500)))
+    timeout = int(rng.choice([5 * SECOND, 300 * SECOND]))
+    vlan_aware = bool(seed % 3 == 0)
+    _, ref = analyse(seg, timeout, vlan_aware=vlan_aware)
+    for chunk in (1, 13, 400, len(seg["frame"])):
+        assert_same_flows(ref, stream(seg, chunk, timeout, vlan_aware), f"seed {seed} chunk {chunk}")
+
+
+def test_random_segments_really_split_expire_and_flip():
+    """The soups above are not vacuous: they hold idle splits, reuse splits and late (SYN-ACK-first) flips."""
+    rng = np.random.default_rng(0)
+    seg = random_segments(rng, 1500)
+    _, ref = analyse(seg, 5 * SECOND)
+    histories = ref["history"].astype(str)
+    assert len(ref["conn_id"]) > 3 * len(PAIRS)
+    assert any(h.startswith("^") for h in histories)
+    assert len(set(ref["conn_state"].tolist())) >= 6
+    assert set(ref["close"].tolist()) >= {"fin", "rst", "half_closed"}
+
+
+def test_memory_follows_open_connections():
+    """Connections that no packet can join any more leave the engine at expire()."""
+    rng = np.random.default_rng(1)
+    seg = random_segments(rng, 2000)
+    engine = TcpFlows(5 * SECOND)
+    engine.feed(seg)
+    assert engine.open_count > 0
+    engine.expire(int(seg["network_time"][-1]) + 6 * SECOND)
+    assert engine.open_count == 0
+    rows = engine.drain()
+    _, ref = analyse(seg, 5 * SECOND)
+    assert len(rows["first_frame"]) == len(ref["conn_id"])
