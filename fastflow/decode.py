@@ -117,22 +117,13 @@ class CaptureReader:
     def batches(self) -> Iterator[dict]:
         """Yield column batches; raise InputError/FilterError for fatal problems; record damage."""
         dec = self.decoder
-        pending = b""
-        data = None
         try:
-            for block in self.source.blocks():
-                data = yield from self._drain(memoryview(pending + block) if pending else memoryview(block), False)
-                self._check(dec.stop)
-                if dec.stop >= Stop.END:
-                    break
-                # the tail holds part of a record: keep it for the next block (a small copy)
-                pending = bytes(data)
+            if self.source.mappable:
+                yield from self._windows()
             else:
-                yield from self._drain(memoryview(pending), True)
-                self._check(dec.stop)
+                yield from self._blocks()
         except StreamDamage as exc:
             self.damage = Damage("stream_damaged", dec.consumed, str(exc))
-        data = None  # drop the last view into the input so the source can unmap it
         if self.damage is None and dec.bad_length_records:
             self.damage = Damage("caplen_exceeds_wirelen", int(dec.bad_length_offset),
                                  f"{dec.bad_length_records} record(s) with a captured length over the original "
@@ -140,6 +131,36 @@ class CaptureReader:
         if dec.n:
             yield dec.take()
         self._check_linktypes()
+
+    def _windows(self):
+        """A plain file, window by window: each starts where the decoder stopped, so nothing is copied."""
+        dec = self.decoder
+        position = 0
+        while True:
+            view, at_end = self.source.window(position)
+            rest = yield from self._drain(view, at_end)
+            self._check(dec.stop)
+            used = len(view) - len(rest)
+            del view, rest          # the next window() unmaps this one
+            if at_end or dec.stop >= Stop.END:
+                return
+            if used == 0:
+                self.source.widen_window()
+            position += used
+
+    def _blocks(self):
+        """A stream: blocks in order, the tail of a record carried into the next block."""
+        dec = self.decoder
+        pending = b""
+        for block in self.source.blocks():
+            data = yield from self._drain(memoryview(pending + block) if pending else memoryview(block), False)
+            self._check(dec.stop)
+            if dec.stop >= Stop.END:
+                return
+            # the tail holds part of a record: keep it for the next block (a small copy)
+            pending = bytes(data)
+        yield from self._drain(memoryview(pending), True)
+        self._check(dec.stop)
 
     def _drain(self, data: memoryview, eof: bool):
         """Feed data until the decoder needs more input, yielding each full batch; return the unused tail."""

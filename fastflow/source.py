@@ -15,6 +15,8 @@ from typing import BinaryIO, Iterator
 from .errors import InputError
 
 BLOCK_SIZE = 8 << 20
+#: bytes of a plain file mapped at once; a window moves on to where the decoder stopped
+WINDOW_SIZE = 64 << 20
 
 # magic bytes at offset 0 -> compression name
 _MAGICS = (
@@ -91,6 +93,8 @@ class Source:
         self._file = None
         self._raw = None
         self._map = None
+        self._position = 0
+        self._window_size = WINDOW_SIZE
         self._stream = None
         try:
             if name == "-":
@@ -121,22 +125,38 @@ class Source:
     def raw_consumed(self) -> int:
         if self._raw is not None:
             return self._raw.consumed
-        if self._map is not None:
-            return self.size or 0
+        if self._stream is None and self._raw is None:
+            return self._position
         try:
             return self._file.tell()
         except (OSError, ValueError):
             return 0
 
+    @property
+    def mappable(self) -> bool:
+        """A plain file: read through window(), not blocks()."""
+        return self._stream is None and self._raw is None
+
+    def window(self, position: int) -> tuple[memoryview, bool]:
+        """The file from byte `position` on, up to the window size, mapped read-only; and whether it reaches
+        the end of the file. The previous window is unmapped first: drop every view into it before."""
+        self._unmap()
+        self._position = position
+        size = self.size or 0
+        if position >= size:
+            return memoryview(b""), True
+        start = position - position % mmap.ALLOCATIONGRANULARITY
+        length = min(size - start, self._window_size + (position - start))
+        self._map = mmap.mmap(self._file.fileno(), length, offset=start, access=mmap.ACCESS_READ)
+        self._map.madvise(mmap.MADV_SEQUENTIAL)
+        return memoryview(self._map)[position - start:], start + length >= size
+
+    def widen_window(self) -> None:
+        """A record larger than the window: map twice as much next time."""
+        self._window_size *= 2
+
     def blocks(self) -> Iterator[memoryview | bytes]:
-        if self._stream is None and self._raw is None:
-            if not self.size:
-                return
-            # map the whole file: the decoder walks it in place, the page cache does the reading
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-            self._map.madvise(mmap.MADV_SEQUENTIAL)
-            yield memoryview(self._map)
-            return
+        """Blocks of a compressed stream or standard input."""
         stream = self._stream if self._stream is not None else self._raw
         while True:
             try:
@@ -151,13 +171,16 @@ class Source:
                 return
             yield block
 
-    def close(self) -> None:
+    def _unmap(self) -> None:
         if self._map is not None:
             try:
                 self._map.close()
             except BufferError:
                 pass  # a memoryview still refers to it; the mapping goes with the last reference
             self._map = None
+
+    def close(self) -> None:
+        self._unmap()
         if self._stream is not None:
             self._stream.close()
         if self._file is not None and self._file is not sys.stdin.buffer:
