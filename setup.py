@@ -68,6 +68,14 @@ extensions = [
         extra_link_args=[a for a in extra_link if a not in libs],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
     ),
+    Extension(
+        "fastflow._dgram",
+        ["ext/_dgram.pyx"],
+        include_dirs=["ext", numpy.get_include()],
+        extra_compile_args=[a for a in extra_compile if a not in cflags],
+        extra_link_args=[a for a in extra_link if a not in libs],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+    ),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, include_path=["ext"]))

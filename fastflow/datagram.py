@@ -274,3 +274,104 @@ def datagram_flows(pk: dict, idle_timeout_ns: dict | None = None, server_ports=N
     flow_of_row[rows] = flow
     out["flow_of_row"] = flow_of_row
     return out
+
+
+class DatagramStream:
+    """``datagram_flows`` over a capture fed in chunks, keeping only the open flows (ext/_dgram.pyx).
+
+    ``DatagramStream(idle_timeout_ns, server_ports, vlan_aware)`` takes datagram_flows' arguments.
+
+    * ``feed(pk)``: the next rows in frame order (any status; the rows datagram_flows ignores are ignored),
+      with ``network_time`` (int64 per row, the running maximum of ts over all packets; without it the
+      running maximum of the ts fed so far stands in, as in datagram_flows).
+    * ``expire(net_time)``: finalize every open flow that no packet at network time >= net_time can join
+      (``last_time + timeout <= net_time``, timeout > 0).
+    * ``finish()``: finalize every open flow (end of input).
+    * ``drain()``: the flows finalized since the last drain, sorted by first_frame, with datagram_flows'
+      columns except first_index and flow_of_row.
+    * ``open_count``, ``min_open_first_frame()`` (2**64-1 when no flow is open).
+
+    Whatever the split into chunks and the expire() calls between them, the drained rows sorted by
+    first_frame equal datagram_flows over all the rows (tests/test_dgram_engine.py)."""
+
+    def __init__(self, idle_timeout_ns: dict | None = None, server_ports=None, vlan_aware: bool = False):
+        from . import _dgram
+
+        timeouts = dict(DEFAULT_IDLE_TIMEOUT_NS)
+        timeouts.update(idle_timeout_ns or {})
+        if isinstance(server_ports, dict):
+            server_ports = server_ports.get("udp")
+        ports = () if server_ports is None else server_ports
+        likely = is_likely_server_port(np.arange(65536, dtype=np.int32), ports).astype(np.uint8)
+        not_conn = np.zeros(256, dtype=np.uint8)
+        not_conn[NOT_A_CONNECTION_IP_PROTOS] = 1
+        self._ok = _dgram.STATUS_OK
+        self._engine = _dgram.DgramEngine(
+            np.array([timeouts["udp"], timeouts["icmp"], timeouts["other"]]).astype(np.int64), likely,
+            ICMP4_COUNTERPART, ICMP6_COUNTERPART, not_conn, bool(vlan_aware))
+        self._net_time = np.iinfo(np.int64).min    # for feeds without network_time
+
+    def _check(self, status) -> None:
+        if status != self._ok:
+            raise MemoryError("out of memory in the datagram flow table")
+
+    def feed(self, pk: dict) -> None:
+        ts = np.ascontiguousarray(pk["ts"], dtype=np.int64)
+        if ts.size == 0:
+            return
+        if "network_time" in pk:
+            net_time = np.ascontiguousarray(pk["network_time"], dtype=np.int64)
+        else:
+            net_time = np.maximum.accumulate(np.maximum(ts, self._net_time))
+        self._net_time = max(self._net_time, int(net_time[-1]))
+        status, _ = self._engine.feed(
+            np.ascontiguousarray(pk["frame"], dtype=np.uint64), ts,
+            np.ascontiguousarray(pk["status"], dtype=np.uint8),
+            np.ascontiguousarray(pk["vlan"], dtype=np.int32),
+            np.ascontiguousarray(pk["ip_version"], dtype=np.uint8),
+            np.ascontiguousarray(pk["src"], dtype=np.uint8).reshape(-1),
+            np.ascontiguousarray(pk["dst"], dtype=np.uint8).reshape(-1),
+            np.ascontiguousarray(pk["ip_proto"], dtype=np.uint8),
+            np.ascontiguousarray(pk["sport"], dtype=np.uint16),
+            np.ascontiguousarray(pk["dport"], dtype=np.uint16),
+            np.ascontiguousarray(pk["ip_len"], dtype=np.uint32),
+            np.ascontiguousarray(pk["payload_len"], dtype=np.uint32), net_time)
+        self._check(status)
+
+    def expire(self, net_time: int) -> None:
+        self._check(self._engine.expire(int(net_time)))
+
+    def finish(self) -> None:
+        self._check(self._engine.finish())
+
+    @property
+    def open_count(self) -> int:
+        return self._engine.open_count
+
+    def min_open_first_frame(self) -> int:
+        return self._engine.min_open_first_frame()
+
+    def drain(self) -> dict:
+        raw = self._engine.drain()
+        first_frame = raw["first_frame"]
+        if first_frame.size > 1 and np.any(first_frame[1:] < first_frame[:-1]):
+            order = np.argsort(first_frame, kind="stable")
+            raw = {k: v[order] for k, v in raw.items()}
+        duration_ns = raw["duration_ns"]
+        has_duration = duration_ns > 0
+        out = {"ts_start": raw["ts_start"], "ts_end": raw["ts_end"], "duration": duration_ns / 1e9}
+        for k in ("orig_addr", "resp_addr", "orig_p", "resp_p", "ip_version"):
+            out[k] = raw[k]
+        out["vlan"] = _masked(raw["vlan"], raw["vlan"] >= 0)
+        out["proto"] = np.array(PROTO_NAMES)[raw["status"].astype(np.int64) - ST_UDP]
+        out["ip_proto"] = raw["ip_proto"]
+        for k in ("orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes", "orig_payload_bytes",
+                  "resp_payload_bytes"):
+            out[k] = raw[k]
+        out["orig_bytes"] = _masked(raw["orig_payload_bytes"].copy(), has_duration)
+        out["resp_bytes"] = _masked(raw["resp_payload_bytes"].copy(), has_duration)
+        out["conn_state"] = _UDP_STATE[raw["state_code"]]
+        out["history"] = _UDP_HISTORY[raw["history_code"]]
+        out["first_frame"] = raw["first_frame"]
+        out["last_frame"] = raw["last_frame"]
+        return out
