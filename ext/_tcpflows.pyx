@@ -51,63 +51,61 @@ cdef enum:
 
 
 cdef struct Opening:            # TCP options of an opening segment
-    bint present
     uint16_t mss
     int16_t wscale
     uint8_t sack_ok
+    uint8_t present
 
 
 cdef struct Handshake:          # tagging.py's handshake steps, supposing side `orig` is the originator
-    bint has_s1
-    uint32_t isn
     int64_t s1_ts
-    Opening s1_opt
-    bint answer_pending         # the responder has not sent a segment since step 1
-    bint answered_rst           # ... and its first one was a RST
-    int64_t last_syn_ts         # the originator's latest pure SYN
-    bint has_s2
-    uint32_t s2_seq
     int64_t s2_ts
-    int64_t rtt1
-    Opening s2_opt
-    bint has_first_synack
-    uint32_t first_synack_seq
-    Opening first_synack_opt
-    int64_t last_synack_ts      # the responder's latest SYN-ACK
-    bint has_s3
     int64_t s3_ts
-    int64_t rtt2
+    int64_t syn_clock           # the originator's latest pure SYN until step 2, then rtt_syn_synack
+    int64_t synack_clock        # the responder's latest SYN-ACK until step 3, then rtt_synack_ack
+    uint32_t isn
+    uint32_t s2_seq
+    uint32_t first_synack_seq
+    Opening s1_opt
+    Opening s2_opt
+    Opening first_synack_opt
+    uint8_t has_s1
+    uint8_t answer_pending      # the responder has not sent a segment since step 1
+    uint8_t answered_rst        # ... and its first one was a RST
+    uint8_t has_s2
+    uint8_t has_first_synack
+    uint8_t has_s3
 
 
 cdef struct Teardown:           # tagging.py's teardown steps (sides: 0 sent the first segment)
-    bint has_t1
-    int closer
-    uint32_t fin1_end
     int64_t t1_ts
-    bint t1_before_rst
-    bint has_t2                 # the other side's first segment acknowledging FIN 1 (step 2, or 2+3)
-    bint has_t3
     int64_t t3_ts
-    uint32_t fin2_end
-    bint combined
-    bint simultaneous
-    bint fins_before_rst
-    bint has_t4
-    bint has_rst
     int64_t rst_ts
-    int rst_side
-    bint rst_from[2]
+    uint32_t fin1_end
+    uint32_t fin2_end
+    uint8_t closer
+    uint8_t rst_side
+    uint8_t has_t1
+    uint8_t t1_before_rst
+    uint8_t has_t2              # the other side's first segment acknowledging FIN 1 (step 2, or 2+3)
+    uint8_t has_t3
+    uint8_t combined
+    uint8_t simultaneous
+    uint8_t fins_before_rst
+    uint8_t has_t4
+    uint8_t has_rst
+    uint8_t rst_from[2]
 
 
 cdef struct Deferred:           # a segment held back until Zeek's SYN-ACK-first flip is decided
+    int64_t ts
+    uint32_t seq
+    uint32_t ack
+    uint32_t length
     uint16_t flags
     uint16_t window
     uint8_t k
     uint8_t bad
-    uint32_t seq
-    uint32_t ack
-    uint32_t length
-    int64_t ts
 
 
 cdef struct Key:
@@ -120,48 +118,42 @@ cdef struct Key:
     uint16_t b_p
 
 
-cdef struct Flow:
-    Key key
+cdef struct Flow:               # one open connection, widest fields first (docs/design.md: its size)
+    Key key                     # the address/port pair; its first sender's addresses and ports too
     uint64_t hash
     int64_t next_free
-    bint used
-    # the address/port pair, carried from connection to connection (flows.py's split rules)
-    int64_t seen_max
-    bint ep_has_syn             # in the current idle epoch: the latest pure SYN
-    uint32_t ep_syn_seq
-    bint ep_has_synack          # ... and the latest SYN-ACK
-    bint ep_synack_from_a
-    uint32_t ep_synack_ack
-    bint ev_rst                 # close events since the connection started
-    bint ev_fin_a
-    bint ev_fin_b
-    # the connection; side 0 sent its first segment
+    int64_t seen_max            # the pair's latest timestamp (flows.py's idle rule)
     uint64_t first_frame
     uint64_t last_frame
     int64_t first_ts
     int64_t ts_min
     int64_t ts_max
-    bint first_src_is_a
-    uint8_t src[16]
-    uint8_t dst[16]
-    uint16_t sport
-    uint16_t dport
-    uint8_t ip_version
-    int32_t vlan
-    uint64_t pkts[2]
+    uint64_t pkts[2]            # side 0 sent the connection's first segment
     uint64_t payload[2]
     uint64_t ip_bytes[2]
+    Conn zc
+    Handshake hs[2]
+    Teardown td
+    Text hist
+    Deferred *deferred
+    uint32_t n_deferred
+    uint32_t cap_deferred
     uint32_t retx[2]
     uint32_t syns[2]
     uint32_t synacks[2]
-    Handshake hs[2]
-    Teardown td
-    Conn zc
-    Text hist
-    bint flip_pending
-    Deferred *deferred
-    Py_ssize_t n_deferred
-    Py_ssize_t cap_deferred
+    uint32_t ep_syn_seq         # in the current idle epoch: the latest pure SYN
+    uint32_t ep_synack_ack      # ... and the latest SYN-ACK
+    int32_t vlan
+    uint8_t ip_version
+    uint8_t used
+    uint8_t first_src_is_a
+    uint8_t flip_pending
+    uint8_t ep_has_syn
+    uint8_t ep_has_synack
+    uint8_t ep_synack_from_a
+    uint8_t ev_rst              # close events since the connection started
+    uint8_t ev_fin_a
+    uint8_t ev_fin_b
 
 
 cdef struct Row:                # one finished connection (orientation applied)
@@ -233,6 +225,13 @@ cdef inline uint64_t load_be64(const uint8_t *p) noexcept nogil:
     return v
 
 
+cdef inline void store_be64(uint8_t *p, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(7, -1, -1):
+        p[i] = <uint8_t>(v & 0xFF)
+        v >>= 8
+
+
 cdef inline uint64_t mix64(uint64_t h, uint64_t v) noexcept nogil:
     h ^= v
     h *= <uint64_t>0xBF58476D1CE4E5B9
@@ -262,7 +261,7 @@ cdef inline bint seq_geq(uint32_t a, uint32_t b) noexcept nogil:
 
 
 cdef inline void set_opening(Opening *o, uint16_t mss, int16_t wscale, uint8_t sack_ok) noexcept nogil:
-    o.present = True
+    o.present = 1
     o.mss = mss
     o.wscale = wscale
     o.sack_ok = sack_ok
@@ -280,12 +279,13 @@ cdef void handshake_step(Handshake *h, bint from_orig, uint16_t flags, uint32_t 
                 h.s1_ts = ts
                 set_opening(&h.s1_opt, mss, wscale, sack_ok)
                 h.answer_pending = True
-            h.last_syn_ts = ts
+            if not h.has_s2:
+                h.syn_clock = ts
         elif (h.has_s2 and not h.has_s3 and has_ack and not syn and not (flags & RST)
               and ack == h.s2_seq + <uint32_t>1):
             h.has_s3 = True
             h.s3_ts = ts
-            h.rtt2 = ts - h.last_synack_ts
+            h.synack_clock = ts - h.synack_clock
     else:
         if h.answer_pending:
             h.answer_pending = False
@@ -299,9 +299,10 @@ cdef void handshake_step(Handshake *h, bint from_orig, uint16_t flags, uint32_t 
                 h.has_s2 = True
                 h.s2_seq = seq
                 h.s2_ts = ts
-                h.rtt1 = ts - h.last_syn_ts
+                h.syn_clock = ts - h.syn_clock
                 set_opening(&h.s2_opt, mss, wscale, sack_ok)
-            h.last_synack_ts = ts
+            if not h.has_s3:
+                h.synack_clock = ts
 
 
 cdef void teardown_step(Teardown *t, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint32_t plen,
@@ -373,7 +374,7 @@ cdef int defer(Flow *f, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint3
             return ST_NO_MEMORY
         f.deferred = grown
         f.cap_deferred = cap
-    f.deferred[f.n_deferred] = Deferred(flags, window, k, bad, seq, ack, length, ts)
+    f.deferred[f.n_deferred] = Deferred(ts, seq, ack, length, flags, window, k, bad)
     f.n_deferred += 1
     return ST_OK
 
@@ -534,10 +535,6 @@ cdef class Engine:
         f.ts_min = ts
         f.ts_max = ts
         f.first_src_is_a = a_is_src
-        memcpy(f.src, src, 16)
-        memcpy(f.dst, dst, 16)
-        f.sport = sport
-        f.dport = dport
         f.ip_version = ip_version
         f.vlan = vlan
         memset(f.pkts, 0, sizeof(f.pkts))
@@ -580,6 +577,9 @@ cdef class Engine:
         cdef Py_ssize_t i
         cdef bint refused, fin_first
         cdef Opening *ro
+        cdef uint8_t first_addr[16]
+        cdef uint8_t other_addr[16]
+        cdef uint16_t first_port, other_port
         if f.flip_pending:
             replay_deferred(f)
         o = f.zc.orig
@@ -592,16 +592,29 @@ cdef class Engine:
         r.ts_end = f.ts_max
         r.first_ts = f.first_ts
         r.last_time = f.zc.last_time
-        if o == 0:
-            memcpy(r.orig_addr, f.src, 16)
-            memcpy(r.resp_addr, f.dst, 16)
-            r.orig_p = f.sport
-            r.resp_p = f.dport
+        # the first sender's end of the key, then the other
+        if f.first_src_is_a:
+            store_be64(first_addr, f.key.a_hi)
+            store_be64(first_addr + 8, f.key.a_lo)
+            store_be64(other_addr, f.key.b_hi)
+            store_be64(other_addr + 8, f.key.b_lo)
+            first_port, other_port = f.key.a_p, f.key.b_p
         else:
-            memcpy(r.orig_addr, f.dst, 16)
-            memcpy(r.resp_addr, f.src, 16)
-            r.orig_p = f.dport
-            r.resp_p = f.sport
+            store_be64(first_addr, f.key.b_hi)
+            store_be64(first_addr + 8, f.key.b_lo)
+            store_be64(other_addr, f.key.a_hi)
+            store_be64(other_addr + 8, f.key.a_lo)
+            first_port, other_port = f.key.b_p, f.key.a_p
+        if o == 0:
+            memcpy(r.orig_addr, first_addr, 16)
+            memcpy(r.resp_addr, other_addr, 16)
+            r.orig_p = first_port
+            r.resp_p = other_port
+        else:
+            memcpy(r.orig_addr, other_addr, 16)
+            memcpy(r.resp_addr, first_addr, 16)
+            r.orig_p = other_port
+            r.resp_p = first_port
         r.ip_version = f.ip_version
         r.vlan = f.vlan
         r.orig_pkts = f.pkts[o]
@@ -644,10 +657,10 @@ cdef class Engine:
         r.syn_ts = h.s1_ts
         r.has_synack = h.has_s2
         r.synack_ts = h.s2_ts
-        r.rtt1 = h.rtt1
+        r.rtt1 = h.syn_clock
         r.has_handshake_ack = h.has_s3
         r.handshake_ack_ts = h.s3_ts
-        r.rtt2 = h.rtt2
+        r.rtt2 = h.synack_clock
         r.has_orig_isn = h.has_s1
         r.orig_isn = h.isn
         r.has_resp_isn = h.has_s2 or h.has_first_synack
@@ -894,12 +907,39 @@ cdef class Engine:
             status = self.expire_flows(now, False)
         return status
 
-    def finish(self):
-        """End of input: finish every open connection; returns a status code."""
-        cdef int status
-        self.reserve_rows(self.n_open)
+    def finish(self, Py_ssize_t max_rows=-1):
+        """End of input: finish the open connections, oldest first (by first frame), at most max_rows of
+        them (all when negative) so that the caller can write them in portions; returns a status code."""
+        cdef int status = ST_OK
+        cdef Py_ssize_t i, count, pos
+        cdef int64_t slot
+        cdef int64_t[::1] slots
+        if max_rows < 0 or max_rows >= self.n_open:
+            self.reserve_rows(self.n_open)
+            with nogil:
+                status = self.expire_flows(0, True)
+            return status
+        if max_rows == 0:
+            return ST_OK
+        firsts = np.empty(self.n_open, dtype=np.uint64)
+        open_slots = np.empty(self.n_open, dtype=np.int64)
+        cdef uint64_t[::1] f = firsts
+        cdef int64_t[::1] o = open_slots
+        count = 0
+        for i in range(self.pool_top):
+            if self.pool[i].used:
+                f[count] = self.pool[i].first_frame
+                o[count] = i
+                count += 1
+        slots = open_slots[np.argpartition(firsts, max_rows - 1)[:max_rows]]
+        self.reserve_rows(max_rows)
         with nogil:
-            status = self.expire_flows(0, True)
+            for i in range(max_rows):
+                slot = slots[i]
+                pos = self.find(&self.pool[slot].key, self.pool[slot].hash)
+                status = self.release(pos)
+                if status != ST_OK:
+                    break
         return status
 
     def min_open_first_frame(self):
@@ -997,3 +1037,7 @@ ROW_DTYPE = np.dtype({
     "offsets": [f[2] for f in _fields],
     "itemsize": sizeof(Row),
 })
+
+#: bytes of state per open connection, and per finished row waiting for drain() (docs/design.md)
+FLOW_STATE_BYTES = sizeof(Flow)
+ROW_BYTES = sizeof(Row)

@@ -61,19 +61,16 @@ cdef enum:
     ST_OK = 0
     ST_NO_MEMORY = 1
 
-cdef struct Endpoint:
-    int state
-    int prev_state
+cdef struct Endpoint:        # widest fields first: one Endpoint per side of every open connection
+    uint64_t hist_last_syn
+    uint64_t hist_last_fin
+    uint64_t hist_last_rst
     uint32_t start_seq
     uint32_t last_seq
     uint32_t ack_seq
     uint32_t seq_wraps
     uint32_t ack_wraps
     uint32_t fin_cnt
-    bint did_close
-    uint64_t hist_last_syn
-    uint64_t hist_last_fin
-    uint64_t hist_last_rst
     uint32_t rxmt_cnt
     uint32_t rxmt_thresh
     uint32_t win0_cnt
@@ -81,9 +78,12 @@ cdef struct Endpoint:
     uint32_t chk_cnt
     uint32_t chk_thresh
     # fastflow's dup-ACK test: the previous ACK this endpoint sent
-    bint sent_ack
     uint32_t last_ack
     uint16_t last_win
+    uint8_t state
+    uint8_t prev_state
+    uint8_t did_close
+    uint8_t sent_ack
 
 
 cdef struct Conn:

@@ -61,19 +61,52 @@ class TcpFlows:
     def expire(self, network_time: int) -> None:
         _check(self._engine.expire(int(network_time)))
 
-    def finish(self) -> None:
-        _check(self._engine.finish())
+    def finish(self, max_rows: int = -1) -> None:
+        """Finish the open connections, the oldest first, at most max_rows of them (all when negative)."""
+        _check(self._engine.finish(max_rows))
 
     def drain(self) -> dict:
+        return rows_to_flows(*self.drain_packed())
+
+    def drain_packed(self) -> tuple[np.ndarray, bytes]:
+        """drain() before the conversion: the engine's rows (ROW_DTYPE, about 300 bytes each, ordered by
+        first frame) and their history text; rows_to_flows() converts them."""
         rows, text = self._engine.drain()
-        rows = rows[np.argsort(rows["first_frame"], kind="stable")] if len(rows) > 1 else rows
-        return rows_to_flows(rows, text)
+        if len(rows) > 1:
+            rows = rows[np.argsort(rows["first_frame"], kind="stable")]
+        return rows, text
+
+
+def concat_packed(parts: list[tuple[np.ndarray, bytes]]) -> tuple[np.ndarray, bytes]:
+    """Packed rows of several drains as one (history offsets moved onto the joined text)."""
+    if len(parts) == 1:
+        return parts[0]
+    shift = np.cumsum([0] + [len(text) for _, text in parts[:-1]])
+    rows = np.concatenate([r for r, _ in parts])
+    rows["hist_offset"] += np.repeat(shift, [len(r) for r, _ in parts])
+    return rows, b"".join(text for _, text in parts)
+
+
+def take_packed(rows: np.ndarray, text: bytes, which) -> tuple[np.ndarray, bytes]:
+    """Some of the packed rows, with only their own history text."""
+    rows = rows[which].copy()
+    starts, lengths = rows["hist_offset"], rows["hist_len"]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = np.frombuffer(text, dtype=np.uint8)
+    if len(rows) and offsets[-1]:
+        data = data[np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])]
+    else:
+        data = data[:0]
+    rows["hist_offset"] = offsets[:-1]
+    return rows, data.tobytes()
 
 
 def rows_to_flows(r: np.ndarray, text: bytes) -> dict:
-    """The engine's packed rows as summary.summarize's columns (without conn_id)."""
+    """The engine's packed rows as summary.summarize's columns; conn_id numbers these rows only (the
+    pipeline numbers all flows once it knows their order)."""
     n = len(r)
-    out = {}
+    out = {"conn_id": np.arange(n, dtype=np.uint64)}
     out["ts_start"] = r["ts_start"].copy()
     out["ts_end"] = r["ts_end"].copy()
     out["duration"] = (r["last_time"] - r["first_ts"]) / 1e9
@@ -125,15 +158,10 @@ def rows_to_flows(r: np.ndarray, text: bytes) -> dict:
     out["teardown_segments"] = _masked(teardown.copy(), teardown > 0)
 
     out["conn_state"] = np.asarray(CONN_STATES)[r["conn_state"]]
-    # histories were written in row order before the sort: gather them in the new order
-    starts, lengths = r["hist_offset"], r["hist_len"]
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    data = np.frombuffer(text, dtype=np.uint8)
-    if n and offsets[-1]:
-        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        data = data[gather]
-    out["history"] = history_strings({"history_data": data.tobytes(), "history_offsets": offsets})
+    # histories were written in the engine's order: gather them in the rows' order
+    r, text = take_packed(r, text, slice(None))
+    offsets = np.append(r["hist_offset"], r["hist_offset"][-1] + r["hist_len"][-1] if n else 0)
+    out["history"] = history_strings({"history_data": text, "history_offsets": offsets})
     out["orig_retransmissions"] = r["orig_retransmissions"].copy()
     out["resp_retransmissions"] = r["resp_retransmissions"].copy()
     out["first_frame"] = r["first_frame"].copy()
