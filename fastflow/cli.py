@@ -90,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _process(args) -> int:
-    from .pipeline import process
+    from .pipeline import process, stream_flows
+    from .schema import FLOWS_SCHEMA
     from .server_ports import parse_ports
-    from .write import check_output, write_tables
+    from .write import ParquetStream, check_output, write_tables
 
     outputs = [args.output] + ([args.segments] if args.segments else [])
     if args.segments and args.segments == args.output:
@@ -109,23 +110,32 @@ def _process(args) -> int:
         except ValueError as exc:
             raise UsageError(f"--likely-server-ports: {exc}") from None
     progress = _Progress(sys.stderr) if (not args.quiet and sys.stderr.isatty()) else None
-    result = process(args.capture, filter_expr=args.filter, idle_timeouts_s=timeouts,
-                     want_segments=bool(args.segments), community_id_seed=args.community_id_seed,
-                     vlan_aware=args.vlan_aware, server_ports=server_ports,
-                     verify_checksums=args.verify_checksums, progress=progress)
-    if progress:
-        progress.done()
-    tables = [(args.output, result.flows)]
+    options = dict(filter_expr=args.filter, idle_timeouts_s=timeouts, community_id_seed=args.community_id_seed,
+                   vlan_aware=args.vlan_aware, server_ports=server_ports, verify_checksums=args.verify_checksums,
+                   progress=progress)
     if args.segments:
-        tables.append((args.segments, result.segments))
-    started = time.perf_counter()
-    metadata = result.metadata()
-    if args.segments:
+        # the segments table needs every segment's final connection values: whole-capture stages
+        result = process(args.capture, want_segments=True, **options)
+        if progress:
+            progress.done()
+        started = time.perf_counter()
+        metadata = result.metadata()
         metadata[b"segments_file"] = json.dumps(os.path.relpath(
             os.path.abspath(args.segments), os.path.dirname(os.path.abspath(args.output)))).encode()
-    write_tables(tables, compression=args.compression, metadata=metadata)
-    result.stats["seconds"]["write"] = time.perf_counter() - started
-    result.stats["seconds"]["total"] += result.stats["seconds"]["write"]
+        write_tables([(args.output, result.flows), (args.segments, result.segments)],
+                     compression=args.compression, metadata=metadata)
+        result.stats["seconds"]["write"] = time.perf_counter() - started
+        result.stats["seconds"]["total"] += result.stats["seconds"]["write"]
+    else:
+        # flows alone stream: written as connections finish, memory bounded by the open ones
+        with ParquetStream(args.output, FLOWS_SCHEMA, compression=args.compression) as out:
+            result = stream_flows(args.capture, out.write, **options)
+            if progress:
+                progress.done()
+            started = time.perf_counter()
+            out.commit(result.metadata())
+            result.stats["seconds"]["write"] = time.perf_counter() - started
+            result.stats["seconds"]["total"] += result.stats["seconds"]["write"]
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(result.stats, f, indent=2, sort_keys=True)

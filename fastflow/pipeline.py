@@ -13,12 +13,13 @@ import pyarrow as pa
 
 from . import __version__, _decode
 from .community_id import community_id
-from .datagram import datagram_flows
+from .datagram import DatagramStream, datagram_flows
 from .decode import CaptureReader, Damage, PFlag, Status, check_filter
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP
 from .schema import file_metadata, flows_table, segments_table
 from .source import Source
 from .summary import analyse, combine_flows, summary_counts
+from .tcpflows import NO_OPEN_CONNECTION, TcpFlows, concat_packed, rows_to_flows, take_packed
 
 # the decoder columns the connection stage and the segments table need
 SEGMENT_INPUT_COLUMNS = ("frame", "ts", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
@@ -139,3 +140,191 @@ def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict 
                     "tables": finished - analysed_at, "total": finished - started},
     }
     return Result(flows_tab, segments_tab, stats, damage)
+
+
+#: finished flows are written once this many are ready (and all older connections have finished)
+FLUSH_ROWS = 1 << 14
+
+
+def _concat_flows(parts: list[dict]) -> dict:
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    for name in parts[0]:
+        cols = [p[name] for p in parts]
+        out[name] = np.ma.concatenate(cols) if any(np.ma.isMaskedArray(c) for c in cols) else np.concatenate(cols)
+    return out
+
+
+def _take(flows: dict, rows) -> dict:
+    return {name: col[rows] for name, col in flows.items()}
+
+
+class _FlowWriter:
+    """Finished flows of both engines, written in order of first packet with their final conn_id: a flow
+    waits until every connection that started before it has finished (the watermark), so the rows come out
+    in the same order and with the same numbers as the whole-capture run. TCP rows wait in the engine's
+    packed form (about 300 bytes each) and become columns only when they are written."""
+
+    def __init__(self, sink, source: str, community_id_seed: int, empty: tuple[tuple, dict]):
+        self.sink = sink
+        self.source = source
+        self.seed = community_id_seed
+        self.empty = empty          # zero rows of each engine, as templates
+        self.tcp: list[tuple[np.ndarray, bytes]] = []
+        self.datagram: list[dict] = []
+        self.waiting = 0
+        self.next_conn_id = 0
+        self.counts = summary_counts(combine_flows(rows_to_flows(*empty[0]), empty[1])[0])
+        self._attempt_at = FLUSH_ROWS
+
+    def add(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> None:
+        if len(tcp[0]):
+            self.tcp.append(tcp)
+        if len(datagram["first_frame"]):
+            self.datagram.append(datagram)
+        self.waiting += len(tcp[0]) + len(datagram["first_frame"])
+
+    def flush(self, watermark: int, force: bool = False) -> None:
+        """Write the waiting flows that started before `watermark` (the first frame of the oldest open one)."""
+        if not force and self.waiting < self._attempt_at:
+            return
+        limit = np.uint64(watermark)
+        tcp, datagram = self.empty
+        rest = 0
+        if self.tcp:
+            rows, text = concat_packed(self.tcp)
+            early = rows["first_frame"] < limit
+            self.tcp = [take_packed(rows, text, ~early)] if not early.all() else []
+            tcp = take_packed(rows, text, early) if not early.all() else (rows, text)
+            rest += len(rows) - len(tcp[0])
+        if self.datagram:
+            flows = _concat_flows(self.datagram)
+            early = flows["first_frame"] < limit
+            self.datagram = [_take(flows, ~early)] if not early.all() else []
+            datagram = _take(flows, early) if not early.all() else flows
+            rest += len(early) - int(np.count_nonzero(early))
+        self.waiting = rest
+        # a long-lived connection holds the watermark back: try again once as many more have finished
+        self._attempt_at = rest + FLUSH_ROWS
+        # sorted by first frame, then written in slices: a row's column form is a few times its packed size
+        tcp = take_packed(*tcp, np.argsort(tcp[0]["first_frame"], kind="stable"))
+        datagram = _take(datagram, np.argsort(datagram["first_frame"], kind="stable"))
+        tcp_first, dg_first = tcp[0]["first_frame"], datagram["first_frame"]
+        bounds = np.sort(np.concatenate([tcp_first, dg_first]))[FLUSH_ROWS::FLUSH_ROWS]
+        t_cuts = np.concatenate([[0], np.searchsorted(tcp_first, bounds), [len(tcp_first)]])
+        d_cuts = np.concatenate([[0], np.searchsorted(dg_first, bounds), [len(dg_first)]])
+        for k in range(len(t_cuts) - 1):
+            self._write(take_packed(*tcp, slice(t_cuts[k], t_cuts[k + 1])),
+                        _take(datagram, slice(d_cuts[k], d_cuts[k + 1])))
+
+    def _write(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> None:
+        n = len(tcp[0]) + len(datagram["first_frame"])
+        if not n:
+            return
+        flows, _ = combine_flows(rows_to_flows(*tcp), datagram)
+        flows["conn_id"] = flows["conn_id"] + np.uint64(self.next_conn_id)
+        self.next_conn_id += n
+        flows["community_id"] = community_id(flows["orig_addr"], flows["resp_addr"], flows["ip_version"],
+                                             flows["ip_proto"], flows["orig_p"], flows["resp_p"], seed=self.seed)
+        _add_counts(self.counts, summary_counts(flows))
+        self.sink(flows_table(flows, self.source))
+
+
+def _add_counts(total: dict, more: dict) -> None:
+    for key, value in more.items():
+        if isinstance(value, dict):
+            _add_counts(total[key], value)
+        else:
+            total[key] += value
+
+
+def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: str | None = None,
+                 idle_timeouts_s: dict | None = None, batch_size: int = 1 << 18, community_id_seed: int = 0,
+                 vlan_aware: bool = False, server_ports: tuple | None = None, verify_checksums: bool = False,
+                 progress: Callable[[int, int | None], None] | None = None) -> Result:
+    """process() for the flows table alone, in memory bounded by the open connections: batches are
+    decoded, fed to the streaming engines (tcpflows.py, datagram.DatagramStream), and the flows of finished
+    connections go to ``sink`` as Arrow tables, in conn_id order, the same rows process() gives.
+    Returns a Result whose flows is None."""
+    started = time.perf_counter()
+    if filter_expr:
+        check_filter(filter_expr)
+    timeouts = dict(DEFAULT_IDLE_TIMEOUTS_S, **(idle_timeouts_s or {}))
+    timeouts_ns = {proto: int(seconds * 1e9) for proto, seconds in timeouts.items()}
+    tcp_ports, udp_ports = server_ports or (ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP)
+    tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, vlan_aware)
+    datagram = DatagramStream(timeouts_ns, udp_ports, vlan_aware)
+    out = _FlowWriter(sink, path, community_id_seed, (tcp.drain_packed(), datagram.drain()))
+    seconds = {"decode": 0.0, "connections": 0.0, "tables": 0.0}
+    tcp_segments = 0
+    with Source(path) as source:
+        reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size,
+                               verify_checksums=verify_checksums)
+        bad_ip_checksum = 0
+        network_time = np.iinfo(np.int64).min
+        batches = reader.batches()
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            seconds["decode"] += t1 - t0
+            if batch is None:
+                break
+            network_time = add_network_time(batch, network_time)
+            status = batch["status"]
+            valid = (batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
+            bad_ip_checksum += int(valid.size - np.count_nonzero(valid))
+            rows = np.flatnonzero((status == Status.TCP) & valid)
+            tcp_segments += rows.size
+            if rows.size:
+                tcp.feed({name: batch[name][rows] for name in SEGMENT_INPUT_COLUMNS})
+            rows = np.flatnonzero(np.isin(status, DATAGRAM_STATUSES) & valid)
+            if rows.size:
+                datagram.feed({name: batch[name][rows] for name in DATAGRAM_INPUT_COLUMNS})
+            del batch
+            tcp.expire(network_time)
+            datagram.expire(network_time)
+            out.add(tcp.drain_packed(), datagram.drain())
+            t2 = time.perf_counter()
+            seconds["connections"] += t2 - t1
+            out.flush(min(tcp.min_open_first_frame(), datagram.min_open_first_frame()))
+            seconds["tables"] += time.perf_counter() - t2
+            if progress is not None:
+                progress(source.raw_consumed, source.size)
+        # the end: every connection finishes, the TCP ones oldest first and a portion at a time, so that
+        # a capture that ends with a million open connections is written without holding all their rows
+        datagram.finish()
+        while True:
+            t1 = time.perf_counter()
+            tcp.finish(FLUSH_ROWS)
+            out.add(tcp.drain_packed(), datagram.drain())
+            t2 = time.perf_counter()
+            seconds["connections"] += t2 - t1
+            low = tcp.min_open_first_frame()
+            out.flush(low, force=True)
+            seconds["tables"] += time.perf_counter() - t2
+            if low == NO_OPEN_CONNECTION:
+                break
+        counts = {
+            "packets": int(reader.frames),
+            "filtered": int(reader.filtered),
+            "bad_ip_checksum": bad_ip_checksum,
+            "tcp_segments": int(tcp_segments),
+            "by_status": reader.status_counts,
+            "format": reader.file_format,
+            "linktypes": reader.linktypes,
+            "compression": source.compression,
+            "input_bytes": source.raw_consumed if source.compression or path == "-" else (source.size or 0),
+        }
+        counts.update(out.counts)
+        damage = reader.damage
+    seconds["total"] = time.perf_counter() - started
+    stats = {
+        "source": path,
+        "counts": counts,
+        "damage": None if damage is None else {"kind": damage.kind, "offset": damage.offset,
+                                               "message": damage.message},
+        "seconds": seconds,
+    }
+    return Result(None, None, stats, damage)

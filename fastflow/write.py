@@ -2,6 +2,7 @@
 unless asked, never over an input."""
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
 from contextlib import ExitStack
@@ -89,3 +90,113 @@ def write_tables(outputs: list[tuple[str, pa.Table]], compression: str = "zstd",
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+#: rows per row group of a streamed file: every group but the last is exactly this long, so the file does not
+#: depend on how the input was chunked; small enough that the rows waiting for it stay a few tens of MB
+STREAM_ROW_GROUP_ROWS = 1 << 17
+
+
+def _fresh_dictionaries(table: pa.Table) -> pa.Table:
+    """Dictionary columns re-encoded from their values: a dictionary's order otherwise follows how the rows
+    were cut into tables, and the file's bytes with it."""
+    columns = []
+    for field, column in zip(table.schema, table.columns):
+        if pa.types.is_dictionary(field.type):
+            column = column.cast(field.type.value_type).combine_chunks().dictionary_encode().cast(field.type)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=table.schema)
+
+
+class ParquetStream:
+    """One Parquet file written table by table, for outputs too large to hold: to a temporary file beside
+    the target, renamed into place by commit(); leaving the context without commit() removes it."""
+
+    def __init__(self, path: str, schema: pa.Schema, compression: str = "zstd",
+                 row_group_rows: int = STREAM_ROW_GROUP_ROWS):
+        self.path = path
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        options = parquet_options(schema, compression)
+        del options["row_group_size"]
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+            self._sink = os.fdopen(fd, "wb")
+            # the Arrow schema goes in at commit(), with the metadata known only then
+            self._writer = pq.ParquetWriter(self._sink, schema, store_schema=False, **options)
+        except OSError as exc:
+            self._discard()
+            raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._discard()
+        return False
+
+    def write(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= self.row_group_rows:
+            self._write_groups(final=False)
+
+    def _write_groups(self, final: bool) -> None:
+        table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        size = self.row_group_rows
+        whole = (table.num_rows // size) * size
+        cut = table.num_rows if final else whole
+        try:
+            for start in range(0, cut, size):
+                self._writer.write_table(_fresh_dictionaries(table.slice(start, min(size, cut - start))),
+                                         row_group_size=size)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        self.rows += cut
+        rest = table.slice(cut)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def commit(self, metadata: dict[bytes, bytes] | None = None) -> None:
+        """Write what is left and the footer, then rename the file into place."""
+        try:
+            if self._pending_rows:
+                self._write_groups(final=True)
+            metadata = metadata or {}
+            # what ParquetWriter stores itself (ARROW:schema, base64 of the IPC schema), with our keys in it,
+            # so that readers see them as the schema's metadata as for write_tables' files
+            schema = self.schema.with_metadata({**(self.schema.metadata or {}), **metadata})
+            self._writer.add_key_value_metadata({
+                "ARROW:schema": base64.b64encode(schema.serialize().to_pybytes()).decode(),
+                **{k.decode(): v.decode() for k, v in metadata.items()}})
+            self._writer.close()
+            self._writer = None
+            self._sink.flush()
+            os.fsync(self._sink.fileno())
+            self._sink.close()
+            self._sink = None
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+
+    def _discard(self) -> None:
+        for close in (getattr(self, "_writer", None), getattr(self, "_sink", None)):
+            if close is not None:
+                try:
+                    close.close()
+                except Exception:   # closing a half-written file on the way out must not hide the cause
+                    pass
+        self._writer = self._sink = None
+        if getattr(self, "_tmp", None):
+            try:
+                os.unlink(self._tmp)
+            except OSError:
+                pass
+            self._tmp = None
