@@ -190,23 +190,33 @@ class _FlowWriter:
         if not force and self.waiting < self._attempt_at:
             return
         limit = np.uint64(watermark)
-        tcp, datagram = self.empty
-        rest = 0
-        if self.tcp:
-            rows, text = concat_packed(self.tcp)
+        # only the parts holding ready rows are split; the others wait untouched
+        ready_tcp, kept_tcp = [], []
+        for rows, text in self.tcp:
             early = rows["first_frame"] < limit
-            self.tcp = [take_packed(rows, text, ~early)] if not early.all() else []
-            tcp = take_packed(rows, text, early) if not early.all() else (rows, text)
-            rest += len(rows) - len(tcp[0])
-        if self.datagram:
-            flows = _concat_flows(self.datagram)
+            if early.all():
+                ready_tcp.append((rows, text))
+            elif early.any():
+                ready_tcp.append(take_packed(rows, text, early))
+                kept_tcp.append(take_packed(rows, text, ~early))
+            else:
+                kept_tcp.append((rows, text))
+        ready_dg, kept_dg = [], []
+        for flows in self.datagram:
             early = flows["first_frame"] < limit
-            self.datagram = [_take(flows, ~early)] if not early.all() else []
-            datagram = _take(flows, early) if not early.all() else flows
-            rest += len(early) - int(np.count_nonzero(early))
-        self.waiting = rest
+            if early.all():
+                ready_dg.append(flows)
+            elif early.any():
+                ready_dg.append(_take(flows, early))
+                kept_dg.append(_take(flows, ~early))
+            else:
+                kept_dg.append(flows)
+        self.tcp, self.datagram = kept_tcp, kept_dg
+        self.waiting = sum(len(r) for r, _ in kept_tcp) + sum(len(f["first_frame"]) for f in kept_dg)
         # a long-lived connection holds the watermark back: try again once as many more have finished
-        self._attempt_at = rest + FLUSH_ROWS
+        self._attempt_at = self.waiting + FLUSH_ROWS
+        tcp = concat_packed(ready_tcp) if ready_tcp else self.empty[0]
+        datagram = _concat_flows(ready_dg) if ready_dg else self.empty[1]
         # sorted by first frame, then written in slices: a row's column form is a few times its packed size
         tcp = take_packed(*tcp, np.argsort(tcp[0]["first_frame"], kind="stable"))
         datagram = _take(datagram, np.argsort(datagram["first_frame"], kind="stable"))

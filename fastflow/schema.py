@@ -210,7 +210,8 @@ def address_columns(raws: list[np.ndarray], version: np.ndarray) -> list[pa.Arra
     keys = np.frombuffer(dictionary.buffers()[1], np.uint8, 16 * len(dictionary),
                          16 * dictionary.offset).reshape(-1, 16)
     mapped = (keys[:, :12] == _MAPPED_PREFIX).all(axis=1)
-    index = encoded.indices.to_numpy()
+    indices = encoded.indices   # read from its buffer: Array.to_numpy() would import pandas when it is installed
+    index = np.frombuffer(indices.buffers()[1], np.int32, len(indices), 4 * indices.offset).astype(np.int64)
     texts = _format_keys(keys, mapped)
     # rows whose version disagrees with the prefix (an IPv6 packet carrying an IPv4-mapped address) get the
     # other formatting, as extra dictionary entries

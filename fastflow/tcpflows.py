@@ -88,8 +88,12 @@ def concat_packed(parts: list[tuple[np.ndarray, bytes]]) -> tuple[np.ndarray, by
 
 
 def take_packed(rows: np.ndarray, text: bytes, which) -> tuple[np.ndarray, bytes]:
-    """Some of the packed rows, with only their own history text."""
-    rows = rows[which].copy()
+    """Some of the packed rows; their history offsets still point into `text`, which is shared."""
+    return rows[which], text
+
+
+def _gathered_history(rows: np.ndarray, text: bytes) -> tuple[bytes, np.ndarray]:
+    """The rows' histories one after the other, and their offsets (n + 1)."""
     starts, lengths = rows["hist_offset"], rows["hist_len"]
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -98,8 +102,7 @@ def take_packed(rows: np.ndarray, text: bytes, which) -> tuple[np.ndarray, bytes
         data = data[np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])]
     else:
         data = data[:0]
-    rows["hist_offset"] = offsets[:-1]
-    return rows, data.tobytes()
+    return data.tobytes(), offsets
 
 
 def rows_to_flows(r: np.ndarray, text: bytes) -> dict:
@@ -159,9 +162,8 @@ def rows_to_flows(r: np.ndarray, text: bytes) -> dict:
 
     out["conn_state"] = np.asarray(CONN_STATES)[r["conn_state"]]
     # histories were written in the engine's order: gather them in the rows' order
-    r, text = take_packed(r, text, slice(None))
-    offsets = np.append(r["hist_offset"], r["hist_offset"][-1] + r["hist_len"][-1] if n else 0)
-    out["history"] = history_strings({"history_data": text, "history_offsets": offsets})
+    data, offsets = _gathered_history(r, text)
+    out["history"] = history_strings({"history_data": data, "history_offsets": offsets})
     out["orig_retransmissions"] = r["orig_retransmissions"].copy()
     out["resp_retransmissions"] = r["resp_retransmissions"].copy()
     out["first_frame"] = r["first_frame"].copy()
