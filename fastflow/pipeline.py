@@ -171,7 +171,7 @@ class _FlowWriter:
         self.source = source
         self.seed = community_id_seed
         self.empty = empty          # zero rows of each engine, as templates
-        self.tcp: list[tuple[np.ndarray, bytes]] = []
+        self.tcp: list[tuple[np.ndarray, bytes, np.ndarray]] = []   # packed rows, their text, written
         self.datagram: list[dict] = []
         self.waiting = 0
         self.next_conn_id = 0
@@ -180,7 +180,7 @@ class _FlowWriter:
 
     def add(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> None:
         if len(tcp[0]):
-            self.tcp.append(tcp)
+            self.tcp.append((tcp[0], tcp[1], np.zeros(len(tcp[0]), bool)))
         if len(datagram["first_frame"]):
             self.datagram.append(datagram)
         self.waiting += len(tcp[0]) + len(datagram["first_frame"])
@@ -190,17 +190,20 @@ class _FlowWriter:
         if not force and self.waiting < self._attempt_at:
             return
         limit = np.uint64(watermark)
-        # only the parts holding ready rows are split; the others wait untouched
+        # ready rows are copied out of their part and marked written; a part goes once all its rows have
+        # been written, or is compacted once half of them have
         ready_tcp, kept_tcp = [], []
-        for rows, text in self.tcp:
-            early = rows["first_frame"] < limit
-            if early.all():
-                ready_tcp.append((rows, text))
-            elif early.any():
-                ready_tcp.append(take_packed(rows, text, early))
-                kept_tcp.append(take_packed(rows, text, ~early))
-            else:
-                kept_tcp.append((rows, text))
+        for rows, text, written in self.tcp:
+            ready = np.flatnonzero((rows["first_frame"] < limit) & ~written)
+            if ready.size:
+                ready_tcp.append(take_packed(rows, text, ready))
+                written[ready] = True
+            left = np.flatnonzero(~written)
+            if left.size == 0:
+                continue
+            if 2 * left.size < len(rows):
+                rows, written = take_packed(rows, text, left)[0], np.zeros(left.size, bool)
+            kept_tcp.append((rows, text, written))
         ready_dg, kept_dg = [], []
         for flows in self.datagram:
             early = flows["first_frame"] < limit
@@ -212,7 +215,8 @@ class _FlowWriter:
             else:
                 kept_dg.append(flows)
         self.tcp, self.datagram = kept_tcp, kept_dg
-        self.waiting = sum(len(r) for r, _ in kept_tcp) + sum(len(f["first_frame"]) for f in kept_dg)
+        self.waiting = (sum(len(w) - int(np.count_nonzero(w)) for _, _, w in kept_tcp)
+                        + sum(len(f["first_frame"]) for f in kept_dg))
         # a long-lived connection holds the watermark back: try again once as many more have finished
         self._attempt_at = self.waiting + FLUSH_ROWS
         tcp = concat_packed(ready_tcp) if ready_tcp else self.empty[0]
@@ -287,7 +291,9 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
             bad_ip_checksum += int(valid.size - np.count_nonzero(valid))
             rows = np.flatnonzero((status == Status.TCP) & valid)
             tcp_segments += rows.size
-            if rows.size:
+            if rows.size == status.size:    # all TCP: no copy
+                tcp.feed({name: batch[name] for name in SEGMENT_INPUT_COLUMNS})
+            elif rows.size:
                 tcp.feed({name: batch[name][rows] for name in SEGMENT_INPUT_COLUMNS})
             rows = np.flatnonzero(np.isin(status, DATAGRAM_STATUSES) & valid)
             if rows.size:

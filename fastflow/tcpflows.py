@@ -73,7 +73,7 @@ class TcpFlows:
         first frame) and their history text; rows_to_flows() converts them."""
         rows, text = self._engine.drain()
         if len(rows) > 1:
-            rows = rows[np.argsort(rows["first_frame"], kind="stable")]
+            rows = _opaque(rows)[np.argsort(rows["first_frame"], kind="stable")].view(rows.dtype)
         return rows, text
 
 
@@ -82,14 +82,19 @@ def concat_packed(parts: list[tuple[np.ndarray, bytes]]) -> tuple[np.ndarray, by
     if len(parts) == 1:
         return parts[0]
     shift = np.cumsum([0] + [len(text) for _, text in parts[:-1]])
-    rows = np.concatenate([r for r, _ in parts])
+    rows = np.concatenate([_opaque(r) for r, _ in parts]).view(parts[0][0].dtype)
     rows["hist_offset"] += np.repeat(shift, [len(r) for r, _ in parts])
     return rows, b"".join(text for _, text in parts)
 
 
+def _opaque(rows: np.ndarray) -> np.ndarray:
+    """The rows as fixed-size blobs: numpy copies those with memcpy, a structured dtype field by field."""
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize)))
+
+
 def take_packed(rows: np.ndarray, text: bytes, which) -> tuple[np.ndarray, bytes]:
     """Some of the packed rows; their history offsets still point into `text`, which is shared."""
-    return rows[which], text
+    return _opaque(rows)[which].view(rows.dtype), text
 
 
 def _gathered_history(rows: np.ndarray, text: bytes) -> tuple[bytes, np.ndarray]:
