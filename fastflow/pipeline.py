@@ -4,6 +4,8 @@ Decoded batches are reduced at once to the TCP rows and the columns the connecti
 per-packet columns of a batch are freed before the next one is decoded."""
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -253,13 +255,100 @@ def _add_counts(total: dict, more: dict) -> None:
             total[key] += value
 
 
+def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, tally: dict, seconds: dict):
+    """Decode, feed the engines; yield (TCP rows, datagram flows, watermark, last) after each batch and at
+    the end, where every connection finishes, the TCP ones oldest first and a portion at a time (a capture
+    that ends with a million open connections is then written without holding all their rows)."""
+    network_time = np.iinfo(np.int64).min
+    batches = reader.batches()
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        t1 = time.perf_counter()
+        seconds["decode"] += t1 - t0
+        if batch is None:
+            break
+        network_time = add_network_time(batch, network_time)
+        status = batch["status"]
+        valid = (batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
+        tally["bad_ip_checksum"] += int(valid.size - np.count_nonzero(valid))
+        rows = np.flatnonzero((status == Status.TCP) & valid)
+        tally["tcp_segments"] += rows.size
+        if rows.size == status.size:    # all TCP: no copy
+            tcp.feed({name: batch[name] for name in SEGMENT_INPUT_COLUMNS})
+        elif rows.size:
+            tcp.feed({name: batch[name][rows] for name in SEGMENT_INPUT_COLUMNS})
+        rows = np.flatnonzero(np.isin(status, DATAGRAM_STATUSES) & valid)
+        if rows.size:
+            datagram.feed({name: batch[name][rows] for name in DATAGRAM_INPUT_COLUMNS})
+        del batch
+        tcp.expire(network_time)
+        datagram.expire(network_time)
+        item = (tcp.drain_packed(), datagram.drain(),
+                min(tcp.min_open_first_frame(), datagram.min_open_first_frame()), False)
+        seconds["connections"] += time.perf_counter() - t1
+        yield item
+    datagram.finish()
+    while True:
+        t1 = time.perf_counter()
+        tcp.finish(FLUSH_ROWS)
+        low = tcp.min_open_first_frame()
+        item = (tcp.drain_packed(), datagram.drain(), low, low == NO_OPEN_CONNECTION)
+        seconds["connections"] += time.perf_counter() - t1
+        yield item
+        if low == NO_OPEN_CONNECTION:
+            return
+
+
+def _in_background(items, depth: int = 2):
+    """Run a generator in a thread, `depth` items ahead of the caller: decoding and the engines (which
+    release the GIL) overlap with building and writing the tables. Its exceptions reach the caller; the
+    caller stopping (an error, SIGINT) stops it."""
+    results: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as exc:   # handed to the caller, which raises it
+            put((False, exc))
+
+    worker = threading.Thread(target=work, name="fastflow-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = results.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: str | None = None,
                  idle_timeouts_s: dict | None = None, batch_size: int = 1 << 18, community_id_seed: int = 0,
                  vlan_aware: bool = False, server_ports: tuple | None = None, verify_checksums: bool = False,
-                 progress: Callable[[int, int | None], None] | None = None) -> Result:
+                 progress: Callable[[int, int | None], None] | None = None, overlap: bool = True) -> Result:
     """process() for the flows table alone, in memory bounded by the open connections: batches are
     decoded, fed to the streaming engines (tcpflows.py, datagram.DatagramStream), and the flows of finished
     connections go to ``sink`` as Arrow tables, in conn_id order, the same rows process() gives.
+    overlap: decode and run the engines in a second thread while this one writes (same output).
     Returns a Result whose flows is None."""
     started = time.perf_counter()
     if filter_expr:
@@ -271,57 +360,19 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
     datagram = DatagramStream(timeouts_ns, udp_ports, vlan_aware)
     out = _FlowWriter(sink, path, community_id_seed, (tcp.drain_packed(), datagram.drain()))
     seconds = {"decode": 0.0, "connections": 0.0, "tables": 0.0}
-    tcp_segments = 0
+    tally = {"bad_ip_checksum": 0, "tcp_segments": 0}
     with Source(path) as source:
         reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size,
                                verify_checksums=verify_checksums)
-        bad_ip_checksum = 0
-        network_time = np.iinfo(np.int64).min
-        batches = reader.batches()
-        while True:
+        items = _finished(reader, tcp, datagram, tally, seconds)
+        for tcp_rows, datagram_flows_, watermark, last in (_in_background(items) if overlap else items):
             t0 = time.perf_counter()
-            batch = next(batches, None)
-            t1 = time.perf_counter()
-            seconds["decode"] += t1 - t0
-            if batch is None:
-                break
-            network_time = add_network_time(batch, network_time)
-            status = batch["status"]
-            valid = (batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
-            bad_ip_checksum += int(valid.size - np.count_nonzero(valid))
-            rows = np.flatnonzero((status == Status.TCP) & valid)
-            tcp_segments += rows.size
-            if rows.size == status.size:    # all TCP: no copy
-                tcp.feed({name: batch[name] for name in SEGMENT_INPUT_COLUMNS})
-            elif rows.size:
-                tcp.feed({name: batch[name][rows] for name in SEGMENT_INPUT_COLUMNS})
-            rows = np.flatnonzero(np.isin(status, DATAGRAM_STATUSES) & valid)
-            if rows.size:
-                datagram.feed({name: batch[name][rows] for name in DATAGRAM_INPUT_COLUMNS})
-            del batch
-            tcp.expire(network_time)
-            datagram.expire(network_time)
-            out.add(tcp.drain_packed(), datagram.drain())
-            t2 = time.perf_counter()
-            seconds["connections"] += t2 - t1
-            out.flush(min(tcp.min_open_first_frame(), datagram.min_open_first_frame()))
-            seconds["tables"] += time.perf_counter() - t2
+            out.add(tcp_rows, datagram_flows_)
+            out.flush(watermark, force=last)
+            seconds["tables"] += time.perf_counter() - t0
             if progress is not None:
                 progress(source.raw_consumed, source.size)
-        # the end: every connection finishes, the TCP ones oldest first and a portion at a time, so that
-        # a capture that ends with a million open connections is written without holding all their rows
-        datagram.finish()
-        while True:
-            t1 = time.perf_counter()
-            tcp.finish(FLUSH_ROWS)
-            out.add(tcp.drain_packed(), datagram.drain())
-            t2 = time.perf_counter()
-            seconds["connections"] += t2 - t1
-            low = tcp.min_open_first_frame()
-            out.flush(low, force=True)
-            seconds["tables"] += time.perf_counter() - t2
-            if low == NO_OPEN_CONNECTION:
-                break
+        bad_ip_checksum, tcp_segments = tally["bad_ip_checksum"], tally["tcp_segments"]
         counts = {
             "packets": int(reader.frames),
             "filtered": int(reader.filtered),
