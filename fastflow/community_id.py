@@ -67,7 +67,7 @@ def community_id(
     resp_p: np.ndarray,
     seed: int = 0,
 ) -> np.ndarray:
-    """Community ID v1 strings, one per row, as an object array of str like "1:wCb3OG7yAFWelaUydu0D+125CLM=".
+    """Community ID v1 strings, one per row, as a numpy str array (U30) like "1:wCb3OG7yAFWelaUydu0D+125CLM=".
 
     orig_addr, resp_addr: uint8 [n, 16]; IPv4 as IPv4-mapped IPv6 (only the last 4 bytes are used for IPv4).
     ip_version: 4 or 6 per row; decides 4- or 16-byte address encoding.
@@ -103,7 +103,7 @@ def community_id(
     if bad.any():
         raise ValueError(f"ip_version must be 4 or 6; row {int(np.argmax(bad))} has {ip_version[bad][0]}")
 
-    out = np.empty(n, dtype=object)
+    out = np.empty(n, dtype=f"U{ID_LEN}")
     seed_bytes = np.frombuffer(int(seed).to_bytes(2, "big"), dtype=np.uint8)
     for start in range(0, n, CHUNK_ROWS):
         rows = slice(start, min(start + CHUNK_ROWS, n))
@@ -192,7 +192,7 @@ def _sha1_rows(records: np.ndarray) -> np.ndarray:
     return np.frombuffer(joined, dtype=np.uint8).reshape(-1, DIGEST_LEN)
 
 
-def _render(digests: np.ndarray) -> list[str]:
+def _render(digests: np.ndarray) -> np.ndarray:
     """The ID strings ("1:" + base64) of the digests, with one base64 call for all rows."""
     n = len(digests)
     # 21 bytes per row encode to exactly 28 characters with no carry between rows; the extra zero byte only
@@ -204,5 +204,4 @@ def _render(digests: np.ndarray) -> list[str]:
     text[:, :len(PREFIX)] = np.frombuffer(PREFIX.encode(), dtype=np.uint8)
     text[:, len(PREFIX):ID_LEN - 1] = encoded[:, :27]
     text[:, ID_LEN - 1] = ord("=")
-    joined = text.tobytes().decode("ascii")
-    return [joined[i:i + ID_LEN] for i in range(0, n * ID_LEN, ID_LEN)]
+    return text.view(f"S{ID_LEN}").ravel().astype(f"U{ID_LEN}")

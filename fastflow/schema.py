@@ -194,7 +194,7 @@ def _format_keys(keys: np.ndarray, as_ipv4: np.ndarray) -> pa.Array:
     position = np.empty(len(keys), np.int64)
     position[np.flatnonzero(as_ipv4)] = np.arange(np.count_nonzero(as_ipv4))
     position[np.flatnonzero(~as_ipv4)] = np.arange(np.count_nonzero(as_ipv4), len(keys))
-    return texts.take(pa.array(position))
+    return texts.take(fixed_width_array(position, pa.int64()))
 
 
 def address_columns(raws: list[np.ndarray], version: np.ndarray) -> list[pa.Array]:
@@ -202,7 +202,7 @@ def address_columns(raws: list[np.ndarray], version: np.ndarray) -> list[pa.Arra
     version 4 rows as dotted IPv4, the others as RFC 5952 IPv6. Each distinct address is formatted once."""
     n = len(version)
     if n == 0:
-        return [pa.array([], pa.string()) for _ in raws]
+        return [string_array(np.zeros(0, "S1")) for _ in raws]
     raw = [np.ascontiguousarray(r, dtype=np.uint8).reshape(n, 16) for r in raws]
     raw = raw[0] if len(raw) == 1 else np.concatenate(raw)
     encoded = pa.Array.from_buffers(pa.binary(16), len(raw), [None, pa.py_buffer(raw)]).dictionary_encode()
@@ -221,7 +221,7 @@ def address_columns(raws: list[np.ndarray], version: np.ndarray) -> list[pa.Arra
         texts = pa.concat_arrays([texts, _format_keys(keys[extra], ~mapped[extra])])
         index = index.copy()
         index[differs] = len(keys) + np.searchsorted(extra, index[differs])
-    return [texts.take(pa.array(index[i * n:(i + 1) * n])) for i in range(len(raws))]
+    return [texts.take(fixed_width_array(index[i * n:(i + 1) * n], pa.int64())) for i in range(len(raws))]
 
 
 def format_addresses(raw: np.ndarray, version: np.ndarray) -> pa.Array:
@@ -229,35 +229,102 @@ def format_addresses(raw: np.ndarray, version: np.ndarray) -> pa.Array:
     return address_columns([raw], version)[0]
 
 
-def _category(values, names=None) -> pa.Array:
+# Arrow arrays are built from numpy buffers (pa.Array.from_buffers) rather than with pa.array(): that copies
+# nothing for numbers, and pa.array() imports pandas (about 0.2 s) on its first call wherever pandas is installed.
+
+_NUMPY_TYPES = {pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
+                pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
+                pa.float32(): np.float32, pa.float64(): np.float64}
+
+
+def _validity(mask, n: int):
+    """Arrow's validity bitmap (bit set = present) and null count, from a numpy mask (True = null)."""
+    if mask is None:
+        return None, 0
+    mask = np.asarray(mask, dtype=bool)
+    nulls = int(np.count_nonzero(mask))
+    if not nulls:
+        return None, 0
+    return pa.py_buffer(np.packbits(~mask, bitorder="little")), nulls
+
+
+def fixed_width_array(data, arrow_type, mask=None) -> pa.Array:
+    """A numeric, boolean or timestamp Arrow array over numpy data (mask True = null)."""
+    data = np.asarray(data)
+    n = len(data)
+    validity, nulls = _validity(mask, n)
+    if pa.types.is_boolean(arrow_type):
+        values = pa.py_buffer(np.packbits(data.astype(bool, copy=False), bitorder="little"))
+    else:
+        dtype = np.int64 if pa.types.is_timestamp(arrow_type) else _NUMPY_TYPES[arrow_type]
+        values = pa.py_buffer(np.ascontiguousarray(data, dtype=dtype))
+    return pa.Array.from_buffers(arrow_type, n, [validity, values], null_count=nulls)
+
+
+def string_array(values, mask=None) -> pa.Array:
+    """A string Arrow array from a numpy str or bytes array (mask True = null); non-ASCII text through pa.array."""
+    raw = np.asarray(values)
+    n = len(raw)
+    if raw.dtype.kind == "U":
+        try:
+            raw = raw.astype("S")
+        except UnicodeEncodeError:
+            data = raw.astype(object)
+            if mask is not None:
+                data[np.asarray(mask, bool)] = None
+            return pa.array(data, pa.string())
+    elif raw.dtype.kind != "S":
+        data = raw.astype(object)
+        if mask is not None:
+            data[np.asarray(mask, bool)] = None
+        return pa.array(data, pa.string())
+    cells = np.ascontiguousarray(raw).view(np.uint8).reshape(n, raw.dtype.itemsize)
+    lengths = np.char.str_len(raw).astype(np.int64) if n else np.zeros(0, np.int64)
+    validity, nulls = _validity(mask, n)
+    if nulls:
+        lengths[np.asarray(mask, bool)] = 0
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = cells[np.arange(raw.dtype.itemsize) < lengths[:, None]] if raw.dtype.itemsize else np.zeros(0, np.uint8)
+    return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=nulls)
+
+
+def repeated_string(text: str, n: int) -> pa.Array:
+    """n copies of one string."""
+    raw = text.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * len(raw)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(raw * n)])
+
+
+def _category(values, names=None, mask=None, arrow_type=None) -> pa.Array:
     """Strings (or codes with their names) as a dictionary column."""
+    arrow_type = arrow_type or CATEGORY
+    index_type = _NUMPY_TYPES[arrow_type.index_type]
     if names is not None:
-        return pa.DictionaryArray.from_arrays(pa.array(np.asarray(values).astype(np.int8)),
-                                              pa.array(list(names), pa.string()))
-    return pa.array(np.asarray(values, dtype=object), pa.string()).dictionary_encode().cast(CATEGORY)
+        return pa.DictionaryArray.from_arrays(fixed_width_array(np.asarray(values).astype(index_type),
+                                                                arrow_type.index_type, mask),
+                                              string_array(np.asarray(list(names), dtype=str)))
+    values = np.asarray(values)
+    if values.dtype.kind not in "US":
+        present = np.array([v is not None for v in values.tolist()], bool)
+        mask = ~present if mask is None else (np.asarray(mask, bool) | ~present)
+        values = np.where(present, values, "").astype(str)
+    distinct, codes = np.unique(values, return_inverse=True)
+    return pa.DictionaryArray.from_arrays(fixed_width_array(codes.astype(index_type), arrow_type.index_type, mask),
+                                          string_array(distinct))
 
 
 def _column(values, arrow_type) -> pa.Array:
     if isinstance(values, pa.Array):
         return values.cast(arrow_type) if values.type != arrow_type else values
+    mask = np.ma.getmaskarray(values) if np.ma.isMaskedArray(values) else None
+    data = np.asarray(values.data) if np.ma.isMaskedArray(values) else np.asarray(values)
     if pa.types.is_dictionary(arrow_type):
-        if np.ma.isMaskedArray(values):
-            data = np.asarray(values.data, dtype=object).copy()
-            data[np.ma.getmaskarray(values)] = None
-            return _category(data)
-        return _category(values)
-    if np.ma.isMaskedArray(values):
-        mask = np.ma.getmaskarray(values)
-        data = np.asarray(values.data)
-        if pa.types.is_timestamp(arrow_type):
-            data = data.astype(np.int64)
-        return pa.array(data, mask=mask, type=arrow_type) if mask.any() else pa.array(data, type=arrow_type)
-    data = np.asarray(values)
-    if pa.types.is_timestamp(arrow_type):
-        data = data.astype(np.int64)
+        return _category(data, mask=mask, arrow_type=arrow_type)
     if pa.types.is_string(arrow_type):
-        return pa.array(data.astype(object), pa.string())
-    return pa.array(data, type=arrow_type)
+        return string_array(data, mask)
+    return fixed_width_array(data, arrow_type, mask)
 
 
 def flows_table(flows: dict, source: str) -> pa.Table:
@@ -265,7 +332,7 @@ def flows_table(flows: dict, source: str) -> pa.Table:
     columns = dict(flows)
     columns["orig_h"], columns["resp_h"] = address_columns([flows["orig_addr"], flows["resp_addr"]],
                                                            flows["ip_version"])
-    columns["source"] = pa.array([source] * n, pa.string()) if n else pa.array([], pa.string())
+    columns["source"] = repeated_string(source, n)
     arrays = [_column(columns[name], t) for name, t, _ in FLOWS_FIELDS]
     return pa.Table.from_arrays(arrays, schema=FLOWS_SCHEMA)
 
@@ -302,8 +369,8 @@ def _flags_column(tcp_flags: np.ndarray) -> pa.Array:
     present = np.flatnonzero(np.bincount(codes, minlength=0x200))
     position = np.zeros(0x200, np.int16)
     position[present] = np.arange(len(present), dtype=np.int16)
-    names = pa.array([TCPDUMP_FLAG_NAMES[int(c)] for c in present], pa.string())
-    return pa.DictionaryArray.from_arrays(pa.array(position[codes]), names)
+    names = string_array(np.array([TCPDUMP_FLAG_NAMES[int(c)] for c in present], dtype=str))
+    return pa.DictionaryArray.from_arrays(fixed_width_array(position[codes], pa.int16()), names)
 
 
 def file_metadata(info: dict) -> dict[bytes, bytes]:
