@@ -18,6 +18,7 @@ Nothing here raises inside the per-segment loop; allocation failures come back a
 from libc.stdint cimport uint8_t, uint16_t, int16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset, memcpy
+from posix.unistd cimport pread, pwrite
 
 import numpy as np
 cimport numpy as cnp
@@ -26,8 +27,12 @@ from zeek_tcp cimport *
 
 cnp.import_array()
 
+cdef enum:
+    ST_SPILL_FAILED = 2         # the spill file could not be written or read back
+
 STATUS_OK = ST_OK
 STATUS_NO_MEMORY = ST_NO_MEMORY
+STATUS_SPILL_FAILED = ST_SPILL_FAILED
 
 # summary.HANDSHAKE_VALUES and summary.CLOSE_VALUES order
 cdef enum:
@@ -48,6 +53,7 @@ cdef enum:
 cdef enum:
     BAD_CHECKSUM_FLAG = 32      # decode.PFlag.BAD_CHECKSUM
     EMPTY = -1
+    COLD_BASE = -2              # table entry of cold[k]: COLD_BASE - k
 
 
 cdef struct Opening:            # TCP options of an opening segment
@@ -154,6 +160,17 @@ cdef struct Flow:               # one open connection, widest fields first (docs
     uint8_t ev_rst              # close events since the connection started
     uint8_t ev_fin_a
     uint8_t ev_fin_b
+
+
+cdef struct Cold:               # an open connection whose record waits in the spill file
+    Key key
+    uint64_t hash
+    int64_t seen_max
+    uint64_t first_frame
+    int64_t offset              # of its Flow record in the spill file; -1: this entry is free (next_free)
+    int64_t next_free
+    char *hist_data             # heap memory the record points to, freed with the engine if never read back
+    Deferred *deferred
 
 
 cdef struct Row:                # one finished connection (orientation applied)
@@ -403,6 +420,15 @@ cdef class Engine:
     cdef uint8_t server_port[65536]
     cdef bint vlan_aware
     cdef int64_t timeout_ns
+    # the spill tier: table entries <= COLD_BASE are cold[COLD_BASE - entry]
+    cdef Cold *cold
+    cdef Py_ssize_t cold_cap
+    cdef Py_ssize_t cold_top
+    cdef int64_t cold_free_head
+    cdef Py_ssize_t n_cold
+    cdef int spill_fd
+    cdef int64_t spill_end
+    cdef Flow scratch
 
     def __cinit__(self, int64_t timeout_ns, const uint8_t[::1] server_port not None, bint vlan_aware):
         cdef Py_ssize_t i
@@ -413,6 +439,8 @@ cdef class Engine:
         self.timeout_ns = timeout_ns
         self.vlan_aware = vlan_aware
         self.free_head = EMPTY
+        self.cold_free_head = EMPTY
+        self.spill_fd = -1
         self.table_mask = 1023
         self.table = <int64_t *>malloc(1024 * sizeof(int64_t))
         if self.table == NULL:
@@ -427,6 +455,12 @@ cdef class Engine:
                 if self.pool[i].used:
                     free_flow_memory(&self.pool[i])
         free(self.pool)
+        if self.cold != NULL:
+            for i in range(self.cold_top):
+                if self.cold[i].offset >= 0:
+                    free(self.cold[i].hist_data)
+                    free(self.cold[i].deferred)
+        free(self.cold)
         free(self.table)
         free(self.rows)
         free(self.out_hist.data)
@@ -434,6 +468,19 @@ cdef class Engine:
     @property
     def open_count(self):
         return self.n_open
+
+    @property
+    def cold_count(self):
+        """Open connections whose record is in the spill file."""
+        return self.n_cold
+
+    @property
+    def spill_bytes(self):
+        return self.spill_end
+
+    def set_spill_file(self, int fd):
+        """A file descriptor (read/write, positioned anywhere) the engine may write records to."""
+        self.spill_fd = fd
 
     def reserve_rows(self, Py_ssize_t extra):
         """Room for `extra` more finished rows (called with the GIL before feed/expire/finish)."""
@@ -450,15 +497,24 @@ cdef class Engine:
 
     # --- the hash table --------------------------------------------------------------------------------
 
+    cdef inline uint64_t entry_hash(self, int64_t entry) noexcept nogil:
+        return self.pool[entry].hash if entry >= 0 else self.cold[COLD_BASE - entry].hash
+
+    cdef inline int64_t entry_seen_max(self, int64_t entry) noexcept nogil:
+        return self.pool[entry].seen_max if entry >= 0 else self.cold[COLD_BASE - entry].seen_max
+
+    cdef inline Key *entry_key(self, int64_t entry) noexcept nogil:
+        return &self.pool[entry].key if entry >= 0 else &self.cold[COLD_BASE - entry].key
+
     cdef Py_ssize_t find(self, Key *key, uint64_t h) noexcept nogil:
         """Table position of key's flow, or of the empty place where it would go."""
         cdef uint64_t pos = h & self.table_mask
-        cdef int64_t slot
+        cdef int64_t entry
         while True:
-            slot = self.table[pos]
-            if slot == EMPTY:
+            entry = self.table[pos]
+            if entry == EMPTY:
                 return <Py_ssize_t>pos
-            if self.pool[slot].hash == h and key_eq(&self.pool[slot].key, key):
+            if self.entry_hash(entry) == h and key_eq(self.entry_key(entry), key):
                 return <Py_ssize_t>pos
             pos = (pos + 1) & self.table_mask
 
@@ -474,7 +530,7 @@ cdef class Engine:
         for i in range(self.table_mask + 1):
             slot = self.table[i]
             if slot != EMPTY:
-                pos = self.pool[slot].hash & (new_size - 1)
+                pos = self.entry_hash(slot) & (new_size - 1)
                 while fresh[pos] != EMPTY:
                     pos = (pos + 1) & (new_size - 1)
                 fresh[pos] = slot
@@ -492,7 +548,7 @@ cdef class Engine:
             slot = self.table[j]
             if slot == EMPTY:
                 break
-            home = self.pool[slot].hash & self.table_mask
+            home = self.entry_hash(slot) & self.table_mask
             # leave the entry when its home lies cyclically in (hole, j]
             if (hole <= j and hole < home and home <= j) or (hole > j and (hole < home or home <= j)):
                 continue
@@ -518,6 +574,112 @@ cdef class Engine:
         slot = self.pool_top
         self.pool_top += 1
         return slot
+
+    # --- the spill tier: records of idle open connections wait in a file -----------------------------------
+
+    cdef int64_t new_cold(self) noexcept nogil:
+        cdef int64_t c
+        cdef Cold *grown
+        cdef Py_ssize_t cap
+        if self.cold_free_head != EMPTY:
+            c = self.cold_free_head
+            self.cold_free_head = self.cold[c].next_free
+            return c
+        if self.cold_top == self.cold_cap:
+            cap = self.cold_cap * 2 if self.cold_cap else 1024
+            grown = <Cold *>realloc(self.cold, cap * sizeof(Cold))
+            if grown == NULL:
+                return EMPTY
+            self.cold = grown
+            self.cold_cap = cap
+        c = self.cold_top
+        self.cold_top += 1
+        return c
+
+    cdef void free_slot(self, int64_t slot) noexcept nogil:
+        self.pool[slot].used = False
+        self.pool[slot].next_free = self.free_head
+        self.free_head = slot
+
+    cdef void free_cold(self, int64_t c) noexcept nogil:
+        self.cold[c].offset = -1
+        self.cold[c].next_free = self.cold_free_head
+        self.cold_free_head = c
+        self.n_cold -= 1
+
+    cdef int spill(self, Py_ssize_t pos) noexcept nogil:
+        """Write the hot record at table position pos to the spill file; the table keeps a Cold entry."""
+        cdef int64_t slot = self.table[pos]
+        cdef int64_t c
+        cdef Flow *f = &self.pool[slot]
+        if self.spill_fd < 0:
+            return ST_SPILL_FAILED
+        c = self.new_cold()
+        if c == EMPTY:
+            return ST_NO_MEMORY
+        if pwrite(self.spill_fd, f, sizeof(Flow), self.spill_end) != <ssize_t>sizeof(Flow):
+            self.cold[c].offset = -1
+            self.cold[c].next_free = self.cold_free_head
+            self.cold_free_head = c
+            return ST_SPILL_FAILED
+        self.cold[c] = Cold(f.key, f.hash, f.seen_max, f.first_frame, self.spill_end, EMPTY, f.hist.data,
+                            f.deferred)
+        self.spill_end += sizeof(Flow)
+        self.n_cold += 1
+        self.table[pos] = COLD_BASE - c
+        self.free_slot(slot)
+        return ST_OK
+
+    cdef int read_cold(self, int64_t c, Flow *into) noexcept nogil:
+        if pread(self.spill_fd, into, sizeof(Flow), self.cold[c].offset) != <ssize_t>sizeof(Flow):
+            return ST_SPILL_FAILED
+        return ST_OK
+
+    cdef int revive(self, Py_ssize_t pos) noexcept nogil:
+        """Bring the cold record at table position pos back into the pool."""
+        cdef int64_t c = COLD_BASE - self.table[pos]
+        cdef int64_t slot = self.new_slot()
+        if slot == EMPTY:
+            return ST_NO_MEMORY
+        if self.read_cold(c, &self.pool[slot]) != ST_OK:
+            self.free_slot(slot)
+            return ST_SPILL_FAILED
+        self.table[pos] = slot
+        self.free_cold(c)
+        return ST_OK
+
+    cdef int spill_slots(self, const int64_t *slots, Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t i, pos
+        cdef int status
+        for i in range(n):
+            if not self.pool[slots[i]].used:
+                continue
+            pos = self.find(&self.pool[slots[i]].key, self.pool[slots[i]].hash)
+            status = self.spill(pos)
+            if status != ST_OK:
+                return status
+        return ST_OK
+
+    def spill_oldest(self, Py_ssize_t keep):
+        """Spill the records of the open connections idle longest until at most `keep` stay in memory;
+        returns a status code."""
+        cdef Py_ssize_t n_hot = self.n_open - self.n_cold, i, k = 0
+        cdef int status
+        if n_hot <= keep:
+            return ST_OK
+        seen = np.empty(n_hot, dtype=np.int64)
+        slots = np.empty(n_hot, dtype=np.int64)
+        cdef int64_t[::1] sv = seen
+        cdef int64_t[::1] sl = slots
+        for i in range(self.pool_top):
+            if self.pool[i].used:
+                sv[k] = self.pool[i].seen_max
+                sl[k] = i
+                k += 1
+        cdef int64_t[::1] chosen = np.ascontiguousarray(slots[np.argpartition(seen, n_hot - keep - 1)[:n_hot - keep]])
+        with nogil:
+            status = self.spill_slots(&chosen[0], chosen.shape[0])
+        return status
 
     # --- connections -----------------------------------------------------------------------------------
 
@@ -710,12 +872,18 @@ cdef class Engine:
 
     cdef int release(self, Py_ssize_t table_pos) noexcept nogil:
         """Finish the flow at table_pos and give its record back."""
-        cdef int64_t slot = self.table[table_pos]
-        cdef int status = self.finish_connection(&self.pool[slot])
+        cdef int64_t entry = self.table[table_pos]
+        cdef int status
+        if entry >= 0:
+            status = self.finish_connection(&self.pool[entry])
+            self.free_slot(entry)
+        else:
+            status = self.read_cold(COLD_BASE - entry, &self.scratch)
+            if status != ST_OK:
+                return status
+            status = self.finish_connection(&self.scratch)
+            self.free_cold(COLD_BASE - entry)
         self.remove_at(table_pos)
-        self.pool[slot].used = False
-        self.pool[slot].next_free = self.free_head
-        self.free_head = slot
         self.n_open -= 1
         return status
 
@@ -754,6 +922,11 @@ cdef class Engine:
 
             pos = self.find(&key, h)
             slot = self.table[pos]
+            if slot < EMPTY:
+                status = self.revive(pos)
+                if status != ST_OK:
+                    return status
+                slot = self.table[pos]
             new_epoch = slot == EMPTY
             new_conn = new_epoch
             if slot != EMPTY:
@@ -891,7 +1064,7 @@ cdef class Engine:
         # a removal shifts later entries back into pos, so pos advances only past kept entries
         while pos <= <Py_ssize_t>self.table_mask:
             slot = self.table[pos]
-            if slot != EMPTY and (everything or now - self.pool[slot].seen_max > self.timeout_ns):
+            if slot != EMPTY and (everything or now - self.entry_seen_max(slot) > self.timeout_ns):
                 status = self.release(pos)
                 if status != ST_OK:
                     return status
@@ -912,8 +1085,8 @@ cdef class Engine:
         them (all when negative) so that the caller can write them in portions; returns a status code."""
         cdef int status = ST_OK
         cdef Py_ssize_t i, count, pos
-        cdef int64_t slot
-        cdef int64_t[::1] slots
+        cdef int64_t entry
+        cdef int64_t[::1] chosen
         if max_rows < 0 or max_rows >= self.n_open:
             self.reserve_rows(self.n_open)
             with nogil:
@@ -922,21 +1095,26 @@ cdef class Engine:
         if max_rows == 0:
             return ST_OK
         firsts = np.empty(self.n_open, dtype=np.uint64)
-        open_slots = np.empty(self.n_open, dtype=np.int64)
+        entries = np.empty(self.n_open, dtype=np.int64)
         cdef uint64_t[::1] f = firsts
-        cdef int64_t[::1] o = open_slots
+        cdef int64_t[::1] e = entries
         count = 0
         for i in range(self.pool_top):
             if self.pool[i].used:
                 f[count] = self.pool[i].first_frame
-                o[count] = i
+                e[count] = i
                 count += 1
-        slots = open_slots[np.argpartition(firsts, max_rows - 1)[:max_rows]]
+        for i in range(self.cold_top):
+            if self.cold[i].offset >= 0:
+                f[count] = self.cold[i].first_frame
+                e[count] = COLD_BASE - i
+                count += 1
+        chosen = np.ascontiguousarray(entries[np.argpartition(firsts, max_rows - 1)[:max_rows]])
         self.reserve_rows(max_rows)
         with nogil:
             for i in range(max_rows):
-                slot = slots[i]
-                pos = self.find(&self.pool[slot].key, self.pool[slot].hash)
+                entry = chosen[i]
+                pos = self.find(self.entry_key(entry), self.entry_hash(entry))
                 status = self.release(pos)
                 if status != ST_OK:
                     break
@@ -950,6 +1128,9 @@ cdef class Engine:
             for i in range(self.pool_top):
                 if self.pool[i].used and self.pool[i].first_frame < low:
                     low = self.pool[i].first_frame
+            for i in range(self.cold_top):
+                if self.cold[i].offset >= 0 and self.cold[i].first_frame < low:
+                    low = self.cold[i].first_frame
         return low
 
     def drain(self):

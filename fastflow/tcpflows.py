@@ -6,9 +6,12 @@ and turns its packed rows into summary.py's column dict.
 """
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 
 from . import _tcpflows
+from .errors import OutputError
 from .flows import DEFAULT_IDLE_TIMEOUT_NS
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, is_likely_server_port
 from .summary import CLOSE_VALUES, HANDSHAKE_VALUES
@@ -25,12 +28,19 @@ _DTYPES = {"frame": np.uint64, "ts": np.int64, "network_time": np.int64, "vlan":
 
 NO_OPEN_CONNECTION = 2**64 - 1
 
+#: open connections whose records stay in memory; beyond that the ones idle longest wait in a temporary file
+#: (their records come back when a packet arrives or when they finish). 262,144 records are about 170 MB.
+MAX_IN_MEMORY = 1 << 18
+
 
 def _masked(values, present):
     return np.ma.masked_array(values, mask=~np.asarray(present, dtype=bool))
 
 
 def _check(status: int) -> None:
+    if status == _tcpflows.STATUS_SPILL_FAILED:
+        raise OutputError(f"cannot keep open connections in a temporary file in {tempfile.gettempdir()} "
+                          "(disk full?); set TMPDIR to a folder with room")
     if status != _tcpflows.STATUS_OK:
         raise MemoryError("out of memory while tracking open TCP connections")
 
@@ -39,10 +49,47 @@ class TcpFlows:
     """feed() segments in frame order (chunks of any size), expire() with the network time reached, finish()
     at the end; drain() returns the rows of the connections finished so far, ordered by first frame."""
 
+    _spill_file = None
+
     def __init__(self, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS, server_ports=ZEEK_LIKELY_SERVER_PORTS_TCP,
-                 vlan_aware: bool = False):
+                 vlan_aware: bool = False, max_in_memory: int | None = MAX_IN_MEMORY):
         table = is_likely_server_port(np.arange(65536), server_ports).astype(np.uint8)
         self._engine = _tcpflows.Engine(int(idle_timeout_ns), np.ascontiguousarray(table), bool(vlan_aware))
+        self._max_in_memory = max_in_memory
+        self._spill_file = None
+
+    @property
+    def spilled(self) -> int:
+        """Open connections whose records are in the temporary file now."""
+        return self._engine.cold_count
+
+    @property
+    def spill_bytes(self) -> int:
+        """Bytes written to the temporary file so far."""
+        return self._engine.spill_bytes
+
+    def _spill_if_needed(self) -> None:
+        limit = self._max_in_memory
+        if limit is None or self._engine.open_count - self._engine.cold_count <= limit:
+            return
+        if self._spill_file is None:
+            try:
+                self._spill_file = tempfile.TemporaryFile(prefix="fastflow-open-connections-")
+            except OSError as exc:
+                raise OutputError(f"cannot create a temporary file in {tempfile.gettempdir()}: "
+                                  f"{exc.strerror or exc}") from None
+            self._engine.set_spill_file(self._spill_file.fileno())
+        # down to three quarters of the limit, so that the next batches do not spill a few at a time
+        _check(self._engine.spill_oldest(limit - limit // 4))
+
+    def close(self) -> None:
+        """Remove the temporary file (done by finish() once no connection is open)."""
+        if self._spill_file is not None:
+            self._spill_file.close()
+            self._spill_file = None
+
+    def __del__(self):
+        self.close()
 
     @property
     def open_count(self) -> int:
@@ -59,11 +106,16 @@ class TcpFlows:
         _check(self._engine.feed(cols))
 
     def expire(self, network_time: int) -> None:
+        """Finish what no later packet can join, then move the records idle longest out of memory if more
+        than max_in_memory connections are open."""
         _check(self._engine.expire(int(network_time)))
+        self._spill_if_needed()
 
     def finish(self, max_rows: int = -1) -> None:
         """Finish the open connections, the oldest first, at most max_rows of them (all when negative)."""
         _check(self._engine.finish(max_rows))
+        if self._engine.open_count == 0:
+            self.close()
 
     def drain(self) -> dict:
         return rows_to_flows(*self.drain_packed())

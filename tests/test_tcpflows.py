@@ -32,8 +32,9 @@ def concat_flows(parts: list[dict]) -> dict:
     return {k: v[order] for k, v in out.items()}
 
 
-def stream(seg: dict, chunk: int, timeout_ns=300 * SECOND, vlan_aware=False, check_open=False) -> dict:
-    engine = TcpFlows(timeout_ns, vlan_aware=vlan_aware)
+def stream(seg: dict, chunk: int, timeout_ns=300 * SECOND, vlan_aware=False, check_open=False,
+           max_in_memory=None) -> dict:
+    engine = TcpFlows(timeout_ns, vlan_aware=vlan_aware, max_in_memory=max_in_memory)
     parts = []
     n = len(seg["frame"])
     for start in range(0, n, chunk):
@@ -45,6 +46,8 @@ def stream(seg: dict, chunk: int, timeout_ns=300 * SECOND, vlan_aware=False, che
         if check_open:
             low = engine.min_open_first_frame()
             assert engine.open_count == 0 or low <= int(part["frame"][-1])
+        if max_in_memory is not None:
+            assert engine.open_count - engine.spilled <= max_in_memory
     engine.finish()
     assert engine.open_count == 0
     assert engine.min_open_first_frame() == NO_OPEN_CONNECTION
@@ -92,6 +95,8 @@ def test_corpus_capture_streams_to_the_same_flows(name):
         chunks = {7, 1000, n} | ({1} if n < 3000 else set())
         for chunk in sorted(chunks):
             assert_same_flows(ref, stream(seg, chunk, timeout, check_open=chunk == 7), f"{name} chunk {chunk}")
+        # records of open connections through the temporary file and back
+        assert_same_flows(ref, stream(seg, 5, timeout, max_in_memory=0), f"{name} spilled")
 
 
 @requires_corpus
@@ -162,6 +167,9 @@ def test_random_segments_stream_to_the_same_flows(seed):
     _, ref = analyse(seg, timeout, vlan_aware=vlan_aware)
     for chunk in (1, 13, 400, len(seg["frame"])):
         assert_same_flows(ref, stream(seg, chunk, timeout, vlan_aware), f"seed {seed} chunk {chunk}")
+    for chunk, limit in ((1, 0), (7, 2), (50, 5)):
+        assert_same_flows(ref, stream(seg, chunk, timeout, vlan_aware, max_in_memory=limit),
+                          f"seed {seed} chunk {chunk} in memory {limit}")
 
 
 def test_random_segments_really_split_expire_and_flip():
@@ -188,3 +196,22 @@ def test_memory_follows_open_connections():
     rows = engine.drain()
     _, ref = analyse(seg, 5 * SECOND)
     assert len(rows["first_frame"]) == len(ref["conn_id"])
+
+
+def test_spilled_connections_really_go_to_the_file_and_come_back():
+    rng = np.random.default_rng(5)
+    seg = random_segments(rng, 3000)
+    engine = TcpFlows(300 * SECOND, max_in_memory=1)
+    revived = 0
+    for start in range(0, 3000, 10):
+        part = {k: v[start:start + 10] for k, v in seg.items()}
+        before = engine.spilled
+        engine.feed(part)
+        revived += max(0, before - engine.spilled)
+        engine.expire(int(part["network_time"][-1]))
+        assert engine.open_count - engine.spilled <= 1
+    assert engine.spill_bytes > 0 and engine.spilled > 0
+    assert revived > 0          # packets arrived for connections whose records were in the file
+    engine.finish()
+    assert engine.spilled == 0 and engine.open_count == 0
+    engine.close()
