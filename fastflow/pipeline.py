@@ -5,10 +5,11 @@ per-packet columns of a batch are freed before the next one is decoded."""
 from __future__ import annotations
 
 import queue
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -17,11 +18,24 @@ from . import __version__, _decode
 from .community_id import community_id
 from .datagram import DatagramStream, datagram_flows
 from .decode import CaptureReader, Damage, PFlag, Status, check_filter
+from .errors import OutputError
+from .schema import (
+    FLOWS_SCHEMA,
+    file_metadata,
+    fixed_width_array,
+    flows_table,
+    segments_table,
+)
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP
-from .schema import file_metadata, flows_table, segments_table
 from .source import Source
 from .summary import analyse, combine_flows, summary_counts
-from .tcpflows import NO_OPEN_CONNECTION, TcpFlows, concat_packed, rows_to_flows, take_packed
+from .tcpflows import (
+    NO_OPEN_CONNECTION,
+    TcpFlows,
+    concat_packed,
+    rows_to_flows,
+    take_packed,
+)
 
 # the decoder columns the connection stage and the segments table need
 SEGMENT_INPUT_COLUMNS = ("frame", "ts", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
@@ -123,7 +137,7 @@ def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict 
             "packets": int(reader.frames),
             "filtered": int(reader.filtered),
             "bad_ip_checksum": bad_ip_checksum,
-            "tcp_segments": int(len(seg["frame"])),
+            "tcp_segments": len(seg["frame"]),
             "by_status": reader.status_counts,
             "format": reader.file_format,
             "linktypes": reader.linktypes,
@@ -162,11 +176,93 @@ def _take(flows: dict, rows) -> dict:
     return {name: col[rows] for name, col in flows.items()}
 
 
+#: finished rows waiting in memory for an older connection to finish before they go to a sorted run file
+WAIT_IN_MEMORY = 1 << 20
+
+
+def _first_frames(table: pa.Table) -> np.ndarray:
+    column = table.column("first_frame").combine_chunks()
+    return np.frombuffer(column.buffers()[1], np.uint64, len(column), column.offset)
+
+
+def _sorted_by_first_frame(table: pa.Table) -> pa.Table:
+    order = np.argsort(_first_frames(table), kind="stable")
+    return table.take(fixed_width_array(order, pa.int64()))
+
+
+class _MemoryRows:
+    """Ready rows held in memory (sorted), turned into tables a slice at a time."""
+
+    def __init__(self, writer: _FlowWriter, tcp: tuple[np.ndarray, bytes], datagram: dict):
+        self.writer, self.tcp, self.datagram = writer, tcp, datagram
+        tcp_first, dg_first = tcp[0]["first_frame"], datagram["first_frame"]
+        bounds = np.sort(np.concatenate([tcp_first, dg_first]))[FLUSH_ROWS::FLUSH_ROWS]
+        self.t_cuts = np.concatenate([[0], np.searchsorted(tcp_first, bounds), [len(tcp_first)]])
+        self.d_cuts = np.concatenate([[0], np.searchsorted(dg_first, bounds), [len(dg_first)]])
+        self.next = 0
+        self.table: pa.Table | None = None
+
+    def head(self) -> pa.Table | None:
+        while (self.table is None or not self.table.num_rows) and self.next < len(self.t_cuts) - 1:
+            k = self.next
+            self.next += 1
+            self.table = self.writer.to_table(
+                take_packed(*self.tcp, slice(self.t_cuts[k], self.t_cuts[k + 1])),
+                _take(self.datagram, slice(self.d_cuts[k], self.d_cuts[k + 1])))
+        return self.table if self.table is not None and self.table.num_rows else None
+
+    def consume(self, n: int) -> None:
+        self.table = self.table.slice(n)
+
+
+class _RunFile:
+    """Rows that waited too long in memory: sorted by first frame in a temporary Arrow IPC file, read back a
+    batch at a time. Dictionary columns are plain strings there (the IPC file format wants one dictionary)."""
+
+    def __init__(self, tables):
+        """tables: sorted tables, each starting at or after the previous one's last row."""
+        self.schema = FLOWS_SCHEMA
+        plain = pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type,
+                                    f.nullable, f.metadata) for f in self.schema])
+        rows = 0
+        try:
+            self.file = tempfile.TemporaryFile(prefix="fastflow-waiting-rows-")
+            with pa.ipc.new_file(self.file, plain) as writer:
+                for table in tables:
+                    writer.write_table(table.cast(plain), max_chunksize=FLUSH_ROWS)
+                    rows += table.num_rows
+            self.file.flush()
+            self.reader = pa.ipc.open_file(self.file)
+        except OSError as exc:
+            raise OutputError(f"cannot keep finished rows in a temporary file in {tempfile.gettempdir()}: "
+                              f"{exc.strerror or exc}") from None
+        self.rows = rows
+        self.next = 0
+        self.table: pa.Table | None = None
+
+    def head(self) -> pa.Table | None:
+        while (self.table is None or not self.table.num_rows) and self.next < self.reader.num_record_batches:
+            batch = self.reader.get_batch(self.next)
+            self.next += 1
+            self.table = pa.Table.from_batches([batch]).cast(self.schema)
+        return self.table if self.table is not None and self.table.num_rows else None
+
+    def consume(self, n: int) -> None:
+        self.table = self.table.slice(n)
+        self.rows -= n
+        if self.rows == 0:
+            self.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class _FlowWriter:
     """Finished flows of both engines, written in order of first packet with their final conn_id: a flow
     waits until every connection that started before it has finished (the watermark), so the rows come out
-    in the same order and with the same numbers as the whole-capture run. TCP rows wait in the engine's
-    packed form (about 300 bytes each) and become columns only when they are written."""
+    in the same order and with the same numbers as the whole-capture run. Waiting TCP rows stay in the
+    engine's packed form (288 bytes each); beyond WAIT_IN_MEMORY waiting rows (one connection open for hours
+    holds back all that started after it) they go to sorted run files, merged back in order."""
 
     def __init__(self, sink, source: str, community_id_seed: int, empty: tuple[tuple, dict]):
         self.sink = sink
@@ -175,6 +271,7 @@ class _FlowWriter:
         self.empty = empty          # zero rows of each engine, as templates
         self.tcp: list[tuple[np.ndarray, bytes, np.ndarray]] = []   # packed rows, their text, written
         self.datagram: list[dict] = []
+        self.runs: list[_RunFile] = []
         self.waiting = 0
         self.next_conn_id = 0
         self.counts = summary_counts(combine_flows(rows_to_flows(*empty[0]), empty[1])[0])
@@ -187,13 +284,8 @@ class _FlowWriter:
             self.datagram.append(datagram)
         self.waiting += len(tcp[0]) + len(datagram["first_frame"])
 
-    def flush(self, watermark: int, force: bool = False) -> None:
-        """Write the waiting flows that started before `watermark` (the first frame of the oldest open one)."""
-        if not force and self.waiting < self._attempt_at:
-            return
-        limit = np.uint64(watermark)
-        # ready rows are copied out of their part and marked written; a part goes once all its rows have
-        # been written, or is compacted once half of them have
+    def _take_waiting(self, limit: np.uint64) -> tuple[tuple[np.ndarray, bytes], dict]:
+        """The waiting rows that started before limit (all of them for 2**64 - 1), sorted, out of memory."""
         ready_tcp, kept_tcp = [], []
         for rows, text, written in self.tcp:
             ready = np.flatnonzero((rows["first_frame"] < limit) & ~written)
@@ -203,7 +295,7 @@ class _FlowWriter:
             left = np.flatnonzero(~written)
             if left.size == 0:
                 continue
-            if 2 * left.size < len(rows):
+            if 2 * left.size < len(rows):   # compact once half of a part is written
                 rows, written = take_packed(rows, text, left)[0], np.zeros(left.size, bool)
             kept_tcp.append((rows, text, written))
         ready_dg, kept_dg = [], []
@@ -219,32 +311,66 @@ class _FlowWriter:
         self.tcp, self.datagram = kept_tcp, kept_dg
         self.waiting = (sum(len(w) - int(np.count_nonzero(w)) for _, _, w in kept_tcp)
                         + sum(len(f["first_frame"]) for f in kept_dg))
-        # a long-lived connection holds the watermark back: try again once as many more have finished
-        self._attempt_at = self.waiting + FLUSH_ROWS
         tcp = concat_packed(ready_tcp) if ready_tcp else self.empty[0]
         datagram = _concat_flows(ready_dg) if ready_dg else self.empty[1]
-        # sorted by first frame, then written in slices: a row's column form is a few times its packed size
         tcp = take_packed(*tcp, np.argsort(tcp[0]["first_frame"], kind="stable"))
         datagram = _take(datagram, np.argsort(datagram["first_frame"], kind="stable"))
-        tcp_first, dg_first = tcp[0]["first_frame"], datagram["first_frame"]
-        bounds = np.sort(np.concatenate([tcp_first, dg_first]))[FLUSH_ROWS::FLUSH_ROWS]
-        t_cuts = np.concatenate([[0], np.searchsorted(tcp_first, bounds), [len(tcp_first)]])
-        d_cuts = np.concatenate([[0], np.searchsorted(dg_first, bounds), [len(dg_first)]])
-        for k in range(len(t_cuts) - 1):
-            self._write(take_packed(*tcp, slice(t_cuts[k], t_cuts[k + 1])),
-                        _take(datagram, slice(d_cuts[k], d_cuts[k + 1])))
+        return tcp, datagram
 
-    def _write(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> None:
-        n = len(tcp[0]) + len(datagram["first_frame"])
-        if not n:
+    def flush(self, watermark: int, force: bool = False) -> None:
+        """Write the waiting flows that started before `watermark` (the first frame of the oldest open one)."""
+        if not force and self.waiting < self._attempt_at and not self.runs:
             return
+        limit = np.uint64(watermark)
+        tcp, datagram = self._take_waiting(limit)
+        # a long-lived connection holds the watermark back: try again once as many more have finished
+        self._attempt_at = self.waiting + FLUSH_ROWS
+        sources = [_MemoryRows(self, tcp, datagram)] + self.runs
+        while True:
+            heads = [(source, source.head()) for source in sources]
+            heads = [(source, head) for source, head in heads if head is not None]
+            if not heads:
+                break
+            # every row up to the smallest last first frame of the heads is in order across the sources
+            cut = min(min(int(_first_frames(head)[-1]) for _, head in heads), int(limit) - 1)
+            pieces = []
+            for source, head in heads:
+                k = int(np.searchsorted(_first_frames(head), cut, side="right"))
+                if k:
+                    pieces.append(head.slice(0, k))
+                    source.consume(k)
+            if not pieces:
+                break
+            self._emit(pieces[0] if len(pieces) == 1 else _sorted_by_first_frame(pa.concat_tables(pieces)))
+        self.runs = [run for run in self.runs if run.rows]
+        if self.waiting > WAIT_IN_MEMORY:
+            rows = _MemoryRows(self, *self._take_waiting(np.uint64(NO_OPEN_CONNECTION)))
+
+            def slices():
+                while (head := rows.head()) is not None:
+                    rows.consume(head.num_rows)
+                    yield head
+            self.runs.append(_RunFile(slices()))
+            self._attempt_at = FLUSH_ROWS
+
+    def to_table(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> pa.Table:
+        """Rows of both engines as one flows table in first-frame order (conn_id set when written)."""
         flows, _ = combine_flows(rows_to_flows(*tcp), datagram)
-        flows["conn_id"] = flows["conn_id"] + np.uint64(self.next_conn_id)
-        self.next_conn_id += n
         flows["community_id"] = community_id(flows["orig_addr"], flows["resp_addr"], flows["ip_version"],
                                              flows["ip_proto"], flows["orig_p"], flows["resp_p"], seed=self.seed)
         _add_counts(self.counts, summary_counts(flows))
-        self.sink(flows_table(flows, self.source))
+        return flows_table(flows, self.source)
+
+    def _emit(self, table: pa.Table) -> None:
+        n = table.num_rows
+        ids = fixed_width_array(np.arange(self.next_conn_id, self.next_conn_id + n, dtype=np.uint64), pa.uint64())
+        self.next_conn_id += n
+        self.sink(table.set_column(table.schema.get_field_index("conn_id"), table.schema.field("conn_id"), ids))
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.close()
+        self.runs = []
 
 
 def _add_counts(total: dict, more: dict) -> None:
@@ -365,13 +491,17 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
         reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size,
                                verify_checksums=verify_checksums)
         items = _finished(reader, tcp, datagram, tally, seconds)
-        for tcp_rows, datagram_flows_, watermark, last in (_in_background(items) if overlap else items):
-            t0 = time.perf_counter()
-            out.add(tcp_rows, datagram_flows_)
-            out.flush(watermark, force=last)
-            seconds["tables"] += time.perf_counter() - t0
-            if progress is not None:
-                progress(source.raw_consumed, source.size)
+        try:
+            for tcp_rows, datagram_flows_, watermark, last in (_in_background(items) if overlap else items):
+                t0 = time.perf_counter()
+                out.add(tcp_rows, datagram_flows_)
+                out.flush(watermark, force=last)
+                seconds["tables"] += time.perf_counter() - t0
+                if progress is not None:
+                    progress(source.raw_consumed, source.size)
+        finally:
+            out.close()
+            tcp.close()
         bad_ip_checksum, tcp_segments = tally["bad_ip_checksum"], tally["tcp_segments"]
         counts = {
             "packets": int(reader.frames),

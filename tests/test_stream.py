@@ -84,10 +84,11 @@ def test_short_timeouts_and_options_stream_the_same(tmp_path):
     assert checked >= 10
 
 
-def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monkeypatch):
+@pytest.mark.parametrize("wait_in_memory", [1 << 20, 100])
+def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monkeypatch, wait_in_memory):
     """A generated capture of many interleaved connections: rows equal the whole-capture path's, and the
     file's bytes do not depend on the batch size (row groups have a fixed length), also when flushes happen
-    often and the watermark holds rows back."""
+    often, the watermark holds rows back, and (wait_in_memory 100) the rows held back go to run files."""
     import subprocess
     import sys
     from pathlib import Path
@@ -96,9 +97,19 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
     subprocess.run([sys.executable, str(generate), "--packets", "30000", "--seed", "3", "-o", str(capture)],
                    check=True, capture_output=True)
     monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
+    monkeypatch.setattr(pipeline, "WAIT_IN_MEMORY", wait_in_memory)
+    runs = []
+    real_run = pipeline._RunFile
+
+    def counted(tables):
+        run = real_run(tables)
+        runs.append(run.rows)
+        return run
+    monkeypatch.setattr(pipeline, "_RunFile", counted)
     want = pq.read_table(whole(capture, tmp_path, idle_timeouts_s={"tcp": 0.05})[0])
     files = []
-    for batch_size in (1, 333, 1 << 18):
+    # batch size 1 flushes after every packet: with run files that is slow, and 97 covers small batches
+    for batch_size in ((1, 333, 1 << 18) if wait_in_memory > 100 else (97, 1 << 18)):
         out, _ = streamed(capture, tmp_path, batch_size=batch_size, row_group_rows=500,
                           name=f"s{batch_size}.parquet", idle_timeouts_s={"tcp": 0.05})
         got = pq.read_table(out)
@@ -107,6 +118,10 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
     assert len(set(files)) == 1
     assert pq.ParquetFile(out).metadata.num_row_groups == -(-want.num_rows // 500)
     assert want.num_rows > 1000
+    if wait_in_memory == 100:     # rows really waited in run files (several per batch size)
+        assert len(runs) >= 2 and sum(runs) > 1000
+    else:
+        assert not runs
     # the split by idle timeout and the reuse rules were exercised, not only end-of-capture finishing
     assert len(np.unique(want.column("history").to_numpy(zero_copy_only=False))) > 10
 
