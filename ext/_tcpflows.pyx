@@ -50,6 +50,9 @@ cdef enum:
     CL_REFUSED = 4
     CL_NONE = 5
 
+cdef int64_t INT64_MAX_VALUE = 0x7FFFFFFFFFFFFFFF
+cdef uint64_t NO_FRAME = 0xFFFFFFFFFFFFFFFF
+
 cdef enum:
     BAD_CHECKSUM_FLAG = 32      # decode.PFlag.BAD_CHECKSUM
     EMPTY = -1
@@ -429,6 +432,13 @@ cdef class Engine:
     cdef int spill_fd
     cdef int64_t spill_end
     cdef Flow scratch
+    # shortcuts: a lower bound of the open entries' seen_max (no expiry scan while nothing can be due), the
+    # smallest open first frame while known, and the order finish() releases connections in
+    cdef int64_t seen_floor
+    cdef uint64_t min_first
+    cdef bint min_first_known
+    cdef object finish_order
+    cdef Py_ssize_t finish_next
 
     def __cinit__(self, int64_t timeout_ns, const uint8_t[::1] server_port not None, bint vlan_aware):
         cdef Py_ssize_t i
@@ -441,6 +451,9 @@ cdef class Engine:
         self.free_head = EMPTY
         self.cold_free_head = EMPTY
         self.spill_fd = -1
+        self.seen_floor = INT64_MAX_VALUE
+        self.min_first = NO_FRAME
+        self.min_first_known = True
         self.table_mask = 1023
         self.table = <int64_t *>malloc(1024 * sizeof(int64_t))
         if self.table == NULL:
@@ -667,6 +680,7 @@ cdef class Engine:
         cdef int status
         if n_hot <= keep:
             return ST_OK
+        self.finish_order = None
         seen = np.empty(n_hot, dtype=np.int64)
         slots = np.empty(n_hot, dtype=np.int64)
         cdef int64_t[::1] sv = seen
@@ -693,6 +707,8 @@ cdef class Engine:
         f.ev_fin_b = False
         f.first_frame = frame
         f.last_frame = frame
+        if self.min_first_known and frame < self.min_first:
+            self.min_first = frame
         f.first_ts = ts
         f.ts_min = ts
         f.ts_max = ts
@@ -744,6 +760,8 @@ cdef class Engine:
         cdef uint16_t first_port, other_port
         if f.flip_pending:
             replay_deferred(f)
+        if f.first_frame == self.min_first:
+            self.min_first_known = False
         o = f.zc.orig
         p = 1 - o
         h = &f.hs[o]
@@ -956,6 +974,8 @@ cdef class Engine:
                 f.hash = h
                 f.used = True
                 f.seen_max = ts[i]
+                if ts[i] < self.seen_floor:
+                    self.seen_floor = ts[i]
                 self.table[pos] = slot
                 self.n_open += 1
                 if <uint64_t>self.n_open * 2 > self.table_mask:
@@ -1050,6 +1070,7 @@ cdef class Engine:
         if src.shape[1] != 16 or dst.shape[1] != 16:
             raise ValueError("feed: addresses must be 16 bytes")
         self.reserve_rows(n)
+        self.finish_order = None
         with nogil:
             status = self.feed_rows(n, &frame[0], &ts[0], &now[0], &vlan[0], &ip_version[0], &src[0, 0],
                                     &dst[0, 0], &sport[0], &dport[0], &seq[0], &ack[0], &flags[0], &window[0],
@@ -1059,46 +1080,75 @@ cdef class Engine:
 
     cdef int expire_flows(self, int64_t now, bint everything) noexcept nogil:
         cdef Py_ssize_t pos = 0
-        cdef int64_t slot
+        cdef int64_t slot, seen
+        cdef int64_t floor = INT64_MAX_VALUE
         cdef int status
+        if not everything and (self.n_open == 0 or now - self.seen_floor <= self.timeout_ns):
+            return ST_OK        # no open connection can be due yet
         # a removal shifts later entries back into pos, so pos advances only past kept entries
         while pos <= <Py_ssize_t>self.table_mask:
             slot = self.table[pos]
-            if slot != EMPTY and (everything or now - self.entry_seen_max(slot) > self.timeout_ns):
-                status = self.release(pos)
-                if status != ST_OK:
-                    return status
-                continue
+            if slot != EMPTY:
+                seen = self.entry_seen_max(slot)
+                if everything or now - seen > self.timeout_ns:
+                    status = self.release(pos)
+                    if status != ST_OK:
+                        return status
+                    continue
+                if seen < floor:
+                    floor = seen
             pos += 1
+        self.seen_floor = floor
         return ST_OK
 
     def expire(self, int64_t now):
         """Finish the connections no packet at network time >= now can join; returns a status code."""
         cdef int status
         self.reserve_rows(self.n_open)
+        self.finish_order = None
         with nogil:
             status = self.expire_flows(now, False)
         return status
 
     def finish(self, Py_ssize_t max_rows=-1):
         """End of input: finish the open connections, oldest first (by first frame), at most max_rows of
-        them (all when negative) so that the caller can write them in portions; returns a status code."""
+        them (all when negative) so that the caller can write them in portions; returns a status code.
+        The order is taken once, at the first call after the last feed()."""
         cdef int status = ST_OK
-        cdef Py_ssize_t i, count, pos
+        cdef Py_ssize_t i, count, pos, end
         cdef int64_t entry
         cdef int64_t[::1] chosen
         if max_rows < 0 or max_rows >= self.n_open:
             self.reserve_rows(self.n_open)
             with nogil:
                 status = self.expire_flows(0, True)
+            self.finish_order = None
             return status
         if max_rows == 0:
             return ST_OK
+        if self.finish_order is None:
+            self.finish_order = self._open_entries_by_first_frame()
+            self.finish_next = 0
+        order = self.finish_order
+        end = min(self.finish_next + max_rows, len(order))
+        chosen = order[self.finish_next:end]
+        self.finish_next = end
+        self.reserve_rows(end)
+        with nogil:
+            for i in range(chosen.shape[0]):
+                entry = chosen[i]
+                pos = self.find(self.entry_key(entry), self.entry_hash(entry))
+                status = self.release(pos)
+                if status != ST_OK:
+                    break
+        return status
+
+    def _open_entries_by_first_frame(self):
+        cdef Py_ssize_t i, count = 0
         firsts = np.empty(self.n_open, dtype=np.uint64)
         entries = np.empty(self.n_open, dtype=np.int64)
         cdef uint64_t[::1] f = firsts
         cdef int64_t[::1] e = entries
-        count = 0
         for i in range(self.pool_top):
             if self.pool[i].used:
                 f[count] = self.pool[i].first_frame
@@ -1109,21 +1159,14 @@ cdef class Engine:
                 f[count] = self.cold[i].first_frame
                 e[count] = COLD_BASE - i
                 count += 1
-        chosen = np.ascontiguousarray(entries[np.argpartition(firsts, max_rows - 1)[:max_rows]])
-        self.reserve_rows(max_rows)
-        with nogil:
-            for i in range(max_rows):
-                entry = chosen[i]
-                pos = self.find(self.entry_key(entry), self.entry_hash(entry))
-                status = self.release(pos)
-                if status != ST_OK:
-                    break
-        return status
+        return np.ascontiguousarray(entries[np.argsort(firsts, kind="stable")])
 
     def min_open_first_frame(self):
         """The first frame of the oldest open connection (2**64 - 1 when none is open)."""
-        cdef uint64_t low = <uint64_t>0xFFFFFFFFFFFFFFFF
+        cdef uint64_t low = NO_FRAME
         cdef Py_ssize_t i
+        if self.min_first_known:
+            return self.min_first
         with nogil:
             for i in range(self.pool_top):
                 if self.pool[i].used and self.pool[i].first_frame < low:
@@ -1131,6 +1174,8 @@ cdef class Engine:
             for i in range(self.cold_top):
                 if self.cold[i].offset >= 0 and self.cold[i].first_frame < low:
                     low = self.cold[i].first_frame
+        self.min_first = low
+        self.min_first_known = True
         return low
 
     def drain(self):
