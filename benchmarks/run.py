@@ -1,7 +1,7 @@
 """Run the fastflow benchmark suite and write benchmarks/RESULTS.md.
 
     python3 benchmarks/run.py [--packets 2000000] [--runs 3] [--quick] [--with-slow] [--input FILE ...]
-                              [--real-packets 1000000 | --no-real] [--no-install]
+                              [--real-packets 1000000 | --no-real] [--scale-packets 26400000] [--no-install]
 
 Inputs:
 - two seeded synthetic captures built by benchmarks/generate.py into benchmarks/data/ (snaplen 128 and full
@@ -11,7 +11,12 @@ Inputs:
   writing the first --real-packets packets of that port (default snaplen). That is many short connections
   whose client ports are reused within seconds, the pattern of the speed issue. It is cached in
   benchmarks/data/ keyed by its parameters, and skipped with the reason in RESULTS.md where it cannot be made;
-- any --input files (e.g. a real capture from the corpus).
+- any --input files (e.g. a real capture from the corpus);
+- with --scale-packets N, a third synthetic capture of N packets (snaplen 128, same seed; e.g. 26400000, the
+  size the speed issue's targets are set for). On it only fastflow process (flows, 1 and 2 cores), argus -r F
+  -w /dev/null and the startup floor run (the other peers and --segments are far too slow or too large there;
+  they are measured on the other inputs), with no stage runs, and RESULTS.md says whether the issue's targets
+  are met: >= 5 M packets/s end to end on 1 core, >= 1.6 x that on 2 cores, peak RSS <= 1 GiB.
 
 Tools that are missing (tcpdump, tshark, tcptrace, argus, ra, nginx, wrk from Debian; dpkt and nfstream from
 PyPI into the running virtual environment) are installed first when the suite runs as root, unless
@@ -25,7 +30,7 @@ the runs). Every command has a timeout; a tool that times out or fails is report
 again on that input. After the timed runs, the peers that print one line per connection run once more,
 untimed, with stdout kept, to count the connections they report.
 
-Tools: fastflow process (flows; flows + --segments), each pinned to 1 core (`taskset -c 0`) and to 2 cores
+Tools: fastflow process (flows, the streaming path; flows + --segments, the whole-capture path), each pinned to 1 core (`taskset -c 0`) and to 2 cores
 (`taskset -c 0,1`); the interpreter + import time of fastflow alone (the fixed cost in every fastflow
 figure); and the peers, unpinned: tshark conv,tcp, tcpdump -nn -S, a dpkt loop that decodes every packet's
 TCP header, tcptrace, argus (alone, and followed by ra printing its records), nfstream's
@@ -33,10 +38,17 @@ NFStreamer(source=F).to_pandas(), and tshark -T fields -e tcp.stream (slow: only
 inputs under 300k packets). The ratio columns are tool time / fastflow (flows) time on 1 and on 2 cores,
 on the same file in the same run.
 
-Stages: fastflow.process() in a child, on 1 core and on 2 cores, its Result.stats["seconds"] (decode =
-read + decode; connections = connections, Zeek state, handshake/teardown tags, UDP/ICMP flows, Community
-IDs; tables = Arrow tables), plus pyarrow.parquet.write_table of result.flows (and result.segments) timed
-separately; medians over --runs.
+Stages, in a child process after every round, medians over --runs, with the child's peak RSS (ru_maxrss):
+- the flows path, what `fastflow process F -o flows.parquet` runs: fastflow.pipeline.stream_flows(F,
+  ParquetStream(out, FLOWS_SCHEMA).write, overlap=...), its Result.stats["seconds"] (decode = read + decode
+  and connections = the streaming engines, timed in the background thread when overlap=True, alongside
+  tables; tables = Arrow tables of finished flows + ParquetStream.write, in the main thread; total), plus
+  ParquetStream.commit() timed as write; overlap=True on 1 core and on 2 cores, and overlap=False on 2 cores
+  (what the background thread buys);
+- the --segments path: the whole-capture fastflow.process(F, want_segments=True) on 1 and 2 cores, its
+  Result.stats["seconds"] (decode; connections = connections, Zeek state, handshake/teardown tags, UDP/ICMP
+  flows, Community IDs; tables), plus pyarrow.parquet.write_table of result.flows and result.segments.
+The first, unpinned run of the flows path on each input counts its packets and connections.
 """
 
 from __future__ import annotations
@@ -119,25 +131,39 @@ print(len(nfstream.NFStreamer(source=sys.argv[1]).to_pandas()))
 
 STAGES = r"""
 import json, os, sys, time
-import pyarrow.parquet as pq
 import fastflow
-path, out, segments, describe = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
-result = fastflow.process(path, want_segments=segments)
-seconds = dict(result.stats["seconds"])
-t0 = time.perf_counter()
-pq.write_table(result.flows, os.path.join(out, "flows.parquet"), compression="zstd", row_group_size=1 << 20)
-seconds["write_flows"] = time.perf_counter() - t0
-if segments:
+path, out, mode, overlap, describe = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", sys.argv[5] == "1"
+target = os.path.join(out, "flows.parquet")
+if mode == "flows":  # what `fastflow process F -o flows.parquet` runs: the streaming path
+    from fastflow.pipeline import stream_flows
+    from fastflow.schema import FLOWS_SCHEMA
+    from fastflow.write import ParquetStream
+    with ParquetStream(target, FLOWS_SCHEMA) as sink:
+        result = stream_flows(path, sink.write, overlap=overlap)
+        seconds = dict(result.stats["seconds"])
+        t0 = time.perf_counter()
+        sink.commit(result.metadata())
+        seconds["write"] = time.perf_counter() - t0
+    flows = result.stats["counts"]["connections"]
+else:  # what `fastflow process F -o flows.parquet --segments S` runs: the whole-capture path
+    import pyarrow.parquet as pq
+    result = fastflow.process(path, want_segments=True)
+    seconds = dict(result.stats["seconds"])
+    t0 = time.perf_counter()
+    pq.write_table(result.flows, target, compression="zstd", row_group_size=1 << 20)
+    seconds["write_flows"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     pq.write_table(result.segments, os.path.join(out, "segments.parquet"), compression="zstd",
                    row_group_size=1 << 20)
     seconds["write_segments"] = time.perf_counter() - t0
+    flows = result.flows.num_rows
 counts = result.stats["counts"]
-facts = {"seconds": seconds, "packets": counts["packets"], "tcp_segments": counts["tcp_segments"],
-         "flows": result.flows.num_rows}
+facts = {"seconds": seconds, "packets": counts["packets"], "tcp_segments": counts["tcp_segments"], "flows": flows}
 if describe:  # what the input holds: TCP connections and the port pairs they are spread over
     import pyarrow.compute as pc
-    tcp = result.flows.filter(pc.equal(result.flows["proto"], "tcp"))
+    import pyarrow.parquet as pq
+    table = pq.read_table(target, columns=["proto", "orig_h", "orig_p", "resp_h", "resp_p"])
+    tcp = table.filter(pc.equal(table["proto"], "tcp"))
     facts["tcp_flows"] = tcp.num_rows
     facts["tcp_port_pairs"] = tcp.group_by(["orig_h", "orig_p", "resp_h", "resp_p"]).aggregate([]).num_rows
 print(json.dumps(facts))
@@ -494,6 +520,13 @@ class Tool:
 
 FF_1, FF_2 = "fastflow process, 1 core", "fastflow process, 2 cores"
 FF_SEG_1, FF_SEG_2 = "fastflow process --segments, 1 core", "fastflow process --segments, 2 cores"
+STARTUP = "(startup floor) python3 -c 'import fastflow, pyarrow.parquet'"
+ARGUS = "argus -r F -w /dev/null"
+SCALE_TOOLS = (FF_1, FF_2, STARTUP, ARGUS)  # all that runs on the --scale-packets input
+# the targets of the speed issue, checked on the --scale-packets input
+TARGET_PPS_1 = 5e6  # packets/s end to end on one core
+TARGET_SPEEDUP_2 = 1.6  # two cores: this times TARGET_PPS_1
+TARGET_RSS_MB = 1024  # peak RSS, MiB (1 GiB)
 CORES = {1: "0", 2: "0,1"}  # taskset CPU lists
 
 
@@ -510,7 +543,8 @@ def can_pin() -> str:
     return ""
 
 
-def tools_for(path: str, tmp: str, packets: int, with_slow: bool, missing: dict[str, str]) -> list[Tool]:
+def tools_for(path: str, tmp: str, packets: int, with_slow: bool, missing: dict[str, str],
+              scale: bool = False) -> list[Tool]:
     py = sys.executable
     flows = os.path.join(tmp, "flows.parquet")
     segs = os.path.join(tmp, "segments.parquet")
@@ -523,7 +557,7 @@ def tools_for(path: str, tmp: str, packets: int, with_slow: bool, missing: dict[
     for name, cmd, cores in ((FF_1, process, 1), (FF_2, process, 2), (FF_SEG_1, process_seg, 1),
                              (FF_SEG_2, process_seg, 2)):
         tools.append(Tool(name, None, f"not measured: {no_pin}") if no_pin else Tool(name, pinned(cmd, cores)))
-    tools.append(Tool("(startup floor) python3 -c 'import fastflow, pyarrow.parquet'",
+    tools.append(Tool(STARTUP,
                       [py, "-c", "import fastflow, fastflow.cli, pyarrow.parquet"]))
 
     def peer(name: str, needs: list[str], cmd: list[str], count=None) -> Tool:
@@ -538,7 +572,7 @@ def tools_for(path: str, tmp: str, packets: int, with_slow: bool, missing: dict[
         peer("dpkt loop (Python, TCP header of every packet)", ["dpkt"], [py, "-c", DPKT_LOOP, path]),
         peer("nfstream NFStreamer(source=F).to_pandas()", ["nfstream"], [py, "-c", NFSTREAM_LOOP, path],
              count_last_number),
-        peer("argus -r F -w /dev/null", ["argus"], ["argus", "-r", path, "-w", "/dev/null"]),
+        peer(ARGUS, ["argus"], ["argus", "-r", path, "-w", "/dev/null"]),
         # argus appends to an existing output file, hence the rm
         peer("argus -r F -w T; ra -n -r T (records as text)", ["argus", "ra"],
              ["sh", "-c", f"rm -f {shlex.quote(argus_records)} && argus -r {shlex.quote(path)} -w "
@@ -550,6 +584,8 @@ def tools_for(path: str, tmp: str, packets: int, with_slow: bool, missing: dict[
     else:
         tools.append(Tool("tshark -T fields -e tcp.stream", None,
                           f"skipped (slow; >= {SLOW_LIMIT} packets, use --with-slow)"))
+    if scale:
+        tools = [tool for tool in tools if tool.name in SCALE_TOOLS]
     return tools
 
 
@@ -557,16 +593,30 @@ def tools_for(path: str, tmp: str, packets: int, with_slow: bool, missing: dict[
 # suite
 
 
-def run_stages(path: str, tmp: str, timeout: float, segments: bool, cores: int | None = None,
-               describe: bool = False) -> dict | None:
-    """fastflow.process() + Parquet writes in a child (pinned to `cores` if given); its timings and counts."""
-    cmd = [sys.executable, "-c", STAGES, path, tmp, "1" if segments else "0", "1" if describe else "0"]
-    proc = subprocess.run(pinned(cmd, cores) if cores else cmd, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-    if proc.returncode != 0:
-        print(f"  stages failed: {proc.stderr.strip()[-300:]}", flush=True)
-        return None
-    return json.loads(proc.stdout)
+# The stage runs: (what, overlap, cores). "flows" is stream_flows through ParquetStream, what `fastflow process`
+# runs without --segments; "segments" is the whole-capture process(want_segments=True) that --segments runs.
+STAGE_RUNS = [("flows", True, 1), ("flows", True, 2), ("flows", False, 2), ("segments", False, 1),
+              ("segments", False, 2)]
+
+
+def run_stages(path: str, tmp: str, timeout: float, what: str = "flows", overlap: bool = True,
+               cores: int | None = None, describe: bool = False) -> dict | None:
+    """One stage run in a child (pinned to `cores` if given): its Result.stats timings and counts, plus
+    "rss_mb", the child's peak RSS (ru_maxrss from os.wait4, as for the tools)."""
+    cmd = [sys.executable, "-c", STAGES, path, tmp, what, "1" if overlap else "0", "1" if describe else "0"]
+    listing = os.path.join(tmp, "stages.json")
+    o = measure(pinned(cmd, cores) if cores else cmd, timeout, stdout_path=listing)
+    try:
+        if o.status != "ok":
+            print(f"  stages failed: {o.status}", flush=True)
+            return None
+        with open(listing) as f:
+            facts = json.load(f)
+    finally:
+        if os.path.exists(listing):
+            os.remove(listing)
+    facts["rss_mb"] = o.maxrss_kb / 1024
+    return facts
 
 
 def count_reported(tools: list[Tool], results: dict, tmp: str, timeout: float) -> None:
@@ -589,19 +639,24 @@ def count_reported(tools: list[Tool], results: dict, tmp: str, timeout: float) -
 
 
 def bench_input(path: str, label: str, runs: int, timeout: float, with_slow: bool, missing: dict[str, str],
-                about: dict | None = None) -> dict:
+                about: dict | None = None, scale: bool = False) -> dict:
+    """Every tool on one input, round-robin, --runs times, and the stage runs of STAGE_RUNS after each round.
+    scale: only the SCALE_TOOLS, and no stage runs beyond the first (counting) one."""
     print(f"\n== {label}: {path}", flush=True)
     size = os.path.getsize(path)
     warm(path)
     pin_ok = not can_pin()
     with tempfile.TemporaryDirectory(prefix="fastflow-bench-", dir=OUT) as tmp:
-        first = run_stages(path, tmp, timeout, False, describe=True)  # also warms imports
+        # the streaming path, unpinned: counts the packets and connections; also warms imports
+        first = run_stages(path, tmp, timeout, "flows", describe=bool(about))
         if first is None:
             raise SystemExit(f"fastflow cannot process {path}")
         packets = first["packets"]
-        tools = tools_for(path, tmp, packets, with_slow, missing)
+        print("  counting run (stream_flows, unpinned): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in first["seconds"].items()) + f", {first['rss_mb']:.0f} MB", flush=True)
+        tools = tools_for(path, tmp, packets, with_slow, missing, scale)
         results = {t.name: {"cmd": t.cmd, "note": t.note, "outcomes": []} for t in tools}
-        stages: dict[tuple[bool, int], list[dict]] = {(seg, cores): [] for seg in (False, True) for cores in (1, 2)}
+        stages: dict[tuple[str, bool, int], list[dict]] = {key: [] for key in ([] if scale else STAGE_RUNS)}
         for run in range(runs):
             for tool in tools:
                 r = results[tool.name]
@@ -611,19 +666,20 @@ def bench_input(path: str, label: str, runs: int, timeout: float, with_slow: boo
                 r["outcomes"].append(o)
                 print(f"  run {run + 1} {tool.name}: {o.seconds:.2f} s, CPU {o.cpu_seconds:.2f} s, "
                       f"{o.maxrss_kb / 1024:.0f} MB, {o.status}", flush=True)
-            for (seg, cores), into in stages.items():
+            for (what, overlap, cores), into in stages.items():
                 if not pin_ok:
                     continue
-                st = run_stages(path, tmp, timeout, seg, cores)
+                st = run_stages(path, tmp, timeout, what, overlap, cores)
                 if st is not None:
                     into.append(st)
-                    print(f"  run {run + 1} stages{' (segments)' if seg else ''}, {cores} core(s): "
-                          + ", ".join(f"{k} {v:.3f}" for k, v in st["seconds"].items()), flush=True)
+                    print(f"  run {run + 1} stages ({what}{', overlap' if overlap else ''}), {cores} core(s): "
+                          + ", ".join(f"{k} {v:.3f}" for k, v in st["seconds"].items())
+                          + f", {st['rss_mb']:.0f} MB", flush=True)
         count_reported(tools, results, tmp, timeout)
     return {"label": label, "path": path, "tmp": tmp, "size": size, "packets": packets,
             "tcp_segments": first["tcp_segments"], "flows": first["flows"], "tcp_flows": first.get("tcp_flows"),
             "tcp_port_pairs": first.get("tcp_port_pairs"), "results": results, "stages": stages,
-            "about": about or {}}
+            "first": first, "about": about or {}, "scale": scale}
 
 
 def summarise(bench: dict) -> list[dict]:
@@ -657,7 +713,9 @@ def stage_medians(stages: list[dict]) -> dict:
     if not stages:
         return {}
     keys = stages[0]["seconds"].keys()
-    return {k: statistics.median(s["seconds"][k] for s in stages) for k in keys}
+    med = {k: statistics.median(s["seconds"][k] for s in stages) for k in keys}
+    med["rss_mb"] = max(s["rss_mb"] for s in stages)  # peak: the largest, as for the tools
+    return med
 
 
 def tool_version(tool: str) -> str:
@@ -744,6 +802,20 @@ def render_real_capture(b: dict) -> list[str]:
             f"connections on {b['tcp_port_pairs']:,} port pairs (client ports are reused within seconds).", ""]
 
 
+def render_scale_note(b: dict) -> list[str]:
+    f = b["first"]
+    sec = f["seconds"]
+    return [(f"The scale input, for the speed issue's targets (set on a capture of 26.4 M packets and about "
+            f"1.66 M connections). Only "
+            f"`fastflow process` (flows; 1 and 2 cores), argus -w /dev/null and the startup floor run here: the "
+            f"other peers (tshark, tcpdump, tcptrace, the dpkt loop, nfstream, argus + ra) and the "
+            f"whole-capture `--segments` path are far too slow or too large at this size, and are measured on "
+            f"the smaller inputs above. No stage runs either, beyond the unpinned counting run of "
+            f"`stream_flows` (overlap=True): decode {sec['decode']:.2f} s, connections {sec['connections']:.2f} s, "
+            f"tables {sec['tables']:.2f} s, total {sec['total']:.2f} s, write (commit) {sec['write']:.2f} s, "
+            f"peak RSS {f['rss_mb']:.0f} MB."), ""]
+
+
 def render(benches: list[dict], skipped_real: str | None, info: dict, command: str, args) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -784,6 +856,8 @@ def render(benches: list[dict], skipped_real: str | None, info: dict, command: s
                   f"{b['tcp_segments']:,} TCP segments, {b['flows']:,} connections found by fastflow.", ""]
         if b["about"]:
             lines += render_real_capture(b)
+        if b["scale"]:
+            lines += render_scale_note(b)
         lines += ["| tool | median s | CPU s | packets/s | MB/s | peak RSS MB | ratio to fastflow, 1 core | "
                   "ratio to fastflow, 2 cores | connections | runs (s) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -799,6 +873,8 @@ def render(benches: list[dict], skipped_real: str | None, info: dict, command: s
                          f"{fmt_rate(row['pps'])} | {row['mbps']:.0f} | {row['rss_mb']:.0f} | "
                          f"{fmt_ratio(row['ratio_1'])} | {fmt_ratio(row['ratio_2'])} | {reported} | {runs} |")
         lines += render_speedups(b, rows)
+        if b["scale"]:
+            lines += render_targets(b, rows)
     lines += ["", "## Commands", ""]
     if benches:
         b = benches[0]
@@ -811,30 +887,89 @@ def render(benches: list[dict], skipped_real: str | None, info: dict, command: s
     return "\n".join(lines)
 
 
+FLOWS_STAGES_CAPTION = (
+    "Stages of the **flows path** (what `fastflow process F -o flows.parquet` runs): `stream_flows(F, "
+    "ParquetStream(...).write, overlap=...)` then `ParquetStream.commit()`, in one child process, medians of "
+    "{n} runs. Result.stats[\"seconds\"]: decode = read + decode, connections = the streaming TCP and "
+    "UDP/ICMP engines (state, Zeek history, tags, expiry); with overlap=True both run in the background "
+    "thread and are timed there, alongside tables, so total is less than their sum (on 1 core the two "
+    "threads share the CPU, and each figure includes time the other held it); tables = Arrow tables of the "
+    "finished flows + ParquetStream.write of the full row groups, in the main thread; total = stream_flows "
+    "wall time; write = ParquetStream.commit() (last row group, footer, fsync, rename), not in total. "
+    "Peak RSS = the child's ru_maxrss (largest over the runs). Rows: overlap=True (the default, what the CLI "
+    "runs) on 1 and 2 cores, and overlap=False (everything in one thread) on 2 cores:")
+SEGMENTS_STAGES_CAPTION = (
+    "Stages of the **--segments path** (what `fastflow process F -o flows.parquet --segments S` runs): the "
+    "whole-capture `fastflow.process(F, want_segments=True)` in one child process, medians of {n} runs "
+    "(Result.stats[\"seconds\"]: decode = read + decode, connections = connections + Zeek state + tags + "
+    "UDP/ICMP flows + Community IDs, tables = Arrow tables; write = `pyarrow.parquet.write_table(..., "
+    "compression='zstd')` of each table, timed separately). Peak RSS = the child's ru_maxrss:")
+
+
+def _stage_row(label: str, med: dict, keys: list[str]) -> str:
+    return (f"| {label} | " + " | ".join(f"{med[k]:.3f}" if k in med else "" for k in keys)
+            + f" | {med['rss_mb']:.0f} |")
+
+
+def _ratio_row(label: str, num: dict, den: dict, keys: list[str]) -> str:
+    return (f"| {label} | " + " | ".join(f"{num[k] / den[k]:.2f}x" if num.get(k) and den.get(k) else ""
+                                         for k in keys) + " | |")
+
+
 def render_speedups(b: dict, rows: list[dict]) -> list[str]:
-    """The 2-core / 1-core speedup end to end, and the stage tables with 1-core, 2-core and speedup rows."""
+    """The 2-core / 1-core speedup end to end, and the stage tables of the flows (streaming) and --segments
+    (whole-capture) paths."""
     secs = {row["tool"]: row.get("seconds") for row in rows}
     lines = []
     ends = [(what, secs.get(one), secs.get(two)) for what, one, two in
             (("flows", FF_1, FF_2), ("flows + segments", FF_SEG_1, FF_SEG_2))]
-    if all(one and two for _, one, two in ends):
+    ends = [(what, one, two) for what, one, two in ends if one and two]
+    if ends:
         lines += ["", "fastflow on 2 cores vs 1 core (speedup = 1-core median / 2-core median), end to end: "
                   + ", ".join(f"{one / two:.2f}x ({what})" for what, one, two in ends) + "."]
-    for segments, title in ((False, "fastflow.process()"), (True, "fastflow.process(want_segments=True)")):
-        med = {cores: stage_medians(b["stages"][(segments, cores)]) for cores in (1, 2)}
-        if not med[1] or not med[2]:
-            continue
-        keys = list(med[1])
-        lines += ["", f"Stages of `{title}` in one child process, medians of {len(b['stages'][(segments, 1)])} "
-                  "runs (Result.stats[\"seconds\"]: decode = read + decode, connections = connections + Zeek "
-                  "state + tags + UDP/ICMP flows + Community IDs, tables = Arrow tables; write = "
-                  "`pyarrow.parquet.write_table(..., compression='zstd')` timed separately):", "",
-                  "| cores | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys),
-                  "| 1 (`taskset -c 0`) | " + " | ".join(f"{med[1][k]:.3f}" for k in keys) + " |",
-                  "| 2 (`taskset -c 0,1`) | " + " | ".join(f"{med[2].get(k, float('nan')):.3f}" for k in keys) + " |",
-                  "| speedup | " + " | ".join(f"{med[1][k] / med[2][k]:.2f}x" if med[2].get(k) else ""
-                                             for k in keys) + " |"]
+    med = {key: stage_medians(runs) for key, runs in b["stages"].items()}
+    one, two, two_inline = (med.get(("flows", True, 1)), med.get(("flows", True, 2)),
+                            med.get(("flows", False, 2)))
+    if one and two and two_inline:
+        keys = [k for k in one if k != "rss_mb"]
+        lines += ["", FLOWS_STAGES_CAPTION.format(n=len(b["stages"][("flows", True, 1)])), "",
+                  "| cores, overlap | " + " | ".join(keys) + " | peak RSS MB |",
+                  "|---|" + "---:|" * (len(keys) + 1),
+                  _stage_row("1 (`taskset -c 0`), overlap=True", one, keys),
+                  _stage_row("2 (`taskset -c 0,1`), overlap=True", two, keys),
+                  _stage_row("2 (`taskset -c 0,1`), overlap=False", two_inline, keys),
+                  _ratio_row("speedup, 2 cores vs 1 (overlap=True)", one, two, keys),
+                  _ratio_row("gain of the background thread on 2 cores (overlap=False / True)", two_inline,
+                             two, keys)]
+    one, two = med.get(("segments", False, 1)), med.get(("segments", False, 2))
+    if one and two:
+        keys = [k for k in one if k != "rss_mb"]
+        lines += ["", SEGMENTS_STAGES_CAPTION.format(n=len(b["stages"][("segments", False, 1)])), "",
+                  "| cores | " + " | ".join(keys) + " | peak RSS MB |", "|---|" + "---:|" * (len(keys) + 1),
+                  _stage_row("1 (`taskset -c 0`)", one, keys),
+                  _stage_row("2 (`taskset -c 0,1`)", two, keys),
+                  _ratio_row("speedup", one, two, keys)]
     return lines
+
+
+def render_targets(b: dict, rows: list[dict]) -> list[str]:
+    """Whether the speed issue's three targets are met on this (the --scale-packets) input, from the rows."""
+    by = {row["tool"]: row for row in rows}
+    one, two = by.get(FF_1, {}), by.get(FF_2, {})
+    if "pps" not in one or "pps" not in two:
+        return ["", "Targets: not checked (fastflow did not complete on 1 and 2 cores)."]
+    target_2 = TARGET_SPEEDUP_2 * TARGET_PPS_1
+    rss = max(one["rss_mb"], two["rss_mb"])
+
+    def met(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    return ["", (f"Targets of the speed issue on this input (computed from the medians above): "
+            f"1 core {fmt_rate(one['pps'])} packets/s vs {fmt_rate(TARGET_PPS_1)}: {met(one['pps'] >= TARGET_PPS_1)}; "
+            f"2 cores {fmt_rate(two['pps'])} packets/s vs {fmt_rate(target_2)} ({TARGET_SPEEDUP_2}x "
+            f"{fmt_rate(TARGET_PPS_1)}): {met(two['pps'] >= target_2)} (measured speedup over 1 core "
+            f"{one['seconds'] / two['seconds']:.2f}x); peak RSS {rss:.0f} MiB (largest of the 1- and 2-core "
+            f"runs) vs {TARGET_RSS_MB} MiB: {met(rss <= TARGET_RSS_MB)}.")]
 
 
 def main(argv=None) -> None:
@@ -854,6 +989,10 @@ def main(argv=None) -> None:
                         help="packets in the real nginx + wrk loopback capture (default 1000000, 100000 with "
                              "--quick; e.g. 3000000 for one the size of the issue's)")
     parser.add_argument("--no-real", action="store_true", help="skip the real loopback capture")
+    parser.add_argument("--scale-packets", type=int, default=0,
+                        help="also a synthetic input of this many packets (snaplen 128, --seed) on which only "
+                             "fastflow process (flows), argus -w /dev/null and the startup floor run, and the "
+                             "issue's targets are checked; e.g. 26400000 (default 0: none)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not apt-get/pip install missing peers and capture tools; report them missing")
     parser.add_argument("-o", "--output", default=os.path.join(HERE, "RESULTS.md"), help="where to write the results (default benchmarks/RESULTS.md)")
@@ -886,7 +1025,12 @@ def main(argv=None) -> None:
             inputs.append((path, f"Real traffic: {server} + wrk on loopback, {args.real_packets:,} packets", about))
     for path in args.input:
         inputs.append((os.path.abspath(path), f"Capture {os.path.basename(path)}", None))
-    benches = [bench_input(path, label, args.runs, args.timeout, args.with_slow, missing, about)
+    if args.scale_packets:
+        path = synthetic_input(args.scale_packets, args.seed, 128)
+        inputs.append((path, f"Scale: synthetic, {args.scale_packets:,} packets, seed {args.seed}, snaplen 128",
+                       "scale"))
+    benches = [bench_input(path, label, args.runs, args.timeout, args.with_slow, missing,
+                           None if about == "scale" else about, scale=about == "scale")
                for path, label, about in inputs]
     info = machine()
     info["rss_floor_mb"] = measure(["true"], 10).maxrss_kb / 1024  # see measure: no child shows less
