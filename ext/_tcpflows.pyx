@@ -51,6 +51,10 @@ cdef enum:
     CL_NONE = 5
 
 cdef int64_t INT64_MAX_VALUE = 0x7FFFFFFFFFFFFFFF
+
+cdef enum:
+    STAGED_RECORDS = 1024       # records per write to the spill file
+    READ_CACHE_BYTES = 1 << 18  # bytes per read from it
 cdef uint64_t NO_FRAME = 0xFFFFFFFFFFFFFFFF
 
 cdef enum:
@@ -430,7 +434,12 @@ cdef class Engine:
     cdef int64_t cold_free_head
     cdef Py_ssize_t n_cold
     cdef int spill_fd
-    cdef int64_t spill_end
+    cdef int64_t spill_end          # bytes of the spill file, the staged records included
+    cdef int64_t spill_written      # bytes on disk; records past it wait in the staging buffer
+    cdef Flow *staged               # records written to the file together (one pwrite for many)
+    cdef char *read_cache           # a stretch of the file read at once: records spilled together come back together
+    cdef int64_t read_cache_start
+    cdef int64_t read_cache_len
     cdef Flow scratch
     # shortcuts: a lower bound of the open entries' seen_max (no expiry scan while nothing can be due), the
     # smallest open first frame while known, and the order finish() releases connections in
@@ -474,6 +483,8 @@ cdef class Engine:
                     free(self.cold[i].hist_data)
                     free(self.cold[i].deferred)
         free(self.cold)
+        free(self.staged)
+        free(self.read_cache)
         free(self.table)
         free(self.rows)
         free(self.out_hist.data)
@@ -620,21 +631,39 @@ cdef class Engine:
         self.cold_free_head = c
         self.n_cold -= 1
 
+    cdef int write_staged(self) noexcept nogil:
+        cdef int64_t length = self.spill_end - self.spill_written
+        cdef ssize_t done
+        cdef char *data = <char *>self.staged
+        while length > 0:
+            done = pwrite(self.spill_fd, data, length, self.spill_written)
+            if done <= 0:
+                return ST_SPILL_FAILED
+            data += done
+            length -= done
+            self.spill_written += done
+        return ST_OK
+
     cdef int spill(self, Py_ssize_t pos) noexcept nogil:
-        """Write the hot record at table position pos to the spill file; the table keeps a Cold entry."""
+        """Stage the hot record at table position pos for the spill file; the table keeps a Cold entry."""
         cdef int64_t slot = self.table[pos]
         cdef int64_t c
         cdef Flow *f = &self.pool[slot]
+        cdef int status
         if self.spill_fd < 0:
             return ST_SPILL_FAILED
+        if self.staged == NULL:
+            self.staged = <Flow *>malloc(STAGED_RECORDS * sizeof(Flow))
+            if self.staged == NULL:
+                return ST_NO_MEMORY
+        if self.spill_end - self.spill_written == STAGED_RECORDS * sizeof(Flow):
+            status = self.write_staged()
+            if status != ST_OK:
+                return status
         c = self.new_cold()
         if c == EMPTY:
             return ST_NO_MEMORY
-        if pwrite(self.spill_fd, f, sizeof(Flow), self.spill_end) != <ssize_t>sizeof(Flow):
-            self.cold[c].offset = -1
-            self.cold[c].next_free = self.cold_free_head
-            self.cold_free_head = c
-            return ST_SPILL_FAILED
+        memcpy(&self.staged[(self.spill_end - self.spill_written) // sizeof(Flow)], f, sizeof(Flow))
         self.cold[c] = Cold(f.key, f.hash, f.seen_max, f.first_frame, self.spill_end, EMPTY, f.hist.data,
                             f.deferred)
         self.spill_end += sizeof(Flow)
@@ -644,8 +673,26 @@ cdef class Engine:
         return ST_OK
 
     cdef int read_cold(self, int64_t c, Flow *into) noexcept nogil:
-        if pread(self.spill_fd, into, sizeof(Flow), self.cold[c].offset) != <ssize_t>sizeof(Flow):
-            return ST_SPILL_FAILED
+        cdef int64_t offset = self.cold[c].offset
+        cdef int64_t length
+        cdef ssize_t got
+        if offset >= self.spill_written:       # still staged
+            memcpy(into, <char *>self.staged + (offset - self.spill_written), sizeof(Flow))
+            return ST_OK
+        if not (self.read_cache_start <= offset
+                and offset + <int64_t>sizeof(Flow) <= self.read_cache_start + self.read_cache_len):
+            if self.read_cache == NULL:
+                self.read_cache = <char *>malloc(READ_CACHE_BYTES)
+                if self.read_cache == NULL:
+                    return ST_NO_MEMORY
+            length = min(<int64_t>READ_CACHE_BYTES, self.spill_written - offset)
+            got = pread(self.spill_fd, self.read_cache, length, offset)
+            if got < <ssize_t>sizeof(Flow):
+                self.read_cache_len = 0
+                return ST_SPILL_FAILED
+            self.read_cache_start = offset
+            self.read_cache_len = got
+        memcpy(into, self.read_cache + (offset - self.read_cache_start), sizeof(Flow))
         return ST_OK
 
     cdef int revive(self, Py_ssize_t pos) noexcept nogil:
@@ -671,7 +718,7 @@ cdef class Engine:
             status = self.spill(pos)
             if status != ST_OK:
                 return status
-        return ST_OK
+        return self.write_staged()
 
     def spill_oldest(self, Py_ssize_t keep):
         """Spill the records of the open connections idle longest until at most `keep` stay in memory;
@@ -1141,6 +1188,14 @@ cdef class Engine:
                 status = self.release(pos)
                 if status != ST_OK:
                     break
+        if status == ST_OK:
+            # the oldest open connection is the next one in the order
+            if self.finish_next < len(order):
+                entry = order[self.finish_next]
+                self.min_first = self.pool[entry].first_frame if entry >= 0 else self.cold[COLD_BASE - entry].first_frame
+            else:
+                self.min_first = NO_FRAME
+            self.min_first_known = True
         return status
 
     def _open_entries_by_first_frame(self):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, _decode
+from . import __version__, _decode, tcpflows
 from .community_id import community_id
 from .datagram import DatagramStream, datagram_flows
 from .decode import CaptureReader, Damage, PFlag, Status, check_filter
@@ -482,7 +482,7 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
     timeouts = dict(DEFAULT_IDLE_TIMEOUTS_S, **(idle_timeouts_s or {}))
     timeouts_ns = {proto: int(seconds * 1e9) for proto, seconds in timeouts.items()}
     tcp_ports, udp_ports = server_ports or (ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP)
-    tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, vlan_aware)
+    tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, vlan_aware, max_in_memory=tcpflows.MAX_IN_MEMORY)
     datagram = DatagramStream(timeouts_ns, udp_ports, vlan_aware)
     out = _FlowWriter(sink, path, community_id_seed, (tcp.drain_packed(), datagram.drain()))
     seconds = {"decode": 0.0, "connections": 0.0, "tables": 0.0}

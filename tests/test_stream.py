@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus import CAPTURES, capture_names, requires_corpus
-from fastflow import pipeline
+from fastflow import pipeline, tcpflows
 from fastflow.pipeline import process, stream_flows
 from fastflow.schema import FLOWS_SCHEMA
 from fastflow.write import ParquetStream, write_tables
@@ -98,8 +98,16 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
                    check=True, capture_output=True)
     monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
     monkeypatch.setattr(pipeline, "WAIT_IN_MEMORY", wait_in_memory)
-    runs = []
+    if wait_in_memory == 100:     # and open connections through the spill file, in stages of up to 1024
+        monkeypatch.setattr(tcpflows, "MAX_IN_MEMORY", 50)
+    runs, spilled = [], []
     real_run = pipeline._RunFile
+    real_spill = tcpflows.TcpFlows._spill_if_needed
+
+    def spill_counted(self):
+        real_spill(self)
+        spilled.append(self.spill_bytes // tcpflows._tcpflows.FLOW_STATE_BYTES)
+    monkeypatch.setattr(tcpflows.TcpFlows, "_spill_if_needed", spill_counted)
 
     def counted(tables):
         run = real_run(tables)
@@ -120,6 +128,7 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
     assert want.num_rows > 1000
     if wait_in_memory == 100:     # rows really waited in run files (several per batch size)
         assert len(runs) >= 2 and sum(runs) > 1000
+        assert spilled and max(spilled) > 1024
     else:
         assert not runs
     # the split by idle timeout and the reuse rules were exercised, not only end-of-capture finishing
