@@ -403,6 +403,17 @@ cdef int defer(Flow *f, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint3
     return ST_OK
 
 
+cdef int grow_array(void **data, Py_ssize_t *capacity, size_t item_size) noexcept nogil:
+    """Double an array's capacity (1024 items at first); non-zero when memory ran out (the array stays)."""
+    cdef Py_ssize_t cap = capacity[0] * 2 if capacity[0] else 1024
+    cdef void *grown = realloc(data[0], cap * item_size)
+    if grown == NULL:
+        return 1
+    data[0] = grown
+    capacity[0] = cap
+    return 0
+
+
 cdef inline void free_flow_memory(Flow *f) noexcept nogil:
     free(f.hist.data)
     f.hist.data = NULL
@@ -582,19 +593,12 @@ cdef class Engine:
 
     cdef int64_t new_slot(self) noexcept nogil:
         cdef int64_t slot
-        cdef Flow *grown
-        cdef Py_ssize_t cap
         if self.free_head != EMPTY:
             slot = self.free_head
             self.free_head = self.pool[slot].next_free
             return slot
-        if self.pool_top == self.pool_cap:
-            cap = self.pool_cap * 2 if self.pool_cap else 1024
-            grown = <Flow *>realloc(self.pool, cap * sizeof(Flow))
-            if grown == NULL:
-                return EMPTY
-            self.pool = grown
-            self.pool_cap = cap
+        if self.pool_top == self.pool_cap and grow_array(<void **>&self.pool, &self.pool_cap, sizeof(Flow)):
+            return EMPTY
         slot = self.pool_top
         self.pool_top += 1
         return slot
@@ -603,19 +607,12 @@ cdef class Engine:
 
     cdef int64_t new_cold(self) noexcept nogil:
         cdef int64_t c
-        cdef Cold *grown
-        cdef Py_ssize_t cap
         if self.cold_free_head != EMPTY:
             c = self.cold_free_head
             self.cold_free_head = self.cold[c].next_free
             return c
-        if self.cold_top == self.cold_cap:
-            cap = self.cold_cap * 2 if self.cold_cap else 1024
-            grown = <Cold *>realloc(self.cold, cap * sizeof(Cold))
-            if grown == NULL:
-                return EMPTY
-            self.cold = grown
-            self.cold_cap = cap
+        if self.cold_top == self.cold_cap and grow_array(<void **>&self.cold, &self.cold_cap, sizeof(Cold)):
+            return EMPTY
         c = self.cold_top
         self.cold_top += 1
         return c

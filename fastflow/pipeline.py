@@ -84,6 +84,35 @@ def _concat(parts: list[dict], columns) -> dict:
     return {name: np.concatenate([p[name] for p in parts]) for name in columns}
 
 
+def _settings(filter_expr, idle_timeouts_s, server_ports):
+    """Check the filter; the idle timeouts in ns by protocol (Zeek's where not given) and the likely server
+    ports (TCP, UDP)."""
+    if filter_expr:
+        check_filter(filter_expr)
+    timeouts = dict(DEFAULT_IDLE_TIMEOUTS_S, **(idle_timeouts_s or {}))
+    timeouts_ns = {proto: int(seconds * 1e9) for proto, seconds in timeouts.items()}
+    tcp_ports, udp_ports = server_ports or (ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP)
+    return timeouts_ns, tcp_ports, udp_ports
+
+
+def _input_counts(path: str, reader: CaptureReader, source: Source, bad_ip_checksum: int, tcp_segments: int):
+    return {
+        "packets": int(reader.frames),
+        "filtered": int(reader.filtered),
+        "bad_ip_checksum": int(bad_ip_checksum),
+        "tcp_segments": int(tcp_segments),
+        "by_status": reader.status_counts,
+        "format": reader.file_format,
+        "linktypes": reader.linktypes,
+        "compression": source.compression,
+        "input_bytes": source.raw_consumed if source.compression or path == "-" else (source.size or 0),
+    }
+
+
+def _damage_stats(damage: Damage | None) -> dict | None:
+    return None if damage is None else {"kind": damage.kind, "offset": damage.offset, "message": damage.message}
+
+
 def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict | None = None,
             want_segments: bool = False, batch_size: int = 1 << 18, community_id_seed: int = 0,
             vlan_aware: bool = False, server_ports: tuple | None = None, verify_checksums: bool = False,
@@ -95,11 +124,7 @@ def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict 
     verify_checksums: as Zeek without -C, drop packets with a bad IPv4 header checksum and note bad TCP
     checksums in history (C) instead of analysing those segments."""
     started = time.perf_counter()
-    if filter_expr:
-        check_filter(filter_expr)
-    timeouts = dict(DEFAULT_IDLE_TIMEOUTS_S, **(idle_timeouts_s or {}))
-    timeouts_ns = {proto: int(seconds * 1e9) for proto, seconds in timeouts.items()}
-    tcp_ports, udp_ports = server_ports or (ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP)
+    timeouts_ns, tcp_ports, udp_ports = _settings(filter_expr, idle_timeouts_s, server_ports)
     tcp_parts, datagram_parts = [], []
     with Source(path) as source:
         reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size,
@@ -133,25 +158,14 @@ def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict 
         analysed_at = time.perf_counter()
         flows_tab = flows_table(flows, path)
         segments_tab = segments_table(seg, segments) if want_segments else None
-        counts = {
-            "packets": int(reader.frames),
-            "filtered": int(reader.filtered),
-            "bad_ip_checksum": bad_ip_checksum,
-            "tcp_segments": len(seg["frame"]),
-            "by_status": reader.status_counts,
-            "format": reader.file_format,
-            "linktypes": reader.linktypes,
-            "compression": source.compression,
-            "input_bytes": source.raw_consumed if source.compression or path == "-" else (source.size or 0),
-        }
+        counts = _input_counts(path, reader, source, bad_ip_checksum, len(seg["frame"]))
         counts.update(summary_counts(flows))
         damage = reader.damage
     finished = time.perf_counter()
     stats = {
         "source": path,
         "counts": counts,
-        "damage": None if damage is None else {"kind": damage.kind, "offset": damage.offset,
-                                               "message": damage.message},
+        "damage": _damage_stats(damage),
         "seconds": {"decode": decoded_at - started, "connections": analysed_at - decoded_at,
                     "tables": finished - analysed_at, "total": finished - started},
     }
@@ -477,11 +491,7 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
     overlap: decode and run the engines in a second thread while this one writes (same output).
     Returns a Result whose flows is None."""
     started = time.perf_counter()
-    if filter_expr:
-        check_filter(filter_expr)
-    timeouts = dict(DEFAULT_IDLE_TIMEOUTS_S, **(idle_timeouts_s or {}))
-    timeouts_ns = {proto: int(seconds * 1e9) for proto, seconds in timeouts.items()}
-    tcp_ports, udp_ports = server_ports or (ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP)
+    timeouts_ns, tcp_ports, udp_ports = _settings(filter_expr, idle_timeouts_s, server_ports)
     tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, vlan_aware, max_in_memory=tcpflows.MAX_IN_MEMORY)
     datagram = DatagramStream(timeouts_ns, udp_ports, vlan_aware)
     out = _FlowWriter(sink, path, community_id_seed, (tcp.drain_packed(), datagram.drain()))
@@ -503,25 +513,9 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
             out.close()
             tcp.close()
         bad_ip_checksum, tcp_segments = tally["bad_ip_checksum"], tally["tcp_segments"]
-        counts = {
-            "packets": int(reader.frames),
-            "filtered": int(reader.filtered),
-            "bad_ip_checksum": bad_ip_checksum,
-            "tcp_segments": int(tcp_segments),
-            "by_status": reader.status_counts,
-            "format": reader.file_format,
-            "linktypes": reader.linktypes,
-            "compression": source.compression,
-            "input_bytes": source.raw_consumed if source.compression or path == "-" else (source.size or 0),
-        }
+        counts = _input_counts(path, reader, source, bad_ip_checksum, tcp_segments)
         counts.update(out.counts)
         damage = reader.damage
     seconds["total"] = time.perf_counter() - started
-    stats = {
-        "source": path,
-        "counts": counts,
-        "damage": None if damage is None else {"kind": damage.kind, "offset": damage.offset,
-                                               "message": damage.message},
-        "seconds": seconds,
-    }
+    stats = {"source": path, "counts": counts, "damage": _damage_stats(damage), "seconds": seconds}
     return Result(None, None, stats, damage)
