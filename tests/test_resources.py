@@ -79,3 +79,61 @@ def test_capture_larger_than_the_address_space_limit(tmp_path):
     assert flows.num_rows == connections
     assert flows.column("handshake").to_pylist() == ["complete"] * connections
     assert sum(flows.column("orig_pkts").to_pylist()) + sum(flows.column("resp_pkts").to_pylist()) == packets
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs: a full disk on demand (needs root and a kernel that lets the test mount it)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def synthetic_capture(tmp_path, packets: int = 30000):
+    from pathlib import Path
+    capture = tmp_path / "synth.pcap"
+    generate = Path(__file__).resolve().parents[1] / "benchmarks" / "generate.py"
+    subprocess.run([sys.executable, str(generate), "--packets", str(packets), "--seed", "3", "-o", str(capture)],
+                   check=True, capture_output=True)
+    return capture
+
+
+def test_full_disk_gives_one_line_and_no_partial_file(tmp_path, tiny_disk):
+    capture = synthetic_capture(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "fastflow", "process", str(capture), "-o",
+                          str(tiny_disk / "flows.parquet")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"Error: {tiny_disk / 'flows.parquet'}: cannot write: No space left on device"]
+    assert list(tiny_disk.iterdir()) == []
+
+
+def test_full_temporary_folder_for_open_connections_is_an_error(tmp_path, tiny_disk, monkeypatch):
+    """Open connections beyond the in-memory limit go to TMPDIR; when that is full, the run stops with the
+    folder named, and the output is not written."""
+    import tempfile
+
+    from fastflow import tcpflows
+    from fastflow.errors import OutputError
+    from fastflow.pipeline import stream_flows
+    from fastflow.schema import FLOWS_SCHEMA
+    from fastflow.write import ParquetStream
+    capture = synthetic_capture(tmp_path)
+    monkeypatch.setattr(tcpflows, "MAX_IN_MEMORY", 1)
+    monkeypatch.setattr(tempfile, "tempdir", str(tiny_disk))
+    out = tmp_path / "flows.parquet"
+    with pytest.raises(OutputError, match=f"temporary file in {tiny_disk}"):
+        with ParquetStream(str(out), FLOWS_SCHEMA) as sink:
+            result = stream_flows(str(capture), sink.write, batch_size=1000)
+            sink.commit(result.metadata())
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
