@@ -53,6 +53,8 @@ cdef enum:
 cdef int64_t INT64_MAX_VALUE = 0x7FFFFFFFFFFFFFFF
 
 cdef enum:
+    PREFETCH_TABLE = 16         # rows ahead whose table slot is fetched
+    PREFETCH_RECORD = 8         # rows ahead whose record is fetched
     STAGED_RECORDS = 1024       # records per write to the spill file
     READ_CACHE_BYTES = 1 << 18  # bytes per read from it
 cdef uint64_t NO_FRAME = 0xFFFFFFFFFFFFFFFF
@@ -254,6 +256,23 @@ cdef inline void store_be64(uint8_t *p, uint64_t v) noexcept nogil:
     for i in range(7, -1, -1):
         p[i] = <uint8_t>(v & 0xFF)
         v >>= 8
+
+
+cdef extern from *:
+    void __builtin_prefetch(const void *address) nogil
+
+
+cdef inline bint make_key(Key *key, const uint8_t *src, const uint8_t *dst, uint16_t sp, uint16_t dp,
+                          int32_t vlan) noexcept nogil:
+    """The pair's key, lower (address, port) first; True when the source is that lower end."""
+    cdef uint64_t s_hi = load_be64(src), s_lo = load_be64(src + 8)
+    cdef uint64_t d_hi = load_be64(dst), d_lo = load_be64(dst + 8)
+    cdef bint a_is_src = s_hi < d_hi or (s_hi == d_hi and (s_lo < d_lo or (s_lo == d_lo and sp <= dp)))
+    if a_is_src:
+        key[0] = Key(s_hi, s_lo, d_hi, d_lo, vlan, sp, dp)
+    else:
+        key[0] = Key(d_hi, d_lo, s_hi, s_lo, vlan, dp, sp)
+    return a_is_src
 
 
 cdef inline uint64_t mix64(uint64_t h, uint64_t v) noexcept nogil:
@@ -957,27 +976,54 @@ cdef class Engine:
                        const int16_t *wscale, const uint8_t *sack_ok, const uint8_t *pflags) noexcept nogil:
         cdef Py_ssize_t i, pos
         cdef Key key
-        cdef uint64_t h, s_hi, s_lo, d_hi, d_lo
+        cdef uint64_t h
         cdef bint a_is_src, pure_syn, synack, new_conn, new_epoch, same_isn, bad
         cdef uint16_t flags, sp, dp
-        cdef int64_t slot
+        cdef int64_t slot, ahead
+        cdef int k, o, status
+        cdef Flow *f
+        # the hashes first, so that the table slot and the record of a segment a few rows ahead can be
+        # fetched from memory while this one is processed (with many open connections both are cache misses)
+        cdef uint64_t *hashes = <uint64_t *>malloc(n * sizeof(uint64_t))
+        if hashes == NULL:
+            return ST_NO_MEMORY
+        for i in range(n):
+            make_key(&key, src + 16 * i, dst + 16 * i, sport[i], dport[i], vlan[i] if self.vlan_aware else 0)
+            hashes[i] = key_hash(&key)
+        status = self.feed_hashed(n, hashes, frame, ts, now, vlan, ip_version, src, dst, sport, dport, seq, ack,
+                                  tcp_flags, window, payload_len, claimed_len, ip_len, mss, wscale, sack_ok, pflags)
+        free(hashes)
+        return status
+
+    cdef int feed_hashed(self, Py_ssize_t n, const uint64_t *hashes, const uint64_t *frame, const int64_t *ts,
+                         const int64_t *now, const int32_t *vlan, const uint8_t *ip_version, const uint8_t *src,
+                         const uint8_t *dst, const uint16_t *sport, const uint16_t *dport, const uint32_t *seq,
+                         const uint32_t *ack, const uint16_t *tcp_flags, const uint16_t *window,
+                         const uint32_t *payload_len, const uint32_t *claimed_len, const uint32_t *ip_len,
+                         const uint16_t *mss, const int16_t *wscale, const uint8_t *sack_ok,
+                         const uint8_t *pflags) noexcept nogil:
+        cdef Py_ssize_t i, pos
+        cdef Key key
+        cdef uint64_t h
+        cdef bint a_is_src, pure_syn, synack, new_conn, new_epoch, same_isn, bad
+        cdef uint16_t flags, sp, dp
+        cdef int64_t slot, ahead
         cdef int k, o, status
         cdef Flow *f
         for i in range(n):
-            s_hi = load_be64(src + 16 * i)
-            s_lo = load_be64(src + 16 * i + 8)
-            d_hi = load_be64(dst + 16 * i)
-            d_lo = load_be64(dst + 16 * i + 8)
+            if i + PREFETCH_TABLE < n:
+                __builtin_prefetch(&self.table[hashes[i + PREFETCH_TABLE] & self.table_mask])
+            if i + PREFETCH_RECORD < n:
+                ahead = self.table[hashes[i + PREFETCH_RECORD] & self.table_mask]
+                if ahead >= 0:     # the record spans ten cache lines; these hold what every segment touches
+                    __builtin_prefetch(&self.pool[ahead])
+                    __builtin_prefetch(&self.pool[ahead].zc)
+                    __builtin_prefetch(&self.pool[ahead].hs[0])
+                    __builtin_prefetch(&self.pool[ahead].td)
             sp = sport[i]
             dp = dport[i]
-            a_is_src = s_hi < d_hi or (s_hi == d_hi and (s_lo < d_lo or (s_lo == d_lo and sp <= dp)))
-            if a_is_src:
-                key = Key(s_hi, s_lo, d_hi, d_lo, 0, sp, dp)
-            else:
-                key = Key(d_hi, d_lo, s_hi, s_lo, 0, dp, sp)
-            if self.vlan_aware:
-                key.vlan = vlan[i]
-            h = key_hash(&key)
+            a_is_src = make_key(&key, src + 16 * i, dst + 16 * i, sp, dp, vlan[i] if self.vlan_aware else 0)
+            h = hashes[i]
             flags = tcp_flags[i]
             pure_syn = (flags & SYN) != 0 and (flags & ACK) == 0
             synack = (flags & SYN) != 0 and (flags & ACK) != 0
