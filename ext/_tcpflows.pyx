@@ -760,9 +760,8 @@ cdef class Engine:
 
     # --- connections -----------------------------------------------------------------------------------
 
-    cdef void start_connection(self, Flow *f, bint a_is_src, uint64_t frame, int64_t ts, const uint8_t *src,
-                               const uint8_t *dst, uint16_t sport, uint16_t dport, uint8_t ip_version,
-                               int32_t vlan, uint16_t flags) noexcept nogil:
+    cdef void start_connection(self, Flow *f, bint a_is_src, uint64_t frame, int64_t ts, uint16_t sport,
+                               uint16_t dport, uint8_t ip_version, int32_t vlan, uint16_t flags) noexcept nogil:
         cdef bint src_srv, dst_srv, flip = False
         # everything of the connection starts from zero; the pair's fields are kept by the caller
         f.ev_rst = False
@@ -974,14 +973,9 @@ cdef class Engine:
                        const uint16_t *tcp_flags, const uint16_t *window, const uint32_t *payload_len,
                        const uint32_t *claimed_len, const uint32_t *ip_len, const uint16_t *mss,
                        const int16_t *wscale, const uint8_t *sack_ok, const uint8_t *pflags) noexcept nogil:
-        cdef Py_ssize_t i, pos
+        cdef Py_ssize_t i
         cdef Key key
-        cdef uint64_t h
-        cdef bint a_is_src, pure_syn, synack, new_conn, new_epoch, same_isn, bad
-        cdef uint16_t flags, sp, dp
-        cdef int64_t slot, ahead
-        cdef int k, o, status
-        cdef Flow *f
+        cdef int status
         # the hashes first, so that the table slot and the record of a segment a few rows ahead can be
         # fetched from memory while this one is processed (with many open connections both are cache misses)
         cdef uint64_t *hashes = <uint64_t *>malloc(n * sizeof(uint64_t))
@@ -1075,8 +1069,7 @@ cdef class Engine:
                 f.ep_has_syn = False
                 f.ep_has_synack = False
             if new_conn:
-                self.start_connection(f, a_is_src, frame[i], ts[i], src + 16 * i, dst + 16 * i, sp, dp,
-                                      ip_version[i], vlan[i], flags)
+                self.start_connection(f, a_is_src, frame[i], ts[i], sp, dp, ip_version[i], vlan[i], flags)
 
             # the pair
             if ts[i] > f.seen_max:
