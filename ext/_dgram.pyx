@@ -823,6 +823,46 @@ cdef class DgramEngine:
         self._reset_flows()
         return ST_OK
 
+    # --- saving and restoring the open flows (fastflow batch carries them across files and runs) ----------
+
+    def snapshot_blocks(self, Py_ssize_t per_block=4096):
+        """The open flows in first-packet order as blocks of bytes (whole Flow records), for restore() in an
+        engine of the same build and settings. A generator; the engine is not changed."""
+        cdef Py_ssize_t fi = self.e.head, k
+        while fi >= 0:
+            parts = []
+            k = 0
+            while fi >= 0 and k < per_block:
+                parts.append((<char *>&self.e.pool[fi])[:sizeof(Flow)])
+                fi = self.e.pool[fi].next
+                k += 1
+            yield b"".join(parts)
+
+    def restore(self, const uint8_t[::1] block not None):
+        """Append the open flows of one snapshot block (after those already open: blocks in order, before
+        any feed()). Returns a status code; raises ValueError for a block this build did not write."""
+        cdef Py_ssize_t at = 0, n = block.shape[0], fi
+        cdef Flow rec
+        if n % <Py_ssize_t>sizeof(Flow):
+            raise ValueError("snapshot block: truncated record")
+        while at < n:
+            memcpy(&rec, &block[at], sizeof(Flow))
+            at += sizeof(Flow)
+            rec.hash = key_hash(rec.a, rec.b, rec.a_p, rec.b_p, rec.ip_proto, rec.kvlan)
+            if table_find(&self.e, rec.hash, rec.a, rec.b, rec.a_p, rec.b_p, rec.ip_proto, rec.kvlan) >= 0:
+                raise ValueError("snapshot block: a flow that is already open")
+            if pool_reserve(&self.e) != ST_OK or table_reserve(&self.e, self.e.n_open + 1) != ST_OK:
+                return ST_NO_MEMORY
+            fi = pool_take(&self.e)
+            rec.heap_pos = -1
+            self.e.pool[fi] = rec
+            list_append(&self.e, fi)
+            table_put(self.e.table, self.e.table_cap - 1, rec.hash, fi)
+            self.e.n_open += 1
+            if rec.timeout > 0:
+                heap_push(&self.e, fi, deadline(rec.ts_last, rec.timeout))
+        return ST_OK
+
     def drain(self):
         """The finalized flows as raw columns (finalization order); empties the output buffer."""
         cdef Py_ssize_t n = self.e.out_len

@@ -1269,6 +1269,92 @@ cdef class Engine:
         self.min_first_known = True
         return low
 
+    # --- saving and restoring the open connections (fastflow batch carries them across files and runs) ----
+
+    def snapshot_blocks(self, Py_ssize_t per_block=1024):
+        """The open connections, oldest first, as blocks of bytes (each whole records: the Flow record,
+        then its history text and its deferred segments), for restore() in an engine of the same build.
+        A generator, so that a million open connections are never all copied at once; the engine is not
+        changed. Raises OSError if a record cannot be read back from the spill file."""
+        cdef Flow rec
+        cdef int64_t entry
+        cdef Py_ssize_t i, n
+        order = self._open_entries_by_first_frame()
+        n = len(order)
+        for start in range(0, n, per_block):
+            parts = []
+            for i in range(start, min(start + per_block, n)):
+                entry = order[i]
+                if entry >= 0:
+                    rec = self.pool[entry]
+                elif self.read_cold(COLD_BASE - entry, &rec) != ST_OK:
+                    raise OSError("cannot read an open connection back from the spill file")
+                parts.append((<char *>&rec)[:sizeof(Flow)])
+                if rec.hist.len:
+                    parts.append(rec.hist.data[:rec.hist.len])
+                if rec.n_deferred:
+                    parts.append((<char *>rec.deferred)[:rec.n_deferred * sizeof(Deferred)])
+            yield b"".join(parts)
+
+    def restore(self, const uint8_t[::1] block not None):
+        """Add the open connections of one snapshot block; returns a status code. Raises ValueError for
+        a block this build did not write (truncated, or a key that is already open)."""
+        cdef Py_ssize_t at = 0, n = block.shape[0], pos
+        cdef int64_t slot
+        cdef Flow *f
+        cdef Flow rec
+        cdef size_t hist_bytes, deferred_bytes
+        while at < n:
+            if n - at < <Py_ssize_t>sizeof(Flow):
+                raise ValueError("snapshot block: truncated record")
+            memcpy(&rec, &block[at], sizeof(Flow))
+            at += sizeof(Flow)
+            hist_bytes = <size_t>rec.hist.len
+            deferred_bytes = <size_t>rec.n_deferred * sizeof(Deferred)
+            if rec.hist.len < 0 or <size_t>(n - at) < hist_bytes + deferred_bytes:
+                raise ValueError("snapshot block: truncated record")
+            rec.hash = key_hash(&rec.key)
+            pos = self.find(&rec.key, rec.hash)
+            if self.table[pos] != EMPTY:
+                raise ValueError("snapshot block: a connection that is already open")
+            rec.hist.data = NULL
+            rec.hist.cap = 0
+            rec.deferred = NULL
+            rec.cap_deferred = 0
+            if hist_bytes:
+                rec.hist.data = <char *>malloc(hist_bytes)
+                if rec.hist.data == NULL:
+                    return ST_NO_MEMORY
+                memcpy(rec.hist.data, &block[at], hist_bytes)
+                rec.hist.cap = rec.hist.len
+            at += hist_bytes
+            if deferred_bytes:
+                rec.deferred = <Deferred *>malloc(deferred_bytes)
+                if rec.deferred == NULL:
+                    free(rec.hist.data)
+                    return ST_NO_MEMORY
+                memcpy(rec.deferred, &block[at], deferred_bytes)
+                rec.cap_deferred = rec.n_deferred
+            at += deferred_bytes
+            slot = self.new_slot()
+            if slot == EMPTY:
+                free(rec.hist.data)
+                free(rec.deferred)
+                return ST_NO_MEMORY
+            rec.used = True
+            rec.next_free = EMPTY
+            self.pool[slot] = rec
+            self.table[pos] = slot
+            self.n_open += 1
+            if rec.seen_max < self.seen_floor:
+                self.seen_floor = rec.seen_max
+            if <uint64_t>self.n_open * 2 > self.table_mask:
+                if self.grow_table() != ST_OK:
+                    return ST_NO_MEMORY
+        self.min_first_known = False
+        self.finish_order = None
+        return ST_OK
+
     def drain(self):
         """The finished connections since the last drain: (structured array of ROW_DTYPE, history bytes)."""
         rows = np.empty(self.n_rows, dtype=ROW_DTYPE)

@@ -351,6 +351,16 @@ class DatagramStream:
     def min_open_first_frame(self) -> int:
         return self._engine.min_open_first_frame()
 
+    def snapshot_blocks(self):
+        """The open flows as blocks of bytes in first-packet order (restore_blocks() takes them back, in a
+        DatagramStream of the same fastflow build and settings); this engine is not changed."""
+        yield from self._engine.snapshot_blocks()
+
+    def restore_blocks(self, blocks) -> None:
+        """Open flows saved by snapshot_blocks(), in order, before the first feed()."""
+        for block in blocks:
+            self._check(self._engine.restore(np.frombuffer(block, dtype=np.uint8)))
+
     def drain(self) -> dict:
         raw = self._engine.drain()
         first_frame = raw["first_frame"]

@@ -117,6 +117,20 @@ class TcpFlows:
         if self._engine.open_count == 0:
             self.close()
 
+    def snapshot_blocks(self):
+        """The open connections as blocks of bytes, oldest first (restore_blocks() takes them back, in a
+        TcpFlows of the same fastflow build and settings); this engine is not changed."""
+        try:
+            yield from self._engine.snapshot_blocks()
+        except OSError as exc:
+            raise OutputError(f"cannot read open connections back from a temporary file: {exc}") from None
+
+    def restore_blocks(self, blocks) -> None:
+        """Open connections saved by snapshot_blocks(), before the first feed()."""
+        for block in blocks:
+            _check(self._engine.restore(np.frombuffer(block, dtype=np.uint8)))
+            self._spill_if_needed()
+
     def drain(self) -> dict:
         return rows_to_flows(*self.drain_packed())
 
