@@ -39,6 +39,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("capture", help="pcap or pcapng file, optionally gzip/zstd/xz/bz2 compressed; - for stdin")
     p.add_argument("-o", "--output", required=True, help="flows Parquet file to write")
     p.add_argument("--segments", metavar="PATH", help="also write one row per TCP segment to PATH")
+    _analysis_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing unless something is wrong")
+    p.add_argument("--summary-json", metavar="PATH", help="also write the run's counts as JSON")
+
+    b = sub.add_parser("batch", help="process an archive of rotated captures into a Parquet dataset, "
+                                     "incrementally (for cron)")
+    b.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="capture files, folders (walked recursively) or glob patterns")
+    b.add_argument("-o", "--output", required=True, metavar="DATASET", help="the dataset folder")
+    b.add_argument("--files-from", metavar="FILE", help="also the paths listed in FILE, one a line (- for stdin)")
+    b.add_argument("-j", "--jobs", type=int, metavar="N", help="worker processes (default: the number of cores)")
+    b.add_argument("--stream-pattern", metavar="REGEX",
+                   help="name each file's capture stream by this regex's first group (or whole match) on its "
+                        "path, instead of by its folder")
+    b.add_argument("--min-age", type=float, default=60.0, metavar="SECONDS",
+                   help="leave files modified less than this long ago for the next run (default 60)")
+    b.add_argument("--flush", action="store_true",
+                   help="write the connections still open at the end as they are, instead of keeping them "
+                        "for the next run")
+    _analysis_options(b)
+    b.add_argument("-q", "--quiet", action="store_true", help="print nothing unless something is wrong")
+    b.add_argument("--summary-json", metavar="PATH", help="also write the run's counts, durations and failures "
+                                                           "as JSON")
+
+    s = sub.add_parser("show", help="print a flows table, or one connection's segments")
+    s.add_argument("file", help="a flows or segments Parquet file written by fastflow")
+    s.add_argument("--conn", type=int, metavar="ID", help="list this connection's segments, tcpdump style")
+    s.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 for all)")
+    return parser
+
+
+def _analysis_options(p: argparse.ArgumentParser) -> None:
+    """The options that decide the analysis, the same for process and batch."""
     p.add_argument("--filter", metavar="EXPR", help="libpcap filter expression, as tcpdump takes it")
     p.add_argument("--idle-timeout", metavar="[PROTO=]SECONDS[,...]",
                    help="silence after which a new connection starts on the same key, per protocol (tcp, udp, "
@@ -56,15 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the Community ID hash, 0-65535 (default 0)")
     p.add_argument("--compression", default="zstd",
                    choices=("zstd", "snappy", "gzip", "brotli", "lz4", "none"), help="Parquet compression")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing unless something is wrong")
-    p.add_argument("--summary-json", metavar="PATH", help="also write the run's counts as JSON")
-
-    s = sub.add_parser("show", help="print a flows table, or one connection's segments")
-    s.add_argument("file", help="a flows or segments Parquet file written by fastflow")
-    s.add_argument("--conn", type=int, metavar="ID", help="list this connection's segments, tcpdump style")
-    s.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 for all)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "process":
             return _process(args)
+        if args.command == "batch":
+            return _batch(args)
         from .show import show
         show(args.file, conn=args.conn, limit=args.limit, out=sys.stdout)
         return EXIT_OK
@@ -92,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 def _process(args) -> int:
     from .pipeline import process, stream_flows
     from .schema import FLOWS_SCHEMA
-    from .server_ports import parse_ports
     from .write import ParquetStream, check_output, write_tables
 
     outputs = [args.output] + ([args.segments] if args.segments else [])
@@ -100,19 +126,8 @@ def _process(args) -> int:
         raise UsageError("--segments and -o name the same file")
     for path in outputs:
         check_output(path, args.overwrite, [args.capture])
-    timeouts = _parse_timeouts(args.idle_timeout) if args.idle_timeout else None
-    if not 0 <= args.community_id_seed <= 0xFFFF:
-        raise UsageError("--community-id-seed must be between 0 and 65535")
-    server_ports = None
-    if args.likely_server_ports is not None:
-        try:
-            server_ports = parse_ports(args.likely_server_ports)
-        except ValueError as exc:
-            raise UsageError(f"--likely-server-ports: {exc}") from None
     progress = _Progress(sys.stderr) if (not args.quiet and sys.stderr.isatty()) else None
-    options = dict(filter_expr=args.filter, idle_timeouts_s=timeouts, community_id_seed=args.community_id_seed,
-                   vlan_aware=args.vlan_aware, server_ports=server_ports, verify_checksums=args.verify_checksums,
-                   progress=progress)
+    options = dict(_analysis_settings(args), progress=progress)
     if args.segments:
         # the segments table needs every segment's final connection values: whole-capture stages
         result = process(args.capture, want_segments=True, **options)
@@ -145,6 +160,64 @@ def _process(args) -> int:
     if not args.quiet:
         print(_summary(result.stats, outputs), file=sys.stderr)
     return EXIT_DAMAGED if result.damage is not None else EXIT_OK
+
+
+def _analysis_settings(args) -> dict:
+    """The analysis options as pipeline keyword arguments; UsageError for a bad one."""
+    from .server_ports import parse_ports
+
+    timeouts = _parse_timeouts(args.idle_timeout) if args.idle_timeout else None
+    if not 0 <= args.community_id_seed <= 0xFFFF:
+        raise UsageError("--community-id-seed must be between 0 and 65535")
+    server_ports = None
+    if args.likely_server_ports is not None:
+        try:
+            server_ports = parse_ports(args.likely_server_ports)
+        except ValueError as exc:
+            raise UsageError(f"--likely-server-ports: {exc}") from None
+    return dict(filter_expr=args.filter, idle_timeouts_s=timeouts, community_id_seed=args.community_id_seed,
+                vlan_aware=args.vlan_aware, server_ports=server_ports, verify_checksums=args.verify_checksums)
+
+
+def _batch(args) -> int:
+    from .batch import Settings, run
+
+    sources = list(args.sources)
+    if args.files_from:
+        try:
+            if args.files_from == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                with open(args.files_from) as f:
+                    lines = f.read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"--files-from {args.files_from}: {exc.strerror or exc}") from None
+        sources += [line.strip() for line in lines if line.strip()]
+    if not sources:
+        raise UsageError("batch: no SOURCE given (files, folders, patterns or --files-from)")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("-j must be at least 1")
+    if args.min_age < 0:
+        raise UsageError("--min-age must not be negative")
+    settings = Settings(**_analysis_settings(args), compression=args.compression)
+    progress = _Progress(sys.stderr) if (not args.quiet and sys.stderr.isatty()) else None
+    summary = run(sources, args.output, settings=settings, jobs=args.jobs, stream_pattern=args.stream_pattern,
+                  min_age_s=args.min_age, flush=args.flush, progress=progress)
+    if progress:
+        progress.done()
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+    for failure in summary["failed"]:
+        print(f"Error: {failure['error']}", file=sys.stderr)
+    for damaged in summary["damaged"]:
+        print(f"Warning: {damaged['error']}; the packets before it were processed", file=sys.stderr)
+    if not args.quiet:
+        print(f"{summary['dataset']}: {summary['processed']} files processed ({summary['unchanged']} unchanged, "
+              f"{summary['young']} too young, {len(summary['failed'])} failed, {len(summary['damaged'])} damaged), "
+              f"{summary['packets']} packets, {summary['flows_written']} connections written, "
+              f"{summary['open_carried']} open carried to the next run, {summary['seconds']:.2f} s", file=sys.stderr)
+    return EXIT_DAMAGED if summary["failed"] or summary["damaged"] else EXIT_OK
 
 
 def _parse_timeouts(text: str) -> dict:

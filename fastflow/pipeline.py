@@ -369,9 +369,7 @@ class _FlowWriter:
 
     def to_table(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> pa.Table:
         """Rows of both engines as one flows table in first-frame order (conn_id set when written)."""
-        flows, _ = combine_flows(rows_to_flows(*tcp), datagram)
-        flows["community_id"] = community_id(flows["orig_addr"], flows["resp_addr"], flows["ip_version"],
-                                             flows["ip_proto"], flows["orig_p"], flows["resp_p"], seed=self.seed)
+        flows = finished_flows(tcp, datagram, self.seed)
         _add_counts(self.counts, summary_counts(flows))
         return flows_table(flows, self.source)
 
@@ -387,6 +385,15 @@ class _FlowWriter:
         self.runs = []
 
 
+def finished_flows(tcp: tuple[np.ndarray, bytes], datagram: dict, seed: int) -> dict:
+    """The engines' rows (packed TCP rows, datagram flows) as one set of flows columns in first-frame order,
+    Community ID included."""
+    flows, _ = combine_flows(rows_to_flows(*tcp), datagram)
+    flows["community_id"] = community_id(flows["orig_addr"], flows["resp_addr"], flows["ip_version"],
+                                         flows["ip_proto"], flows["orig_p"], flows["resp_p"], seed=seed)
+    return flows
+
+
 def _add_counts(total: dict, more: dict) -> None:
     for key, value in more.items():
         if isinstance(value, dict):
@@ -395,11 +402,15 @@ def _add_counts(total: dict, more: dict) -> None:
             total[key] += value
 
 
-def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, tally: dict, seconds: dict):
+def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, tally: dict, seconds: dict,
+              finish: bool = True, frame_high: int = 0):
     """Decode, feed the engines; yield (TCP rows, datagram flows, watermark, last) after each batch and at
     the end, where every connection finishes, the TCP ones oldest first and a portion at a time (a capture
-    that ends with a million open connections is then written without holding all their rows)."""
-    network_time = np.iinfo(np.int64).min
+    that ends with a million open connections is then written without holding all their rows).
+    finish=False leaves the open connections in the engines (batch.py carries them to the next file);
+    frame_high is or'ed into the frame numbers (batch.py: the file's number in its stream); network time
+    starts from, and ends in, tally["network_time"] when given."""
+    network_time = tally.get("network_time", np.iinfo(np.int64).min)
     batches = reader.batches()
     while True:
         t0 = time.perf_counter()
@@ -409,6 +420,9 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         if batch is None:
             break
         network_time = add_network_time(batch, network_time)
+        tally["network_time"] = network_time
+        if frame_high:
+            batch["frame"] = batch["frame"] | np.uint64(frame_high)
         status = batch["status"]
         valid = (batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
         tally["bad_ip_checksum"] += int(valid.size - np.count_nonzero(valid))
@@ -428,6 +442,8 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
                 min(tcp.min_open_first_frame(), datagram.min_open_first_frame()), False)
         seconds["connections"] += time.perf_counter() - t1
         yield item
+    if not finish:
+        return
     datagram.finish()
     while True:
         t1 = time.perf_counter()

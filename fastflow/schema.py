@@ -100,6 +100,20 @@ SEGMENTS_FIELDS = [
 SEGMENTS_NULLABLE = frozenset({"rel_seq", "rel_ack", "handshake_step", "teardown_step"})
 
 FLOWS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in FLOWS_FIELDS])
+
+# `fastflow batch` datasets: the same columns, the provenance ones for a stream of files (docs/batch.md)
+_BATCH_PROVENANCE = {
+    "conn_id": ("connection id, unique in its stream: the first packet's file number in the stream times "
+                "2**32 plus its frame number in that file"),
+    "source": "the file of the connection's first packet",
+    "first_frame": "frame number of the first packet in `source` (from 1, as Wireshark)",
+    "last_frame": "frame number of the last packet in `last_source`",
+}
+BATCH_FLOWS_FIELDS = [(n, t, _BATCH_PROVENANCE.get(n, d)) for n, t, d in FLOWS_FIELDS] + [
+    ("last_source", pa.string(), "the file of the connection's last packet"),
+    ("stream", pa.string(), "the capture stream (by default the files' folder) the connection belongs to"),
+]
+BATCH_FLOWS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in BATCH_FLOWS_FIELDS])
 SEGMENTS_SCHEMA = pa.schema([pa.field(n, t, nullable=n in SEGMENTS_NULLABLE, metadata={"description": d})
                              for n, t, d in SEGMENTS_FIELDS])
 

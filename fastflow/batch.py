@@ -1,0 +1,705 @@
+"""Capture archives: `fastflow batch` turns directories of rotated captures into one Hive-partitioned
+Parquet dataset, incrementally, from cron.
+
+Files are grouped into streams (by default one per folder) and ordered by their first packet. A stream's
+files go through the same streaming engines as `fastflow process`, one after the other, so connections cross
+file boundaries exactly as if the stream were one capture; the connections still open at the end of a run are
+saved with the dataset (the engines' snapshots) and continued by the next run. Streams run in parallel worker
+processes (-j). docs/batch.md describes the dataset, the manifest and the guarantees.
+
+Crash safety: every file goes in under a temporary name and is renamed into place; the manifest (rewritten
+atomically) is the only record of which outputs and which saved state belong to the dataset, and a run first
+removes whatever a killed run left that the manifest does not name."""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import struct
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__, tcpflows
+from .datagram import DatagramStream
+from .decode import CaptureReader
+from .errors import FastflowError, InputError, OutputError, UsageError
+from .pipeline import _finished, _settings, finished_flows
+from .schema import BATCH_FLOWS_SCHEMA, file_metadata, fixed_width_array, flows_table, string_array
+from .source import Source, sniff_compression
+from .summary import summary_counts
+from .tcpflows import TcpFlows, concat_packed
+from .write import ParquetStream
+
+META_DIR = "_fastflow"
+MANIFEST = "manifest.json"
+FRAME_BITS = 32                 # frame numbers in the engines: the file's number in its stream << 32 | frame
+MAX_FRAMES_PER_FILE = (1 << FRAME_BITS) - 1
+STATE_MAGIC = b"FASTFLOW-STATE\n"
+CAPTURE_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
+                  b"\x0a\x0d\x0d\x0a")
+
+
+class LockedError(FastflowError):
+    """Another batch run holds the dataset."""
+
+    exit_code = 75      # sysexits EX_TEMPFAIL: try again later
+
+
+@dataclass
+class Settings:
+    filter_expr: str | None = None
+    idle_timeouts_s: dict | None = None
+    community_id_seed: int = 0
+    vlan_aware: bool = False
+    server_ports: tuple | None = None
+    verify_checksums: bool = False
+    compression: str = "zstd"
+
+    def key(self) -> dict:
+        """What must not change between the runs of one dataset (the saved connections depend on it)."""
+        ports = self.server_ports
+        return {"filter": self.filter_expr, "idle_timeouts_s": self.idle_timeouts_s,
+                "community_id_seed": self.community_id_seed, "vlan_aware": self.vlan_aware,
+                "server_ports": None if ports is None else [sorted(map(int, p)) for p in ports],
+                "verify_checksums": self.verify_checksums}
+
+
+def _crash_point(label: str) -> None:
+    """Where tests kill the run (FASTFLOW_TEST_KILL_AT=label or label:N for the N-th time, from 1), to show
+    that a run killed at any moment leaves a dataset the next run completes."""
+    want = os.environ.get("FASTFLOW_TEST_KILL_AT")
+    if not want or want.partition(":")[0] != label:
+        return
+    _crash_counts[label] = _crash_counts.get(label, 0) + 1
+    if _crash_counts[label] == int(want.partition(":")[2] or 1):
+        os.kill(os.getpid(), 9)
+
+
+_crash_counts: dict[str, int] = {}
+
+
+# --- finding the inputs -------------------------------------------------------------------------------------
+
+def looks_like_capture(path: str) -> bool:
+    """pcap / pcapng magic, or a compressed stream (checked when decoded)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return head[:4] in CAPTURE_MAGICS or sniff_compression(head) is not None
+
+
+def discover(sources: list[str], dataset: str) -> tuple[list[str], list[str]]:
+    """The input files named by sources (files, folders walked recursively, glob patterns), absolute and
+    without duplicates; and the files of folders that are not captures (left alone). A named file or folder
+    that does not exist is a usage error; a pattern that matches nothing is not (an archive may be empty)."""
+    found: dict[str, None] = {}
+    ignored: list[str] = []
+    skip = os.path.abspath(dataset)
+
+    def add_tree(folder: str) -> None:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.join(root, d) != skip)
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                if name.startswith(".") or not os.path.isfile(path):
+                    continue
+                if looks_like_capture(path):
+                    found[path] = None
+                else:
+                    ignored.append(path)
+
+    for source in sources:
+        path = os.path.abspath(source)
+        if os.path.isdir(path):
+            add_tree(path)
+        elif os.path.isfile(path):
+            found[path] = None
+        elif glob.has_magic(source):
+            for match in sorted(glob.glob(source, recursive=True)):
+                match = os.path.abspath(match)
+                if os.path.isdir(match):
+                    add_tree(match)
+                elif os.path.isfile(match):
+                    found[match] = None
+        else:
+            raise UsageError(f"{source}: no such file or folder")
+    return list(found), ignored
+
+
+def stream_of(path: str, pattern: re.Pattern | None) -> str:
+    """The stream a file belongs to: --stream-pattern's first group (or whole match) on its path, else its
+    folder."""
+    if pattern is not None:
+        m = pattern.search(path)
+        if m:
+            return m.group(1) if m.re.groups else m.group(0)
+    return os.path.dirname(path)
+
+
+def fingerprint(path: str, size: int) -> str:
+    """A content fingerprint cheap enough for thousands of files: BLAKE2b of the size and of the first and
+    last MiB (a capture that changes is appended to or rewritten, which changes one of them)."""
+    h = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(size - (1 << 20))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+def first_packet_time(path: str) -> int | None:
+    """The first packet's timestamp (ns), None for a capture without packets. Raises FastflowError."""
+    with Source(path) as source:
+        reader = CaptureReader(source, batch_size=1)
+        for batch in reader.batches():
+            if len(batch["ts"]):
+                return int(batch["ts"][0])
+        return None
+
+
+# --- one stream: its files through the engines, in order -------------------------------------------------
+
+def _write_state(path: str, tcp: TcpFlows, datagram: DatagramStream, network_time: int) -> None:
+    """The open connections of both engines: a JSON header line, then length-prefixed snapshot blocks."""
+    header = {"fastflow_version": __version__, "network_time": int(network_time),
+              "tcp_open": tcp.open_count, "datagram_open": datagram.open_count}
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(STATE_MAGIC + json.dumps(header).encode() + b"\n")
+        for kind, engine in ((b"T", tcp), (b"D", datagram)):
+            for block in engine.snapshot_blocks():
+                f.write(kind + struct.pack("<Q", len(block)))
+                f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_state(path: str, tcp: TcpFlows, datagram: DatagramStream) -> int:
+    """Restore the engines from a state file; returns the network time saved with it."""
+    with open(path, "rb") as f:
+        if f.read(len(STATE_MAGIC)) != STATE_MAGIC:
+            raise InputError(f"{path}: not a fastflow state file")
+        header = json.loads(f.readline())
+        if header.get("fastflow_version") != __version__:
+            raise UsageError(f"{path}: saved by fastflow {header.get('fastflow_version')}, this is {__version__}: "
+                             "finish the dataset's open connections with that version's --flush first")
+        while kind := f.read(1):
+            (length,) = struct.unpack("<Q", f.read(8))
+            block = f.read(length)
+            if len(block) != length or kind not in (b"T", b"D"):
+                raise InputError(f"{path}: state file cut short")
+            (tcp if kind == b"T" else datagram).restore_blocks([block])
+    return int(header["network_time"])
+
+
+class _PartWriter:
+    """A file's finished connections, one Parquet part per UTC day of ts_start (Hive: date=YYYY-MM-DD)."""
+
+    def __init__(self, dataset: str, stem: str, compression: str):
+        self.dataset, self.stem, self.compression = dataset, stem, compression
+        self.parts: dict[str, ParquetStream] = {}
+
+    def write(self, table: pa.Table) -> None:
+        ts = table.column("ts_start").to_numpy().astype("datetime64[D]")
+        days, where = np.unique(ts, return_inverse=True)
+        for k, day in enumerate(days):
+            part = self.parts.get(str(day))
+            if part is None:
+                folder = os.path.join(self.dataset, "flows", f"date={day}")
+                os.makedirs(folder, exist_ok=True)
+                part = self.parts[str(day)] = ParquetStream(os.path.join(folder, f"{self.stem}.parquet"),
+                                                            BATCH_FLOWS_SCHEMA, self.compression)
+            rows = np.flatnonzero(where == k)
+            part.write(table if rows.size == table.num_rows else table.take(fixed_width_array(rows, pa.int64())))
+
+    def commit(self, metadata: dict[bytes, bytes]) -> list[str]:
+        names = []
+        for part in self.parts.values():
+            part.commit(metadata)
+            names.append(os.path.relpath(part.path, self.dataset))
+        self.parts = {}
+        return sorted(names)
+
+    def discard(self) -> None:
+        for part in self.parts.values():
+            part._discard()
+        self.parts = {}
+
+
+def _provenance(table: pa.Table, first: np.ndarray, last: np.ndarray, files: dict[int, str],
+                stream: str) -> pa.Table:
+    """Engine frame numbers (file number << 32 | frame) as file paths and frame numbers in those files."""
+    def paths(frames):
+        numbers = frames >> np.uint64(FRAME_BITS)
+        names = np.array([files[int(k)] for k in range(int(numbers.max()) + 1)] if len(frames) else [], dtype=object)
+        return string_array(names[numbers.astype(np.int64)] if len(frames) else np.array([], dtype=object))
+
+    mask = np.uint64(MAX_FRAMES_PER_FILE)
+    columns = {
+        "conn_id": fixed_width_array(first, pa.uint64()),
+        "source": paths(first),
+        "first_frame": fixed_width_array(first & mask, pa.uint64()),
+        "last_frame": fixed_width_array(last & mask, pa.uint64()),
+    }
+    for name, column in columns.items():
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, BATCH_FLOWS_SCHEMA.field(name), column)
+    table = table.append_column(BATCH_FLOWS_SCHEMA.field("last_source"), paths(last))
+    return table.append_column(BATCH_FLOWS_SCHEMA.field("stream"), string_array(np.full(table.num_rows, stream,
+                                                                                         dtype=object)))
+
+
+def process_stream(job: dict) -> dict:
+    """Run one stream's new files (job: see run()). Returns, per file, its status, counts and outputs, and
+    the new state file. Runs in a worker process: every error is returned, never raised."""
+    settings: Settings = job["settings"]
+    dataset, stream, run_id = job["dataset"], job["stream"], job["run_id"]
+    timeouts_ns, tcp_ports, udp_ports = _settings(settings.filter_expr, settings.idle_timeouts_s,
+                                                  settings.server_ports)
+    tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, settings.vlan_aware, max_in_memory=tcpflows.MAX_IN_MEMORY)
+    datagram = DatagramStream(timeouts_ns, udp_ports, settings.vlan_aware)
+    files = {int(k): v for k, v in job["all_files"].items()}     # file number -> path, the whole stream
+    results: list[dict] = []
+    out: dict = {"stream": stream, "files": results, "state": None, "error": None}
+    tally = {"network_time": np.iinfo(np.int64).min}
+    try:
+        if job["state"]:
+            tally["network_time"] = _read_state(os.path.join(dataset, job["state"]), tcp, datagram)
+        for entry in job["files"]:
+            results.append(_process_file(entry, dataset, stream, run_id, settings, tcp, datagram, tally, files))
+        if job["flush"]:
+            # the open connections written as they are; the next run starts the stream with none open
+            writer = _PartWriter(dataset, f"part-{job['stream_no']}-flush-{run_id}", settings.compression)
+            try:
+                datagram.finish()
+                tcp.finish()
+                counts = _write_rows(writer, [tcp.drain_packed()], [datagram.drain()], settings, files, stream,
+                                     None)
+                out["flushed"] = {"flows": counts["connections"], "outputs": writer.commit(file_metadata(
+                    {"fastflow_version": __version__, "stream": stream, "flushed": True}))}
+            finally:
+                writer.discard()
+        else:
+            state = os.path.join(META_DIR, "state", f"stream-{job['stream_no']}-{run_id}.state")
+            os.makedirs(os.path.join(dataset, META_DIR, "state"), exist_ok=True)
+            _write_state(os.path.join(dataset, state), tcp, datagram, tally["network_time"])
+            _crash_point("state-written")
+            out["state"] = state
+            out["open"] = {"tcp": tcp.open_count, "other": datagram.open_count}
+    except FastflowError as exc:
+        out["error"] = str(exc)
+    except OSError as exc:
+        out["error"] = f"{exc.filename or dataset}: {exc.strerror or exc}"
+    finally:
+        tcp.close()
+    return out
+
+
+def _process_file(entry: dict, dataset: str, stream: str, run_id: str, settings: Settings, tcp: TcpFlows,
+                  datagram: DatagramStream, tally: dict, files: dict) -> dict:
+    path, seq = entry["path"], entry["seq"]
+    result = {"path": path, "status": "done", "error": None, "damage": None, "outputs": [], "packets": 0,
+              "flows": 0, "seconds": 0.0}
+    started = time.perf_counter()
+    writer = _PartWriter(dataset, f"part-{entry['stream_no']}-{seq}-{run_id}", settings.compression)
+    counts = None
+    try:
+        with Source(path) as source:
+            reader = CaptureReader(source, filter_expr=settings.filter_expr, batch_size=1 << 18,
+                                   verify_checksums=settings.verify_checksums)
+            seconds = {"decode": 0.0, "connections": 0.0}
+            tally.update(bad_ip_checksum=0, tcp_segments=0)
+            parts_tcp, parts_dg = [], []
+            for tcp_rows, dg, _, _ in _finished(reader, tcp, datagram, tally, seconds, finish=False,
+                                                frame_high=seq << FRAME_BITS):
+                parts_tcp.append(tcp_rows)
+                parts_dg.append(dg)
+                if reader.frames > MAX_FRAMES_PER_FILE:
+                    raise InputError(f"{path}: more than {MAX_FRAMES_PER_FILE} packets in one file")
+                if sum(len(r) for r, _ in parts_tcp) + sum(len(d["first_frame"]) for d in parts_dg) >= 1 << 16:
+                    counts = _write_rows(writer, parts_tcp, parts_dg, settings, files, stream, counts)
+            counts = _write_rows(writer, parts_tcp, parts_dg, settings, files, stream, counts)
+            result["packets"] = int(reader.frames)
+            result["bytes"] = int(source.raw_consumed if source.compression else (source.size or 0))
+            if reader.damage is not None:
+                result["status"] = "damaged"
+                result["damage"] = reader.damage.describe(path)
+        result["outputs"] = writer.commit(file_metadata({"fastflow_version": __version__, "stream": stream,
+                                                         "input": path}))
+        _crash_point("file-written")
+        result["flows"] = counts["connections"] if counts else 0
+        result["counts"] = counts
+    except FastflowError as exc:
+        result.update(status="failed", error=str(exc))
+    finally:
+        writer.discard()
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def _write_rows(writer: _PartWriter, parts_tcp: list, parts_dg: list, settings: Settings, files: dict,
+                stream: str, counts: dict | None) -> dict | None:
+    if not parts_tcp:
+        return counts
+    tcp_rows = concat_packed(parts_tcp)
+    dg = {k: np.ma.concatenate([d[k] for d in parts_dg]) if np.ma.isMaskedArray(parts_dg[0][k])
+          else np.concatenate([d[k] for d in parts_dg]) for k in parts_dg[0]}
+    parts_tcp.clear()
+    parts_dg.clear()
+    flows = finished_flows(tcp_rows, dg, settings.community_id_seed)
+    more = summary_counts(flows)
+    if counts is None:
+        counts = more
+    else:
+        _add(counts, more)
+    if len(flows["first_frame"]):
+        table = flows_table(flows, "")
+        writer.write(_provenance(table, np.asarray(flows["first_frame"], np.uint64),
+                                 np.asarray(flows["last_frame"], np.uint64), files, stream))
+    return counts
+
+
+def _add(total: dict, more: dict) -> None:
+    for key, value in more.items():
+        if isinstance(value, dict):
+            _add(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
+
+
+# --- the dataset: lock, manifest, planning, committing ------------------------------------------------------
+
+@contextlib.contextmanager
+def locked(dataset: str):
+    """Hold the dataset's lock for the run, or raise LockedError at once."""
+    folder = os.path.join(dataset, META_DIR)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"{dataset}: cannot write: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"{dataset}: another fastflow batch is running on this dataset; nothing done") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def load_manifest(dataset: str) -> dict:
+    path = os.path.join(dataset, META_DIR, MANIFEST)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        return {"format": 1, "settings": None, "streams": {}, "inputs": {}}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable manifest: {exc}") from None
+    if manifest.get("format") != 1:
+        raise InputError(f"{path}: manifest format {manifest.get('format')} is not one this fastflow reads")
+    return manifest
+
+
+def save_manifest(dataset: str, manifest: dict) -> None:
+    """Atomically: a temporary file, fsync, rename, fsync of the folder."""
+    folder = os.path.join(dataset, META_DIR)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(folder, MANIFEST))
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputError(f"{dataset}: cannot write the manifest: {exc.strerror or exc}") from None
+
+
+def _referenced(manifest: dict) -> set[str]:
+    names = {s["state"] for s in manifest["streams"].values() if s.get("state")}
+    for entry in manifest["inputs"].values():
+        names.update(entry.get("outputs", []))
+    for s in manifest["streams"].values():
+        names.update(s.get("flushed_outputs", []))
+    return names
+
+
+def remove_unreferenced(dataset: str, manifest: dict) -> int:
+    """Delete the outputs and state files a killed run left behind (named by no manifest entry)."""
+    keep = _referenced(manifest)
+    removed = 0
+    for top in ("flows", os.path.join(META_DIR, "state")):
+        for root, _, names in os.walk(os.path.join(dataset, top)):
+            for name in names:
+                rel = os.path.relpath(os.path.join(root, name), dataset)
+                if rel not in keep and (name.endswith((".parquet", ".state", ".tmp")) or name.startswith(".")):
+                    os.unlink(os.path.join(dataset, rel))
+                    removed += 1
+    return removed
+
+
+@dataclass
+class Candidate:
+    path: str
+    stream: str
+    size: int
+    mtime_ns: int
+    fingerprint: str | None = None
+    first_ts: int | None = None
+    error: str | None = None
+
+
+def plan(paths: list[str], manifest: dict, pattern: re.Pattern | None, min_age_s: float,
+         now: float) -> tuple[dict[str, list[Candidate]], dict[str, bool], list[str], int]:
+    """Per stream, the files this run processes (in order) and whether the stream starts over (a file
+    changed, or one arrived that sorts before files already processed); the files left for a later run
+    (younger than min_age_s); and how many files were unchanged."""
+    inputs = manifest["inputs"]
+    young: list[str] = []
+    unchanged = 0
+    by_stream: dict[str, list[Candidate]] = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if now - st.st_mtime < min_age_s:
+            young.append(path)
+            continue
+        c = Candidate(path, stream_of(path, pattern), st.st_size, st.st_mtime_ns)
+        old = inputs.get(path)
+        if old is not None and old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
+            unchanged += 1
+            continue
+        try:
+            c.fingerprint = fingerprint(path, c.size)
+        except OSError as exc:
+            c.error = f"{path}: {exc.strerror or exc}"
+        if old is not None and c.fingerprint == old.get("fingerprint") and old["stream"] == c.stream:
+            old["mtime_ns"] = c.mtime_ns          # touched, not changed
+            unchanged += 1
+            continue
+        by_stream.setdefault(c.stream, []).append(c)
+    restart: dict[str, bool] = {}
+    for stream, cands in by_stream.items():
+        for c in cands:
+            if c.error is None:
+                try:
+                    c.first_ts = first_packet_time(c.path)
+                except FastflowError as exc:
+                    c.error = str(exc)
+        cands.sort(key=lambda c: (c.first_ts is None, c.first_ts or 0, c.path))
+        known = manifest["streams"].get(stream)
+        changed = any(c.path in inputs for c in cands)
+        late = known is not None and any(c.first_ts is not None and known.get("last_first_ts") is not None
+                                         and c.first_ts < known["last_first_ts"] for c in cands)
+        restart[stream] = changed or late
+    return by_stream, restart, young, unchanged
+
+
+def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | None = None,
+        stream_pattern: str | None = None, min_age_s: float = 60.0, flush: bool = False,
+        progress: Callable[[int, int | None], None] | None = None) -> dict:
+    """One batch run over sources into dataset (see the module's docstring). Returns the run's summary;
+    summary["failed"] / ["damaged"] list the inputs that did not go through cleanly. progress(done, total)
+    gets the input bytes of the streams finished so far."""
+    started = time.time()
+    pattern = None
+    if stream_pattern:
+        try:
+            pattern = re.compile(stream_pattern)
+        except re.error as exc:
+            raise UsageError(f"--stream-pattern: {exc}") from None
+    if settings.filter_expr:
+        _settings(settings.filter_expr, None, None)      # a bad filter is a usage error before anything
+    paths, ignored = discover(sources, dataset)
+    dataset = os.path.abspath(dataset)
+    if os.path.exists(dataset) and not os.path.isdir(dataset):
+        raise UsageError(f"{dataset}: exists and is not a folder")
+    os.makedirs(dataset, exist_ok=True)
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
+    summary = {"run_id": run_id, "dataset": dataset, "inputs_seen": len(paths), "not_captures": len(ignored),
+               "processed": 0, "failed": [], "damaged": [], "young": 0, "unchanged": 0, "restarted_streams": 0,
+               "packets": 0, "bytes": 0, "flows_written": 0, "open_carried": 0, "removed_leftovers": 0,
+               "total_bytes": 0, "done_bytes": 0}
+    with locked(dataset):
+        manifest = load_manifest(dataset)
+        if manifest["settings"] is None:
+            manifest["settings"] = settings.key()
+        elif manifest["settings"] != settings.key():
+            raise UsageError(f"{dataset}: made with other analysis settings ({json.dumps(manifest['settings'])}); "
+                             "use a new dataset for these")
+        summary["removed_leftovers"] = remove_unreferenced(dataset, manifest)
+        by_stream, restart, young, unchanged = plan(paths, manifest, pattern, min_age_s, started)
+        summary["young"], summary["unchanged"] = len(young), unchanged
+        summary["total_bytes"] = sum(c.size for cands in by_stream.values() for c in cands)
+        if progress:
+            progress(0, summary["total_bytes"])
+        job_list = []
+        for stream, cands in sorted(by_stream.items()):
+            job_list.append(_job(stream, cands, restart[stream], manifest, dataset, run_id, settings, flush))
+            summary["restarted_streams"] += restart[stream]
+        if flush:       # also the streams with nothing new but connections still open
+            for stream, info in sorted(manifest["streams"].items()):
+                if stream not in by_stream and info.get("state"):
+                    job_list.append(_job(stream, [], False, manifest, dataset, run_id, settings, flush))
+        workers = max(1, jobs or os.cpu_count() or 1)
+        if workers == 1 or len(job_list) <= 1:
+            done = (process_stream(job) for job in job_list)
+            for job, result in zip(job_list, done):
+                _commit(dataset, manifest, job, result, summary, progress)
+        else:
+            with concurrent.futures.ProcessPoolExecutor(min(workers, len(job_list))) as pool:
+                futures = {pool.submit(process_stream, job): job for job in job_list}
+                for future in concurrent.futures.as_completed(futures):
+                    job = futures[future]
+                    try:
+                        result = future.result()
+                    except concurrent.futures.process.BrokenProcessPool:
+                        # killed (out of memory?): nothing of this stream's run is kept, the next run redoes it
+                        result = {"stream": job["stream"], "error": "a worker process died before finishing "
+                                  "this stream (killed, or out of memory?)"}
+                    _commit(dataset, manifest, job, result, summary, progress)
+        save_manifest(dataset, manifest)        # touched-only files' new mtimes
+        summary["open_carried"] = sum(info.get("open", 0) for info in manifest["streams"].values())
+    summary["seconds"] = time.time() - started
+    summary["packets_per_second"] = summary["packets"] / summary["seconds"] if summary["seconds"] else 0.0
+    return summary
+
+
+def _job(stream: str, cands: list[Candidate], restart: bool, manifest: dict, dataset: str, run_id: str,
+         settings: Settings, flush: bool) -> dict:
+    info = manifest["streams"].get(stream)
+    if info is None:
+        # numbered once, for good: part and state file names carry the number
+        info = manifest["streams"][stream] = {
+            "no": 1 + max((s["no"] for s in manifest["streams"].values()), default=-1), "next_seq": 0,
+            "state": None, "last_first_ts": None, "flushed_outputs": [], "open": 0}
+    files = {}
+    if restart:
+        # everything of the stream again, from an empty state, its files renumbered in order
+        old = [Candidate(p, stream, e["size"], e["mtime_ns"], e.get("fingerprint"), e.get("first_ts"))
+               for p, e in manifest["inputs"].items() if e["stream"] == stream and p not in {c.path for c in cands}
+               and os.path.exists(p)]
+        cands = sorted(old + cands, key=lambda c: (c.first_ts is None, c.first_ts or 0, c.path))
+        next_seq, state = 0, None
+    else:
+        next_seq, state = info["next_seq"], info.get("state")
+        for p, e in manifest["inputs"].items():
+            if e["stream"] == stream and e.get("seq") is not None:
+                files[e["seq"]] = p
+    entries = []
+    for c in cands:
+        entries.append({"path": c.path, "seq": next_seq, "stream_no": info["no"], "candidate": c})
+        files[next_seq] = c.path
+        next_seq += 1
+    return {"dataset": dataset, "stream": stream, "stream_no": info["no"], "run_id": run_id, "settings": settings,
+            "state": state, "files": [e for e in entries if e["candidate"].error is None], "all_files": files,
+            "entries": entries, "restart": restart, "next_seq": next_seq, "flush": flush}
+
+
+def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict,
+            progress: Callable[[int, int | None], None] | None) -> None:
+    """Record one stream's results in the manifest (rewritten atomically), then delete what they replace."""
+    stream = job["stream"]
+    if result["error"]:
+        # nothing of this stream's run is kept: its outputs are removed with the next run's leftovers
+        summary["failed"].append({"stream": stream, "error": f"stream {stream}: {result['error']}"})
+        summary["done_bytes"] += sum(e["candidate"].size for e in job["entries"])
+        if progress:
+            progress(summary["done_bytes"], summary["total_bytes"])
+        return
+    inputs = manifest["inputs"]
+    old_info = manifest["streams"].get(stream, {})
+    obsolete = set()
+    if job["restart"]:
+        for path, e in list(inputs.items()):
+            if e["stream"] == stream:
+                obsolete.update(e.get("outputs", []))
+                if path not in {x["path"] for x in job["entries"]}:
+                    del inputs[path]
+    if old_info.get("state"):
+        obsolete.add(old_info["state"])
+    obsolete.update(old_info.get("flushed_outputs", []) if job["restart"] else [])
+    by_path = {r["path"]: r for r in result["files"]}
+    last_first_ts = None if job["restart"] else old_info.get("last_first_ts")
+    for entry in job["entries"]:
+        c: Candidate = entry["candidate"]
+        r = by_path.get(c.path)
+        previous = inputs.get(c.path)
+        if previous is not None and not job["restart"]:
+            obsolete.update(previous.get("outputs", []))
+        record = {"stream": stream, "seq": entry["seq"], "size": c.size, "mtime_ns": c.mtime_ns,
+                  "fingerprint": c.fingerprint, "first_ts": c.first_ts, "run": job["run_id"]}
+        if r is None:
+            record.update(status="failed", error=c.error, outputs=[], packets=0, flows=0)
+        else:
+            record.update(status=r["status"], error=r["error"] or (r["damage"] if r["status"] == "damaged" else None),
+                          outputs=r["outputs"], packets=r["packets"], flows=r["flows"])
+            summary["packets"] += r["packets"]
+            summary["bytes"] += r.get("bytes", 0)
+            summary["flows_written"] += r["flows"]
+        inputs[c.path] = record
+        summary["processed"] += 1
+        if record["status"] == "failed":
+            summary["failed"].append({"path": c.path, "error": record["error"]})
+        elif record["status"] == "damaged":
+            summary["damaged"].append({"path": c.path, "error": record["error"]})
+        if c.first_ts is not None and (last_first_ts is None or c.first_ts > last_first_ts):
+            last_first_ts = c.first_ts
+        summary["done_bytes"] += c.size
+    flushed = result.get("flushed")
+    info = {"no": job["stream_no"], "next_seq": job["next_seq"], "state": result["state"],
+            "last_first_ts": last_first_ts,
+            "flushed_outputs": ([] if job["restart"] else old_info.get("flushed_outputs", []))
+            + (flushed["outputs"] if flushed else [])}
+    manifest["streams"][stream] = info
+    if flushed:
+        summary["flows_written"] += flushed["flows"]
+    info["open"] = sum((result.get("open") or {}).values())
+    save_manifest(dataset, manifest)
+    _crash_point("manifest-saved")
+    if progress:
+        progress(summary["done_bytes"], summary["total_bytes"])
+    for name in obsolete - _referenced(manifest):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(dataset, name))
+
+
+def read_dataset(dataset: str) -> pa.Table:
+    """The dataset's flows as one table (for tests and small datasets): pyarrow.dataset with Hive
+    partitioning."""
+    import pyarrow.dataset as ds
+
+    folder = os.path.join(dataset, "flows")
+    if not os.path.isdir(folder):
+        return BATCH_FLOWS_SCHEMA.empty_table()
+    return ds.dataset(folder, format="parquet", partitioning="hive", schema=None).to_table()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: fastflow batch")

@@ -1,0 +1,401 @@
+"""`fastflow batch` over capture archives (fastflow/batch.py, docs/batch.md).
+
+Split equivalence: corpus captures split with editcap (by packet count and by time, some pieces compressed)
+give, through `fastflow batch`, the connections `fastflow process` finds in the whole capture, every column
+but the provenance ones equal, whatever -j. Incremental runs, a run killed at any point, concurrent runs,
+damaged and unreadable inputs, and a DuckDB query over the dataset."""
+from __future__ import annotations
+
+import fcntl
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from corpus import CAPTURES, requires_corpus
+from fastflow.batch import FRAME_BITS, META_DIR, Settings, read_dataset, run
+from fastflow.pipeline import stream_flows
+from fastflow.schema import FLOWS_SCHEMA
+
+EDITCAP = shutil.which("editcap")
+needs_editcap = pytest.mark.skipif(EDITCAP is None, reason="editcap (Debian: wireshark-common) is not installed")
+PROVENANCE = {"conn_id", "source", "first_frame", "last_frame", "last_source", "stream", "date"}
+OLD = time.time() - 3600
+
+
+def split(capture: Path, folder: Path, *args: str, compress=()) -> list[Path]:
+    """editcap's pieces of capture in folder (compressed: {piece index: "gz" | "zst"}), an hour old."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run([EDITCAP, *args, str(capture), str(folder / capture.name)], check=True)
+    pieces = sorted(folder.iterdir())
+    for k, kind in dict(compress).items():
+        piece = pieces[k]
+        if kind == "gz":
+            piece.with_name(piece.name + ".gz").write_bytes(gzip.compress(piece.read_bytes()))
+        else:
+            import zstandard
+
+            piece.with_name(piece.name + ".zst").write_bytes(zstandard.ZstdCompressor().compress(piece.read_bytes()))
+        piece.unlink()
+    pieces = sorted(folder.iterdir())
+    for p in pieces:
+        os.utime(p, (OLD, OLD))
+    return pieces
+
+
+def process_table(capture: Path, **options) -> pa.Table:
+    parts = []
+    stream_flows(str(capture), parts.append, **options)
+    return pa.concat_tables(parts) if parts else FLOWS_SCHEMA.empty_table()
+
+
+def comparable(table: pa.Table) -> pa.Table:
+    """The columns that do not depend on how the input was split, dictionaries decoded, in a fixed order."""
+    cols = [c for c in table.column_names if c not in PROVENANCE]
+    plain = pa.table({c: table[c].cast(table[c].type.value_type) if pa.types.is_dictionary(table[c].type)
+                      else table[c] for c in cols})
+    keys = ["ts_start", "orig_h", "orig_p", "resp_h", "resp_p", "proto", "ts_end"]
+    return plain.sort_by([(k, "ascending") for k in keys])
+
+
+def assert_same_connections(dataset: Path, reference: pa.Table) -> pa.Table:
+    got = read_dataset(str(dataset))
+    assert got.num_rows == reference.num_rows
+    a, b = comparable(got), comparable(reference)
+    for name in a.column_names:
+        assert a[name].equals(b[name]), f"column {name} differs"
+    return got
+
+
+def batch(sources, dataset, **kw) -> dict:
+    options = dict(settings=Settings(), jobs=1, min_age_s=60.0)
+    options.update(kw)
+    return run([str(s) for s in sources], str(dataset), **options)
+
+
+def check_provenance(table: pa.Table, decoded: dict[str, np.ndarray]) -> None:
+    """source / first_frame name the packet whose time is ts_start (time-ordered captures), last_source /
+    last_frame one of the connection's packets no later than ts_end; conn_id holds the file and frame."""
+    for row in table.select(["source", "first_frame", "last_source", "last_frame", "ts_start", "ts_end",
+                             "conn_id"]).to_pylist():
+        ts = decoded[row["source"]]
+        assert ts[row["first_frame"] - 1] == row["ts_start"].value
+        assert decoded[row["last_source"]][row["last_frame"] - 1] <= row["ts_end"].value
+        assert row["conn_id"] & ((1 << FRAME_BITS) - 1) == row["first_frame"]
+
+
+def packet_times(paths) -> dict[str, np.ndarray]:
+    from corpus import decode_all
+
+    return {str(p): np.asarray(decode_all(p)[0].get("ts", []), dtype=np.int64) for p in paths}
+
+
+# --- split equivalence -------------------------------------------------------------------------------------
+
+@requires_corpus
+@needs_editcap
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("timeouts", [None, {"tcp": 2.0, "udp": 1.0}])
+def test_split_by_count_gives_the_same_connections(tmp_path, jobs, timeouts):
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    pieces = split(capture, tmp_path / "in", "-c", "3000", compress={1: "gz", 3: "zst", 27: "gz"})
+    assert len(pieces) == 28
+    summary = batch([tmp_path / "in"], tmp_path / "ds", jobs=jobs, flush=True,
+                    settings=Settings(idle_timeouts_s=timeouts))
+    assert summary["processed"] == 28 and not summary["failed"] and not summary["damaged"]
+    got = assert_same_connections(tmp_path / "ds", process_table(capture, idle_timeouts_s=timeouts))
+    crossing = np.count_nonzero(np.asarray(got["source"].to_pylist()) != np.asarray(got["last_source"].to_pylist()))
+    assert crossing > 10        # the pieces really cut connections
+    check_provenance(got, packet_times(pieces))
+
+
+@requires_corpus
+@needs_editcap
+@pytest.mark.parametrize("name, seconds", [("zeek__ssh__ssh.pcap", "2592000"), ("zeek__wikipedia.pcap", "1"),
+                                           ("zeek__rotation.pcap", "3600")])
+def test_split_by_time_gives_the_same_connections(tmp_path, name, seconds):
+    capture = CAPTURES / name
+    pieces = split(capture, tmp_path / "in", "-i", seconds)
+    assert len(pieces) > 3
+    batch([tmp_path / "in"], tmp_path / "ds", jobs=2, flush=True)
+    got = assert_same_connections(tmp_path / "ds", process_table(capture))
+    check_provenance(got, packet_times(pieces))
+    # Hive partitions by the UTC day of ts_start
+    days = {p.name for p in (tmp_path / "ds" / "flows").iterdir()}
+    want = {f"date={d}" for d in np.unique(got["ts_start"].to_numpy().astype("datetime64[D]")).astype(str)}
+    assert days == want
+
+
+@requires_corpus
+@needs_editcap
+def test_streams_by_folder_and_by_pattern(tmp_path):
+    """Two sensors' files: folders are streams by default; --stream-pattern names them from the file names."""
+    a, b = CAPTURES / "zeek__wikipedia.pcap", CAPTURES / "zeek__echo-connections.pcap"
+    split(a, tmp_path / "sensor1", "-i", "1")
+    split(b, tmp_path / "sensor2", "-c", "20000")
+    batch([tmp_path / "sensor1", tmp_path / "sensor2"], tmp_path / "ds", jobs=2, flush=True)
+    got = read_dataset(str(tmp_path / "ds"))
+    assert set(got["stream"].to_pylist()) == {str(tmp_path / "sensor1"), str(tmp_path / "sensor2")}
+    both = pa.concat_tables([process_table(a), process_table(b)])
+    assert_same_connections(tmp_path / "ds", both)
+
+    # one flat folder, the sensor in the file name
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for sensor in ("sensor1", "sensor2"):
+        for p in (tmp_path / sensor).iterdir():
+            shutil.copy2(p, flat / f"{sensor}-{p.name}")
+    batch([flat], tmp_path / "ds2", jobs=2, flush=True, stream_pattern=r"/(sensor\d)-")
+    got = assert_same_connections(tmp_path / "ds2", both)
+    assert set(got["stream"].to_pylist()) == {"sensor1", "sensor2"}
+
+
+# --- incremental runs ---------------------------------------------------------------------------------------
+
+def dataset_rows(dataset: Path) -> pa.Table:
+    t = read_dataset(str(dataset))
+    t = t.drop_columns(["date"]) if "date" in t.column_names else t
+    return pa.table({c: t[c].cast(t[c].type.value_type) if pa.types.is_dictionary(t[c].type) else t[c]
+                     for c in t.column_names}).sort_by([("stream", "ascending"), ("conn_id", "ascending")])
+
+
+def snapshot(dataset: Path) -> dict:
+    """Every file of the dataset with its bytes (the lock file aside)."""
+    return {str(p.relative_to(dataset)): p.read_bytes() for p in sorted(dataset.rglob("*"))
+            if p.is_file() and p.name != "lock"}
+
+
+@requires_corpus
+@needs_editcap
+def test_incremental_runs_equal_one_run(tmp_path):
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    pieces = split(capture, tmp_path / "all", "-c", "4000")
+    arriving = tmp_path / "in"
+    arriving.mkdir()
+    for p in pieces[:9]:
+        shutil.copy2(p, arriving / p.name)
+    timeouts = {"tcp": 1.0}
+    s1 = batch([arriving], tmp_path / "ds", settings=Settings(idle_timeouts_s=timeouts))
+    assert s1["processed"] == 9 and s1["open_carried"] > 0
+    for p in pieces[9:]:
+        shutil.copy2(p, arriving / p.name)
+    s2 = batch([arriving], tmp_path / "ds", settings=Settings(idle_timeouts_s=timeouts))
+    assert s2["processed"] == len(pieces) - 9 and s2["unchanged"] == 9 and s2["restarted_streams"] == 0
+
+    batch([arriving], tmp_path / "ds_one", settings=Settings(idle_timeouts_s=timeouts))
+    assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "ds_one"))
+
+    before = snapshot(tmp_path / "ds")
+    s3 = batch([arriving], tmp_path / "ds", settings=Settings(idle_timeouts_s=timeouts))
+    assert s3["processed"] == 0 and s3["unchanged"] == len(pieces)
+    assert snapshot(tmp_path / "ds") == before
+
+    # --flush writes the open ones: then the dataset is what process finds in the whole capture
+    batch([arriving], tmp_path / "ds", flush=True, settings=Settings(idle_timeouts_s=timeouts))
+    assert_same_connections(tmp_path / "ds", process_table(capture, idle_timeouts_s=timeouts))
+
+
+@requires_corpus
+@needs_editcap
+def test_changed_and_late_files_restart_their_stream(tmp_path):
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    pieces = split(capture, tmp_path / "all", "-c", "10000")
+    arriving = tmp_path / "in"
+    arriving.mkdir()
+    for p in pieces[:3] + pieces[5:]:                 # two pieces from the middle arrive late
+        shutil.copy2(p, arriving / p.name)
+    batch([arriving], tmp_path / "ds")
+    for p in pieces[3:5]:
+        shutil.copy2(p, arriving / p.name)
+    s = batch([arriving], tmp_path / "ds", flush=True)
+    assert s["restarted_streams"] == 1
+    assert_same_connections(tmp_path / "ds", process_table(capture))
+
+    # a file rewritten with other content: its stream starts over, its old outputs go
+    victim = arriving / pieces[0].name
+    victim.write_bytes(victim.read_bytes()[:-1990])   # inside a record (they are 100 bytes)
+    os.utime(victim, (OLD, OLD + 1))
+    s = batch([arriving], tmp_path / "ds", flush=True)
+    assert s["restarted_streams"] == 1 and len(s["damaged"]) == 1
+    fresh = batch([arriving], tmp_path / "ds_fresh", flush=True)
+    assert len(fresh["damaged"]) == 1
+    assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "ds_fresh"))
+    manifest = json.loads((tmp_path / "ds" / META_DIR / "manifest.json").read_text())
+    named = {o for e in manifest["inputs"].values() for o in e["outputs"]}
+    named |= {o for s in manifest["streams"].values() for o in s["flushed_outputs"]}
+    on_disk = {str(p.relative_to(tmp_path / "ds")) for p in (tmp_path / "ds" / "flows").rglob("*.parquet")}
+    assert on_disk == named
+
+
+def test_young_files_wait_for_the_next_run(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "pcap_us_le.pcap", folder / "a.pcap")
+    s = batch([folder], tmp_path / "ds", min_age_s=60)
+    assert s["young"] == 1 and s["processed"] == 0
+    s = batch([folder], tmp_path / "ds", min_age_s=0)
+    assert s["young"] == 0 and s["processed"] == 1
+
+
+# --- failures, locks, kills ---------------------------------------------------------------------------------
+
+def cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastflow", *map(str, args)], capture_output=True, text=True,
+                          **kw)
+
+
+@requires_corpus
+def test_damaged_and_unreadable_inputs_are_recorded(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = CAPTURES / "zeek__http__get.pcap"
+    shutil.copy(good, folder / "1-good.pcap")
+    data = (CAPTURES / "zeek__tcp__options.pcap").read_bytes()
+    (folder / "2-cut.pcap").write_bytes(data[:300])
+    shutil.copy(Path(__file__).parent / "data" / "link_unsupported.pcap", folder / "3-garbage.pcap")
+    (folder / "notes.txt").write_text("not a capture")
+    for p in folder.iterdir():
+        os.utime(p, (OLD, OLD))
+    r = cli("batch", folder, "-o", tmp_path / "ds", "--summary-json", tmp_path / "s.json")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    manifest = json.loads((tmp_path / "ds" / META_DIR / "manifest.json").read_text())
+    status = {Path(p).name: (e["status"], e["error"]) for p, e in manifest["inputs"].items()}
+    assert status["1-good.pcap"] == ("done", None)
+    assert status["2-cut.pcap"][0] == "damaged" and "byte offset" in status["2-cut.pcap"][1]
+    assert status["3-garbage.pcap"][0] == "failed" and status["3-garbage.pcap"][1]
+    assert "notes.txt" not in status
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert len(summary["failed"]) == 1 and len(summary["damaged"]) == 1 and summary["processed"] == 3
+    assert any(line.startswith("Error: ") and "3-garbage.pcap" in line for line in r.stderr.splitlines())
+    # recorded: the next run leaves them alone and succeeds
+    r = cli("batch", folder, "-o", tmp_path / "ds", "-q")
+    assert r.returncode == 0 and r.stderr == ""
+
+
+def test_user_mistakes_exit_2(tmp_path):
+    for args, needle in ((["batch", tmp_path / "missing", "-o", tmp_path / "ds"], "no such file"),
+                         (["batch", "-o", tmp_path / "ds"], "no SOURCE"),
+                         (["batch", tmp_path, "-o", tmp_path / "ds", "-j", "0"], "-j"),
+                         (["batch", tmp_path, "-o", tmp_path / "ds", "--stream-pattern", "("], "--stream-pattern"),
+                         (["batch", tmp_path, "-o", tmp_path / "ds", "--filter", "tcp port"], "")):
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("Error: ") and needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_other_settings_need_another_dataset(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "pcap_us_le.pcap", folder / "a.pcap")
+    assert cli("batch", folder, "-o", tmp_path / "ds", "--min-age", "0", "-q").returncode == 0
+    r = cli("batch", folder, "-o", tmp_path / "ds", "--min-age", "0", "--idle-timeout", "10")
+    assert r.returncode == 2 and "other analysis settings" in r.stderr
+
+
+@requires_corpus
+def test_a_second_run_on_a_locked_dataset_exits_75_and_touches_nothing(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(CAPTURES / "zeek__http__get.pcap", folder / "a.pcap")
+    assert cli("batch", folder, "-o", tmp_path / "ds", "--min-age", "0", "-q").returncode == 0
+    shutil.copy(CAPTURES / "zeek__tcp__options.pcap", folder / "b.pcap")
+    before = snapshot(tmp_path / "ds")
+    with open(tmp_path / "ds" / META_DIR / "lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = cli("batch", folder, "-o", tmp_path / "ds", "--min-age", "0")
+    assert r.returncode == 75
+    assert r.stderr.count("\n") == 1 and "another fastflow batch is running" in r.stderr
+    assert snapshot(tmp_path / "ds") == before
+
+
+@requires_corpus
+@needs_editcap
+def test_two_runs_started_together(tmp_path):
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    for k in range(4):       # enough work that the first run still holds the lock when the second starts
+        split(capture, tmp_path / "in" / f"s{k}", "-c", "2000")
+    args = [sys.executable, "-m", "fastflow", "batch", str(tmp_path / "in"), "-o", str(tmp_path / "ds"), "-q",
+            "-j", "1"]
+    runs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    messages = [r.communicate()[1] for r in runs]
+    assert sorted(r.returncode for r in runs) == [0, 75], messages
+    assert any("another fastflow batch is running" in m for m in messages)
+
+
+def kill_points():
+    return ["file-written:1", "file-written:5", "state-written:1", "manifest-saved:1"]
+
+
+@requires_corpus
+@needs_editcap
+@pytest.mark.parametrize("where", kill_points())
+def test_killed_runs_complete_on_the_next_run(tmp_path, where):
+    """SIGKILL at each step of committing (a part renamed, the state written, the manifest saved): the
+    next run leaves the dataset identical to an uninterrupted run's, row for row."""
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    split(capture, tmp_path / "in" / "a", "-c", "6000")
+    split(CAPTURES / "zeek__wikipedia.pcap", tmp_path / "in" / "b", "-i", "1")
+    common = ["batch", tmp_path / "in", "-q", "-j", "1", "--idle-timeout", "tcp=1"]
+    assert cli(*common, "-o", tmp_path / "clean").returncode == 0
+    killed = cli(*common, "-o", tmp_path / "ds", env=dict(os.environ, FASTFLOW_TEST_KILL_AT=where))
+    assert killed.returncode == -signal.SIGKILL
+    r = cli(*common, "-o", tmp_path / "ds")
+    assert r.returncode == 0, r.stderr
+    assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "clean"))
+    # nothing left over from the killed run
+    assert {p.name for p in (tmp_path / "ds").rglob("*.tmp")} == set()
+    manifest = json.loads((tmp_path / "ds" / META_DIR / "manifest.json").read_text())
+    states = {s["state"] for s in manifest["streams"].values()}
+    assert {str(p.relative_to(tmp_path / "ds")) for p in (tmp_path / "ds").rglob("*.state")} == states
+
+
+@requires_corpus
+@needs_editcap
+def test_killed_at_random_moments_with_two_workers(tmp_path):
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    for k in range(3):
+        split(capture, tmp_path / "in" / f"s{k}", "-c", "5000")
+    common = [sys.executable, "-m", "fastflow", "batch", str(tmp_path / "in"), "-q", "-j", "2"]
+    assert subprocess.run(common + ["-o", str(tmp_path / "clean")]).returncode == 0
+    rng = np.random.default_rng(5)
+    for delay in sorted(rng.uniform(0.3, 2.0, 4)):
+        p = subprocess.Popen(common + ["-o", str(tmp_path / "ds")], start_new_session=True)
+        time.sleep(delay)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert subprocess.run(common + ["-o", str(tmp_path / "ds")]).returncode == 0
+    assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "clean"))
+
+
+# --- reading the dataset ------------------------------------------------------------------------------------
+
+@requires_corpus
+@needs_editcap
+def test_duckdb_reads_the_dataset(tmp_path):
+    duckdb = pytest.importorskip("duckdb", reason="duckdb (pip install duckdb) is not installed")
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    split(capture, tmp_path / "in", "-c", "10000")
+    split(CAPTURES / "zeek__ssh__ssh.pcap", tmp_path / "in2", "-i", "2592000")
+    batch([tmp_path / "in", tmp_path / "in2"], tmp_path / "ds", flush=True, jobs=2)
+    reference = pa.concat_tables([process_table(capture), process_table(CAPTURES / "zeek__ssh__ssh.pcap")])
+    want = {}
+    for row in comparable(reference).select(["proto", "handshake", "close"]).to_pylist():
+        key = (row["proto"], row["handshake"], row["close"])
+        want[key] = want.get(key, 0) + 1
+    glob_ = str(tmp_path / "ds" / "flows" / "**" / "*.parquet")
+    got = duckdb.sql(f"SELECT proto, handshake, close, count(*) FROM read_parquet('{glob_}', "
+                     "hive_partitioning = true) GROUP BY ALL").fetchall()
+    assert {(p, h, c): n for p, h, c, n in got} == want
+    days = duckdb.sql(f"SELECT count(DISTINCT date) FROM read_parquet('{glob_}', hive_partitioning = true)").fetchall()[0]
+    assert days[0] > 5
