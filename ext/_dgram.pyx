@@ -23,6 +23,7 @@ GIL, before each pass: a pass finalizes at most one flow per datagram row (feed)
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t, INT64_MAX
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcmp, memcpy
+from partition cimport bytes_pair_part
 
 import numpy as np
 cimport numpy as cnp
@@ -838,9 +839,10 @@ cdef class DgramEngine:
                 k += 1
             yield b"".join(parts)
 
-    def restore(self, const uint8_t[::1] block not None):
-        """Append the open flows of one snapshot block (after those already open: blocks in order, before
-        any feed()). Returns a status code; raises ValueError for a block this build did not write."""
+    def restore(self, const uint8_t[::1] block not None, uint32_t part=0, uint32_t nparts=1):
+        """Append the open flows of one snapshot block that belong to part `part` of `nparts`
+        (_tcpflows.packet_parts: ports count for UDP only), after those already open: blocks in order,
+        before any feed(). Returns a status code; raises ValueError for a block this build did not write."""
         cdef Py_ssize_t at = 0, n = block.shape[0], fi
         cdef Flow rec
         if n % <Py_ssize_t>sizeof(Flow):
@@ -848,6 +850,9 @@ cdef class DgramEngine:
         while at < n:
             memcpy(&rec, &block[at], sizeof(Flow))
             at += sizeof(Flow)
+            if nparts > 1 and bytes_pair_part(rec.a, rec.a_p if rec.status == S_UDP else 0, rec.b,
+                                              rec.b_p if rec.status == S_UDP else 0, nparts) != part:
+                continue
             rec.hash = key_hash(rec.a, rec.b, rec.a_p, rec.b_p, rec.ip_proto, rec.kvlan)
             if table_find(&self.e, rec.hash, rec.a, rec.b, rec.a_p, rec.b_p, rec.ip_proto, rec.kvlan) >= 0:
                 raise ValueError("snapshot block: a flow that is already open")

@@ -24,6 +24,7 @@ import numpy as np
 cimport numpy as cnp
 
 from zeek_tcp cimport *
+from partition cimport pair_part, bytes_pair_part
 
 cnp.import_array()
 
@@ -1296,9 +1297,10 @@ cdef class Engine:
                     parts.append((<char *>rec.deferred)[:rec.n_deferred * sizeof(Deferred)])
             yield b"".join(parts)
 
-    def restore(self, const uint8_t[::1] block not None):
-        """Add the open connections of one snapshot block; returns a status code. Raises ValueError for
-        a block this build did not write (truncated, or a key that is already open)."""
+    def restore(self, const uint8_t[::1] block not None, uint32_t part=0, uint32_t nparts=1):
+        """Add the open connections of one snapshot block, those of part `part` of `nparts` (see
+        packet_parts); returns a status code. Raises ValueError for a block this build did not write
+        (truncated, or a key that is already open)."""
         cdef Py_ssize_t at = 0, n = block.shape[0], pos
         cdef int64_t slot
         cdef Flow *f
@@ -1313,6 +1315,10 @@ cdef class Engine:
             deferred_bytes = <size_t>rec.n_deferred * sizeof(Deferred)
             if rec.hist.len < 0 or <size_t>(n - at) < hist_bytes + deferred_bytes:
                 raise ValueError("snapshot block: truncated record")
+            if nparts > 1 and pair_part(rec.key.a_hi, rec.key.a_lo, rec.key.a_p, rec.key.b_hi, rec.key.b_lo,
+                                        rec.key.b_p, nparts) != part:
+                at += hist_bytes + deferred_bytes
+                continue
             rec.hash = key_hash(&rec.key)
             pos = self.find(&rec.key, rec.hash)
             if self.table[pos] != EMPTY:
@@ -1364,6 +1370,25 @@ cdef class Engine:
         self.n_rows = 0
         self.out_hist.len = 0
         return rows, text
+
+
+def packet_parts(const uint8_t[:, ::1] src not None, const uint8_t[:, ::1] dst not None,
+                 const uint16_t[::1] sport not None, const uint16_t[::1] dport not None,
+                 const uint8_t[::1] with_ports not None, uint32_t nparts):
+    """Each packet's part of nparts: by its address pair, with the ports where with_ports (TCP, UDP: the
+    ports are in those engines' keys; ICMP and other IP are keyed otherwise)."""
+    cdef Py_ssize_t n = src.shape[0], i
+    if dst.shape[0] != n or sport.shape[0] != n or dport.shape[0] != n or with_ports.shape[0] != n or nparts < 1:
+        raise ValueError("packet_parts: column lengths disagree")
+    out = np.empty(n, dtype=np.uint32)
+    cdef uint32_t[::1] parts = out
+    with nogil:
+        for i in range(n):
+            if with_ports[i]:
+                parts[i] = bytes_pair_part(&src[i, 0], sport[i], &dst[i, 0], dport[i], nparts)
+            else:
+                parts[i] = bytes_pair_part(&src[i, 0], 0, &dst[i, 0], 0, nparts)
+    return out
 
 
 cdef Row _probe

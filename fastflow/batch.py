@@ -39,7 +39,7 @@ from .pipeline import _finished, _settings, finished_flows
 from .schema import BATCH_FLOWS_SCHEMA, file_metadata, fixed_width_array, flows_table, string_array
 from .source import Source, sniff_compression
 from .summary import summary_counts
-from .tcpflows import TcpFlows, concat_packed
+from .tcpflows import TcpFlows, concat_packed, packet_parts
 from .write import ParquetStream
 
 META_DIR = "_fastflow"
@@ -190,8 +190,9 @@ def _write_state(path: str, tcp: TcpFlows, datagram: DatagramStream, network_tim
     os.replace(tmp, path)
 
 
-def _read_state(path: str, tcp: TcpFlows, datagram: DatagramStream) -> int:
-    """Restore the engines from a state file; returns the network time saved with it."""
+def _read_state(path: str, tcp: TcpFlows, datagram: DatagramStream, part: int = 0, parts: int = 1) -> int:
+    """Restore the engines from a state file (the connections of part `part` of `parts`); returns the
+    network time saved with it."""
     with open(path, "rb") as f:
         if f.read(len(STATE_MAGIC)) != STATE_MAGIC:
             raise InputError(f"{path}: not a fastflow state file")
@@ -204,7 +205,7 @@ def _read_state(path: str, tcp: TcpFlows, datagram: DatagramStream) -> int:
             block = f.read(length)
             if len(block) != length or kind not in (b"T", b"D"):
                 raise InputError(f"{path}: state file cut short")
-            (tcp if kind == b"T" else datagram).restore_blocks([block])
+            (tcp if kind == b"T" else datagram).restore_blocks([block], part, parts)
     return int(header["network_time"])
 
 
@@ -275,17 +276,20 @@ def process_stream(job: dict) -> dict:
     tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, settings.vlan_aware, max_in_memory=tcpflows.MAX_IN_MEMORY)
     datagram = DatagramStream(timeouts_ns, udp_ports, settings.vlan_aware)
     files = {int(k): v for k, v in job["all_files"].items()}     # file number -> path, the whole stream
+    part, parts = job["part"], job["parts"]
+    label = f"{job['stream_no']}-{{}}-{part}of{parts}-{run_id}"      # part and state file names
     results: list[dict] = []
-    out: dict = {"stream": stream, "files": results, "state": None, "error": None}
+    out: dict = {"stream": stream, "part": part, "files": results, "state": None, "error": None}
     tally = {"network_time": np.iinfo(np.int64).min}
     try:
-        if job["state"]:
-            tally["network_time"] = _read_state(os.path.join(dataset, job["state"]), tcp, datagram)
+        for name in job["state"]:
+            tally["network_time"] = _read_state(os.path.join(dataset, name), tcp, datagram, part, parts)
         for entry in job["files"]:
-            results.append(_process_file(entry, dataset, stream, run_id, settings, tcp, datagram, tally, files))
+            results.append(_process_file(entry, dataset, stream, label, settings, tcp, datagram, tally, files,
+                                         part, parts))
         if job["flush"]:
             # the open connections written as they are; the next run starts the stream with none open
-            writer = _PartWriter(dataset, f"part-{job['stream_no']}-flush-{run_id}", settings.compression)
+            writer = _PartWriter(dataset, "part-" + label.format("flush"), settings.compression)
             try:
                 datagram.finish()
                 tcp.finish()
@@ -296,7 +300,7 @@ def process_stream(job: dict) -> dict:
             finally:
                 writer.discard()
         else:
-            state = os.path.join(META_DIR, "state", f"stream-{job['stream_no']}-{run_id}.state")
+            state = os.path.join(META_DIR, "state", "stream-" + label.format("open") + ".state")
             os.makedirs(os.path.join(dataset, META_DIR, "state"), exist_ok=True)
             _write_state(os.path.join(dataset, state), tcp, datagram, tally["network_time"])
             _crash_point("state-written")
@@ -311,13 +315,14 @@ def process_stream(job: dict) -> dict:
     return out
 
 
-def _process_file(entry: dict, dataset: str, stream: str, run_id: str, settings: Settings, tcp: TcpFlows,
-                  datagram: DatagramStream, tally: dict, files: dict) -> dict:
+def _process_file(entry: dict, dataset: str, stream: str, label: str, settings: Settings, tcp: TcpFlows,
+                  datagram: DatagramStream, tally: dict, files: dict, part: int, parts: int) -> dict:
     path, seq = entry["path"], entry["seq"]
     result = {"path": path, "status": "done", "error": None, "damage": None, "outputs": [], "packets": 0,
               "flows": 0, "seconds": 0.0}
     started = time.perf_counter()
-    writer = _PartWriter(dataset, f"part-{entry['stream_no']}-{seq}-{run_id}", settings.compression)
+    writer = _PartWriter(dataset, "part-" + label.format(seq), settings.compression)
+    select = None if parts == 1 else (lambda batch: packet_parts(batch, parts) == part)
     counts = None
     try:
         with Source(path) as source:
@@ -327,7 +332,7 @@ def _process_file(entry: dict, dataset: str, stream: str, run_id: str, settings:
             tally.update(bad_ip_checksum=0, tcp_segments=0)
             parts_tcp, parts_dg = [], []
             for tcp_rows, dg, _, _ in _finished(reader, tcp, datagram, tally, seconds, finish=False,
-                                                frame_high=seq << FRAME_BITS):
+                                                frame_high=seq << FRAME_BITS, select=select):
                 parts_tcp.append(tcp_rows)
                 parts_dg.append(dg)
                 if reader.frames > MAX_FRAMES_PER_FILE:
@@ -440,7 +445,7 @@ def save_manifest(dataset: str, manifest: dict) -> None:
 
 
 def _referenced(manifest: dict) -> set[str]:
-    names = {s["state"] for s in manifest["streams"].values() if s.get("state")}
+    names = {name for s in manifest["streams"].values() for name in s.get("state") or []}
     for entry in manifest["inputs"].values():
         names.update(entry.get("outputs", []))
     for s in manifest["streams"].values():
@@ -559,31 +564,44 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
         summary["total_bytes"] = sum(c.size for cands in by_stream.values() for c in cands)
         if progress:
             progress(0, summary["total_bytes"])
-        job_list = []
+        stream_jobs = []
         for stream, cands in sorted(by_stream.items()):
-            job_list.append(_job(stream, cands, restart[stream], manifest, dataset, run_id, settings, flush))
+            stream_jobs.append(_job(stream, cands, restart[stream], manifest, dataset, run_id, settings, flush))
             summary["restarted_streams"] += restart[stream]
         if flush:       # also the streams with nothing new but connections still open
             for stream, info in sorted(manifest["streams"].items()):
                 if stream not in by_stream and info.get("state"):
-                    job_list.append(_job(stream, [], False, manifest, dataset, run_id, settings, flush))
+                    stream_jobs.append(_job(stream, [], False, manifest, dataset, run_id, settings, flush))
         workers = max(1, jobs or os.cpu_count() or 1)
-        if workers == 1 or len(job_list) <= 1:
-            done = (process_stream(job) for job in job_list)
-            for job, result in zip(job_list, done):
-                _commit(dataset, manifest, job, result, summary, progress)
+        # fewer streams than workers: each stream's connections split into parts by address/port pair, each
+        # part a task that reads every file of the stream (the output does not depend on the split)
+        parts = max(1, workers // max(1, len(stream_jobs)))
+        tasks = [dict(job, part=k, parts=parts) for job in stream_jobs for k in range(parts)]
+        pending = {job["stream"]: [] for job in stream_jobs}
+        by_name = {job["stream"]: job for job in stream_jobs}
+
+        def finished(task, result):
+            pending[task["stream"]].append(result)
+            if len(pending[task["stream"]]) == parts:
+                _commit(dataset, manifest, by_name[task["stream"]], _merged(pending.pop(task["stream"])), summary,
+                        progress)
+
+        if workers == 1 or len(tasks) <= 1:
+            for task in tasks:
+                finished(task, process_stream(task))
         else:
-            with concurrent.futures.ProcessPoolExecutor(min(workers, len(job_list))) as pool:
-                futures = {pool.submit(process_stream, job): job for job in job_list}
+            with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks))) as pool:
+                futures = {pool.submit(process_stream, task): task for task in tasks}
                 for future in concurrent.futures.as_completed(futures):
-                    job = futures[future]
+                    task = futures[future]
                     try:
                         result = future.result()
                     except concurrent.futures.process.BrokenProcessPool:
                         # killed (out of memory?): nothing of this stream's run is kept, the next run redoes it
-                        result = {"stream": job["stream"], "error": "a worker process died before finishing "
-                                  "this stream (killed, or out of memory?)"}
-                    _commit(dataset, manifest, job, result, summary, progress)
+                        result = {"stream": task["stream"], "part": task["part"], "files": [], "state": None,
+                                  "error": "a worker process died before finishing this stream (killed, or out "
+                                           "of memory?)"}
+                    finished(task, result)
         save_manifest(dataset, manifest)        # touched-only files' new mtimes
         summary["open_carried"] = sum(info.get("open", 0) for info in manifest["streams"].values())
     summary["seconds"] = time.time() - started
@@ -598,7 +616,7 @@ def _job(stream: str, cands: list[Candidate], restart: bool, manifest: dict, dat
         # numbered once, for good: part and state file names carry the number
         info = manifest["streams"][stream] = {
             "no": 1 + max((s["no"] for s in manifest["streams"].values()), default=-1), "next_seq": 0,
-            "state": None, "last_first_ts": None, "flushed_outputs": [], "open": 0}
+            "state": [], "last_first_ts": None, "flushed_outputs": [], "open": 0}
     files = {}
     if restart:
         # everything of the stream again, from an empty state, its files renumbered in order
@@ -606,9 +624,9 @@ def _job(stream: str, cands: list[Candidate], restart: bool, manifest: dict, dat
                for p, e in manifest["inputs"].items() if e["stream"] == stream and p not in {c.path for c in cands}
                and os.path.exists(p)]
         cands = sorted(old + cands, key=lambda c: (c.first_ts is None, c.first_ts or 0, c.path))
-        next_seq, state = 0, None
+        next_seq, state = 0, []
     else:
-        next_seq, state = info["next_seq"], info.get("state")
+        next_seq, state = info["next_seq"], info.get("state") or []
         for p, e in manifest["inputs"].items():
             if e["stream"] == stream and e.get("seq") is not None:
                 files[e["seq"]] = p
@@ -620,6 +638,31 @@ def _job(stream: str, cands: list[Candidate], restart: bool, manifest: dict, dat
     return {"dataset": dataset, "stream": stream, "stream_no": info["no"], "run_id": run_id, "settings": settings,
             "state": state, "files": [e for e in entries if e["candidate"].error is None], "all_files": files,
             "entries": entries, "restart": restart, "next_seq": next_seq, "flush": flush}
+
+
+def _merged(results: list[dict]) -> dict:
+    """The results of a stream's parts as one: outputs and flows added up, the state files listed; the
+    per-file status, packets and bytes are every part's (each read the whole file)."""
+    results = sorted(results, key=lambda r: r["part"])
+    errors = [r["error"] for r in results if r["error"]]
+    out = {"stream": results[0]["stream"], "error": errors[0] if errors else None,
+           "state": [r["state"] for r in results if r["state"]] or None,
+           "open": {"connections": sum(sum((r.get("open") or {}).values()) for r in results)}}
+    if errors:
+        return out
+    files = [dict(f) for f in results[0]["files"]]
+    for r in results[1:]:
+        for mine, theirs in zip(files, r["files"]):
+            mine["outputs"] = sorted(mine["outputs"] + theirs["outputs"])
+            mine["flows"] += theirs["flows"]
+            if theirs["status"] == "failed" and mine["status"] != "failed":
+                mine.update(status="failed", error=theirs["error"])
+    out["files"] = files
+    flushed = [r["flushed"] for r in results if r.get("flushed")]
+    if flushed:
+        out["flushed"] = {"flows": sum(f["flows"] for f in flushed),
+                          "outputs": sorted(o for f in flushed for o in f["outputs"])}
+    return out
 
 
 def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict,
@@ -642,8 +685,7 @@ def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict
                 obsolete.update(e.get("outputs", []))
                 if path not in {x["path"] for x in job["entries"]}:
                     del inputs[path]
-    if old_info.get("state"):
-        obsolete.add(old_info["state"])
+    obsolete.update(old_info.get("state") or [])
     obsolete.update(old_info.get("flushed_outputs", []) if job["restart"] else [])
     by_path = {r["path"]: r for r in result["files"]}
     last_first_ts = None if job["restart"] else old_info.get("last_first_ts")
@@ -673,7 +715,7 @@ def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict
             last_first_ts = c.first_ts
         summary["done_bytes"] += c.size
     flushed = result.get("flushed")
-    info = {"no": job["stream_no"], "next_seq": job["next_seq"], "state": result["state"],
+    info = {"no": job["stream_no"], "next_seq": job["next_seq"], "state": result["state"] or [],
             "last_first_ts": last_first_ts,
             "flushed_outputs": ([] if job["restart"] else old_info.get("flushed_outputs", []))
             + (flushed["outputs"] if flushed else [])}

@@ -356,10 +356,11 @@ class DatagramStream:
         DatagramStream of the same fastflow build and settings); this engine is not changed."""
         yield from self._engine.snapshot_blocks()
 
-    def restore_blocks(self, blocks) -> None:
-        """Open flows saved by snapshot_blocks(), in order, before the first feed()."""
+    def restore_blocks(self, blocks, part: int = 0, parts: int = 1) -> None:
+        """Open flows saved by snapshot_blocks(), in order, before the first feed(); only those of part
+        `part` of `parts` (tcpflows.packet_parts) when parts > 1."""
         for block in blocks:
-            self._check(self._engine.restore(np.frombuffer(block, dtype=np.uint8)))
+            self._check(self._engine.restore(np.frombuffer(block, dtype=np.uint8), part, parts))
 
     def drain(self) -> dict:
         raw = self._engine.drain()

@@ -403,13 +403,14 @@ def _add_counts(total: dict, more: dict) -> None:
 
 
 def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, tally: dict, seconds: dict,
-              finish: bool = True, frame_high: int = 0):
+              finish: bool = True, frame_high: int = 0, select: Callable[[dict], np.ndarray] | None = None):
     """Decode, feed the engines; yield (TCP rows, datagram flows, watermark, last) after each batch and at
     the end, where every connection finishes, the TCP ones oldest first and a portion at a time (a capture
     that ends with a million open connections is then written without holding all their rows).
     finish=False leaves the open connections in the engines (batch.py carries them to the next file);
-    frame_high is or'ed into the frame numbers (batch.py: the file's number in its stream); network time
-    starts from, and ends in, tally["network_time"] when given."""
+    frame_high is or'ed into the frame numbers (batch.py: the file's number in its stream); select(batch)
+    picks the rows the engines get (batch.py: one part of a stream), network time still counting every
+    packet; network time starts from, and ends in, tally["network_time"] when given."""
     network_time = tally.get("network_time", np.iinfo(np.int64).min)
     batches = reader.batches()
     while True:
@@ -426,6 +427,8 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         status = batch["status"]
         valid = (batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
         tally["bad_ip_checksum"] += int(valid.size - np.count_nonzero(valid))
+        if select is not None:
+            valid &= select(batch)
         rows = np.flatnonzero((status == Status.TCP) & valid)
         tally["tcp_segments"] += rows.size
         if rows.size == status.size:    # all TCP: no copy

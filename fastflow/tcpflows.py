@@ -11,6 +11,7 @@ import tempfile
 import numpy as np
 
 from . import _tcpflows
+from .decode import Status
 from .errors import OutputError
 from .flows import DEFAULT_IDLE_TIMEOUT_NS
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, is_likely_server_port
@@ -125,10 +126,11 @@ class TcpFlows:
         except OSError as exc:
             raise OutputError(f"cannot read open connections back from a temporary file: {exc}") from None
 
-    def restore_blocks(self, blocks) -> None:
-        """Open connections saved by snapshot_blocks(), before the first feed()."""
+    def restore_blocks(self, blocks, part: int = 0, parts: int = 1) -> None:
+        """Open connections saved by snapshot_blocks(), before the first feed(); only those of part `part`
+        of `parts` (packet_parts) when parts > 1."""
         for block in blocks:
-            _check(self._engine.restore(np.frombuffer(block, dtype=np.uint8)))
+            _check(self._engine.restore(np.frombuffer(block, dtype=np.uint8), part, parts))
             self._spill_if_needed()
 
     def drain(self) -> dict:
@@ -141,6 +143,18 @@ class TcpFlows:
         if len(rows) > 1:
             rows = _opaque(rows)[np.argsort(rows["first_frame"], kind="stable")].view(rows.dtype)
         return rows, text
+
+
+def packet_parts(pk: dict, parts: int) -> np.ndarray:
+    """Each decoded packet's part of `parts`: every packet and every open connection of one connection key,
+    TCP or not, fall in the same part (a hash of the address pair, and of the ports for TCP and UDP), so
+    the parts can be analysed apart (fastflow batch -j on one stream)."""
+    status = np.asarray(pk["status"])
+    with_ports = ((status == Status.TCP) | (status == Status.UDP)).astype(np.uint8)
+    return _tcpflows.packet_parts(np.ascontiguousarray(pk["src"], dtype=np.uint8).reshape(-1, 16),
+                                  np.ascontiguousarray(pk["dst"], dtype=np.uint8).reshape(-1, 16),
+                                  np.ascontiguousarray(pk["sport"], dtype=np.uint16),
+                                  np.ascontiguousarray(pk["dport"], dtype=np.uint16), with_ports, int(parts))
 
 
 def concat_packed(parts: list[tuple[np.ndarray, bytes]]) -> tuple[np.ndarray, bytes]:

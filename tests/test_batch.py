@@ -104,7 +104,7 @@ def packet_times(paths) -> dict[str, np.ndarray]:
 
 @requires_corpus
 @needs_editcap
-@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("jobs", [1, 2, 3])
 @pytest.mark.parametrize("timeouts", [None, {"tcp": 2.0, "udp": 1.0}])
 def test_split_by_count_gives_the_same_connections(tmp_path, jobs, timeouts):
     capture = CAPTURES / "zeek__echo-connections.pcap"
@@ -177,7 +177,9 @@ def snapshot(dataset: Path) -> dict:
 
 @requires_corpus
 @needs_editcap
-def test_incremental_runs_equal_one_run(tmp_path):
+@pytest.mark.parametrize("first_jobs, second_jobs", [(1, 1), (3, 2)])
+def test_incremental_runs_equal_one_run(tmp_path, first_jobs, second_jobs):
+    """Also with the open connections saved by 3 parts and continued by 2 (-j 3, then -j 2)."""
     capture = CAPTURES / "zeek__echo-connections.pcap"
     pieces = split(capture, tmp_path / "all", "-c", "4000")
     arriving = tmp_path / "in"
@@ -185,11 +187,11 @@ def test_incremental_runs_equal_one_run(tmp_path):
     for p in pieces[:9]:
         shutil.copy2(p, arriving / p.name)
     timeouts = {"tcp": 1.0}
-    s1 = batch([arriving], tmp_path / "ds", settings=Settings(idle_timeouts_s=timeouts))
+    s1 = batch([arriving], tmp_path / "ds", settings=Settings(idle_timeouts_s=timeouts), jobs=first_jobs)
     assert s1["processed"] == 9 and s1["open_carried"] > 0
     for p in pieces[9:]:
         shutil.copy2(p, arriving / p.name)
-    s2 = batch([arriving], tmp_path / "ds", settings=Settings(idle_timeouts_s=timeouts))
+    s2 = batch([arriving], tmp_path / "ds", settings=Settings(idle_timeouts_s=timeouts), jobs=second_jobs)
     assert s2["processed"] == len(pieces) - 9 and s2["unchanged"] == 9 and s2["restarted_streams"] == 0
 
     batch([arriving], tmp_path / "ds_one", settings=Settings(idle_timeouts_s=timeouts))
@@ -356,7 +358,7 @@ def test_killed_runs_complete_on_the_next_run(tmp_path, where):
     # nothing left over from the killed run
     assert {p.name for p in (tmp_path / "ds").rglob("*.tmp")} == set()
     manifest = json.loads((tmp_path / "ds" / META_DIR / "manifest.json").read_text())
-    states = {s["state"] for s in manifest["streams"].values()}
+    states = {name for s in manifest["streams"].values() for name in s["state"]}
     assert {str(p.relative_to(tmp_path / "ds")) for p in (tmp_path / "ds").rglob("*.state")} == states
 
 

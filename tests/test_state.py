@@ -143,3 +143,83 @@ def test_damaged_snapshots_are_refused():
         DatagramStream().restore_blocks([blocks[0][:-1]])
     with pytest.raises(ValueError, match="already open"):
         DatagramStream().restore_blocks(blocks + blocks)
+
+
+# --- parts: a stream's connections split by address/port pair (fastflow batch -j on one stream) ----------
+
+@requires_corpus
+@pytest.mark.parametrize("name", capture_names())
+def test_parts_analysed_apart_give_the_same_flows(name):
+    """Packets split into 3 parts by packet_parts, each part through its own engines (network time still
+    from every packet), open connections saved half way unsplit and restored part by part: together the
+    same TCP and datagram flows as one engine fed everything."""
+    from fastflow.decode import PFlag, Status
+    from fastflow.pipeline import DATAGRAM_INPUT_COLUMNS, SEGMENT_INPUT_COLUMNS, add_network_time
+    from fastflow.tcpflows import packet_parts
+
+    pk, _ = decode_all(CAPTURES / name)
+    if not pk:
+        pytest.skip("no packets")
+    add_network_time(pk, np.iinfo(np.int64).min)
+    valid = (pk["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
+    is_tcp = (pk["status"] == Status.TCP) & valid
+    is_dg = np.isin(pk["status"], [Status.UDP, Status.ICMP, Status.ICMP6, Status.OTHER_IP]) & valid
+    parts = packet_parts(pk, 3)
+    n = len(pk["frame"])
+    half = n // 2
+
+    def rows(mask, columns, lo, hi):
+        keep = np.flatnonzero(mask[lo:hi]) + lo
+        return {c: pk[c][keep] for c in columns}
+
+    tcp, dg = TcpFlows(300 * SECOND), DatagramStream(None, ZEEK_LIKELY_SERVER_PORTS_UDP)
+    tcp.feed(rows(is_tcp, SEGMENT_INPUT_COLUMNS, 0, half))
+    dg.feed(rows(is_dg, DATAGRAM_INPUT_COLUMNS, 0, half))
+    if half:
+        tcp.expire(int(pk["network_time"][half - 1]))
+        dg.expire(int(pk["network_time"][half - 1]))
+    tcp_parts, dg_parts = [tcp.drain()], [dg.drain()]
+    tcp_blocks, dg_blocks = list(tcp.snapshot_blocks()), list(dg.snapshot_blocks())
+    seen = set()
+    for p in range(3):
+        t, d = TcpFlows(300 * SECOND), DatagramStream(None, ZEEK_LIKELY_SERVER_PORTS_UDP)
+        t.restore_blocks(tcp_blocks, p, 3)
+        d.restore_blocks(dg_blocks, p, 3)
+        mine = parts == p
+        t.feed(rows(is_tcp & mine, SEGMENT_INPUT_COLUMNS, half, n))
+        d.feed(rows(is_dg & mine, DATAGRAM_INPUT_COLUMNS, half, n))
+        t.finish()
+        d.finish()
+        tcp_parts.append(t.drain())
+        dg_parts.append(d.drain())
+        if len(tcp_parts[-1]["first_frame"]) or len(dg_parts[-1]["first_frame"]):
+            seen.add(p)
+    if is_tcp.any():
+        _, ref = analyse({c: pk[c][is_tcp] for c in SEGMENT_INPUT_COLUMNS}, 300 * SECOND)
+        assert_same_flows(ref, concat_flows(tcp_parts), name)
+    if is_dg.any():
+        got = concat(dg_parts)
+        order = np.argsort(got["first_frame"], kind="stable")
+        assert_same({k: v[order] for k, v in got.items()},
+                    reference({c: pk[c][is_dg] for c in DATAGRAM_INPUT_COLUMNS}), name)
+
+
+def test_parts_are_spread():
+    """Many connections fall in every part, in proportion (one loopback host pair still spreads by port)."""
+    from fastflow.tcpflows import packet_parts
+
+    n = 30000
+    rng = np.random.default_rng(0)
+    src = np.zeros((n, 16), np.uint8)
+    src[:, 10:12] = 0xFF
+    src[:, 12], src[:, 15] = 127, 1
+    pk = {"src": src, "dst": src.copy(), "sport": rng.integers(1024, 65535, n).astype(np.uint16),
+          "dport": np.full(n, 80, np.uint16), "status": np.ones(n, np.uint8)}
+    from fastflow.decode import Status
+
+    pk["status"][:] = Status.TCP
+    counts = np.bincount(packet_parts(pk, 4), minlength=4)
+    assert counts.min() > 0.2 * n and counts.max() < 0.3 * n
+    # the two directions of a pair fall together
+    back = dict(pk, src=pk["dst"], dst=pk["src"], sport=pk["dport"], dport=pk["sport"])
+    assert np.array_equal(packet_parts(pk, 4), packet_parts(back, 4))
