@@ -18,8 +18,11 @@ import fcntl
 import glob
 import hashlib
 import json
+import multiprocessing
 import os
 import re
+import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -528,7 +531,7 @@ def plan(paths: list[str], manifest: dict, pattern: re.Pattern | None, min_age_s
 
 def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | None = None,
         stream_pattern: str | None = None, min_age_s: float = 60.0, flush: bool = False,
-        progress: Callable[[int, int | None], None] | None = None) -> dict:
+        scheduler: str | None = None, progress: Callable[[int, int | None], None] | None = None) -> dict:
     """One batch run over sources into dataset (see the module's docstring). Returns the run's summary;
     summary["failed"] / ["damaged"] list the inputs that did not go through cleanly. progress(done, total)
     gets the input bytes of the streams finished so far."""
@@ -572,7 +575,8 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
             for stream, info in sorted(manifest["streams"].items()):
                 if stream not in by_stream and info.get("state"):
                     stream_jobs.append(_job(stream, [], False, manifest, dataset, run_id, settings, flush))
-        workers = max(1, jobs or os.cpu_count() or 1)
+        client = _dask_client(scheduler) if scheduler else None
+        workers = max(1, jobs or (sum(client.nthreads().values()) if client else os.cpu_count()) or 1)
         # fewer streams than workers: each stream's connections split into parts by address/port pair, each
         # part a task that reads every file of the stream (the output does not depend on the split)
         parts = max(1, workers // max(1, len(stream_jobs)))
@@ -586,13 +590,16 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
                 _commit(dataset, manifest, by_name[task["stream"]], _merged(pending.pop(task["stream"])), summary,
                         progress)
 
-        if workers == 1 or len(tasks) <= 1:
+        if client is not None:
+            _run_on_dask(client, tasks, finished)
+        elif workers == 1 or len(tasks) <= 1:
             for task in tasks:
                 finished(task, process_stream(task))
         else:
-            with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks))) as pool:
+            with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), initializer=_worker_init) as pool:
                 futures = {pool.submit(process_stream, task): task for task in tasks}
-                for future in concurrent.futures.as_completed(futures):
+                stop = _stop_workers_on_exit(pool)
+                for future in stop(concurrent.futures.as_completed(futures)):
                     task = futures[future]
                     try:
                         result = future.result()
@@ -602,6 +609,8 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
                                   "error": "a worker process died before finishing this stream (killed, or out "
                                            "of memory?)"}
                     finished(task, result)
+        if client is not None:
+            client.close()
         save_manifest(dataset, manifest)        # touched-only files' new mtimes
         summary["open_carried"] = sum(info.get("open", 0) for info in manifest["streams"].values())
     summary["seconds"] = time.time() - started
@@ -638,6 +647,63 @@ def _job(stream: str, cands: list[Candidate], restart: bool, manifest: dict, dat
     return {"dataset": dataset, "stream": stream, "stream_no": info["no"], "run_id": run_id, "settings": settings,
             "state": state, "files": [e for e in entries if e["candidate"].error is None], "all_files": files,
             "entries": entries, "restart": restart, "next_seq": next_seq, "flush": flush}
+
+
+def _worker_init() -> None:
+    """Workers leave SIGINT (a Ctrl-C reaches the whole process group) and SIGTERM to the main process,
+    which stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop_workers_on_exit(pool):
+    """Wrap the loop over finished tasks: if it is left by an exception (SIGINT, SIGTERM, an error), the
+    pool's workers are terminated at once instead of finishing their streams (their work is not recorded:
+    the next run redoes it)."""
+    def loop(items):
+        try:
+            yield from items
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise
+    return loop
+
+
+def _dask_client(address: str):
+    """A dask.distributed client of the scheduler at address (the optional dependency: fastflow[dask])."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--scheduler needs dask.distributed: pip install 'fastflow[dask]'") from None
+    host, _, port = address.rpartition("://")[2].rpartition(":")
+    if host and port.isdigit():
+        # a refused connection is said at once (the client would retry until its timeout)
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except OSError as exc:
+            raise UsageError(f"--scheduler {address}: cannot connect: {exc.strerror or exc}") from None
+    try:
+        return Client(address, timeout=30, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UsageError(f"--scheduler {address}: cannot connect: {exc}") from None
+
+
+def _run_on_dask(client, tasks: list[dict], finished) -> None:
+    """The same tasks as the process pool's, on the cluster's workers: inputs and dataset must be paths
+    every worker sees. A task whose worker died (dask gives up after its retries) fails its stream."""
+    from distributed import as_completed
+
+    futures = {client.submit(process_stream, task, pure=False): i for i, task in enumerate(tasks)}
+    for future in as_completed(futures, loop=client.loop):
+        task = tasks[futures[future]]
+        try:
+            result = future.result()
+        except Exception as exc:       # KilledWorker, a lost connection: reported, the next run redoes it
+            result = {"stream": task["stream"], "part": task["part"], "files": [], "state": None,
+                      "error": f"the cluster could not run this stream: {type(exc).__name__}: {exc}"}
+        finished(task, result)
 
 
 def _merged(results: list[dict]) -> dict:

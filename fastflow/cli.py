@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "path, instead of by its folder")
     b.add_argument("--min-age", type=float, default=60.0, metavar="SECONDS",
                    help="leave files modified less than this long ago for the next run (default 60)")
+    b.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the work on a dask.distributed cluster (tcp://host:8786); the inputs and DATASET "
+                        "must be paths its workers share (pip install 'fastflow[dask]')")
     b.add_argument("--flush", action="store_true",
                    help="write the connections still open at the end as they are, instead of keeping them "
                         "for the next run")
@@ -94,8 +97,11 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    left = "no output written"
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "batch":
+            left = "the dataset keeps the streams this run finished; the next run does the rest"
         if args.command == "process":
             return _process(args)
         if args.command == "batch":
@@ -107,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("Interrupted: no output written", file=sys.stderr)
+        print(f"Interrupted: {left}", file=sys.stderr)
         return EXIT_SIGINT
     except _Terminated:
-        print("Terminated: no output written", file=sys.stderr)
+        print(f"Terminated: {left}", file=sys.stderr)
         return EXIT_SIGTERM
     except BrokenPipeError:
         return EXIT_OK
@@ -202,7 +208,7 @@ def _batch(args) -> int:
     settings = Settings(**_analysis_settings(args), compression=args.compression)
     progress = _Progress(sys.stderr) if (not args.quiet and sys.stderr.isatty()) else None
     summary = run(sources, args.output, settings=settings, jobs=args.jobs, stream_pattern=args.stream_pattern,
-                  min_age_s=args.min_age, flush=args.flush, progress=progress)
+                  min_age_s=args.min_age, flush=args.flush, scheduler=args.scheduler, progress=progress)
     if progress:
         progress.done()
     if args.summary_json:

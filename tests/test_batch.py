@@ -401,3 +401,63 @@ def test_duckdb_reads_the_dataset(tmp_path):
     assert {(p, h, c): n for p, h, c, n in got} == want
     days = duckdb.sql(f"SELECT count(DISTINCT date) FROM read_parquet('{glob_}', hive_partitioning = true)").fetchall()[0]
     assert days[0] > 5
+
+
+# --- a dask.distributed cluster --------------------------------------------------------------------------
+
+@requires_corpus
+@needs_editcap
+def test_dask_local_cluster_gives_the_same_dataset(tmp_path):
+    distributed = pytest.importorskip("distributed", reason="dask.distributed (fastflow[dask]) is not installed")
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    split(capture, tmp_path / "in" / "a", "-c", "6000", compress={2: "gz"})
+    split(CAPTURES / "zeek__wikipedia.pcap", tmp_path / "in" / "b", "-i", "1")
+    batch([tmp_path / "in"], tmp_path / "local", flush=True, jobs=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  host="127.0.0.1") as cluster:
+        summary = batch([tmp_path / "in"], tmp_path / "ds", flush=True, jobs=None,
+                        scheduler=cluster.scheduler_address)
+        assert summary["processed"] == len(list((tmp_path / "in").rglob("*.pcap*")))
+        # one stream, two workers: its two parts ran on the cluster
+        single = batch([tmp_path / "in" / "a"], tmp_path / "ds_a", flush=True, jobs=None,
+                       scheduler=cluster.scheduler_address)
+        assert not single["failed"]
+    assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "local"))
+    assert {p.name.split("-")[3] for p in (tmp_path / "ds_a" / "flows").rglob("*.parquet")} == {"0of2", "1of2"}
+    assert_same_connections(tmp_path / "ds_a", process_table(capture))
+
+
+def test_scheduler_that_is_not_there_is_a_usage_error(tmp_path):
+    pytest.importorskip("distributed", reason="dask.distributed (fastflow[dask]) is not installed")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "pcap_us_le.pcap", folder / "a.pcap")
+    r = cli("batch", folder, "-o", tmp_path / "ds", "--min-age", "0", "--scheduler", "tcp://127.0.0.1:9")
+    assert r.returncode == 2 and r.stderr.startswith("Error: --scheduler") and "Traceback" not in r.stderr
+
+
+@requires_corpus
+@needs_editcap
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_stop_the_workers_and_the_next_run_completes(tmp_path, sig, code):
+    """SIGINT / SIGTERM to the whole process group (a terminal's Ctrl-C, a service stop) with two workers:
+    exit 130 / 143 at once, no process left, and the next run gives the uninterrupted run's rows."""
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    for k in range(2):
+        split(capture, tmp_path / "in" / f"s{k}", "-c", "3000")
+    common = [sys.executable, "-m", "fastflow", "batch", str(tmp_path / "in"), "-j", "2", "--idle-timeout", "1"]
+    assert subprocess.run(common + ["-q", "-o", str(tmp_path / "clean")]).returncode == 0
+    p = subprocess.Popen(common + ["-o", str(tmp_path / "ds")], stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    while not (tmp_path / "ds" / "flows").exists():     # the workers are writing
+        assert p.poll() is None
+        time.sleep(0.005)
+    os.killpg(p.pid, sig)
+    err = p.communicate(timeout=30)[1]
+    assert p.returncode == code, err
+    assert err.count("\n") == 1 and "the next run does the rest" in err
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(p.pid, 0)          # the workers are gone too
+    assert subprocess.run(common + ["-q", "-o", str(tmp_path / "ds")]).returncode == 0
+    assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "clean"))
