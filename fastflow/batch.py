@@ -271,25 +271,55 @@ def _provenance(table: pa.Table, first: np.ndarray, last: np.ndarray, files: dic
 
 def process_stream(job: dict) -> dict:
     """Run one stream's new files (job: see run()). Returns, per file, its status, counts and outputs, and
-    the new state file. Runs in a worker process: every error is returned, never raised."""
+    the new state file. Runs in a worker process: every error is returned, never raised.
+
+    Files whose time ranges overlap are merged in time order, as mergecap would. An overlap shows when a file
+    starts before the previous one ended; the stream's work of this run is then started again with every
+    file's time range known (a decode-only pass) and the overlapping files read together."""
     settings: Settings = job["settings"]
     dataset, stream, run_id = job["dataset"], job["stream"], job["run_id"]
-    timeouts_ns, tcp_ports, udp_ports = _settings(settings.filter_expr, settings.idle_timeouts_s,
-                                                  settings.server_ports)
-    tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, settings.vlan_aware, max_in_memory=tcpflows.MAX_IN_MEMORY)
-    datagram = DatagramStream(timeouts_ns, udp_ports, settings.vlan_aware)
     files = {int(k): v for k, v in job["all_files"].items()}     # file number -> path, the whole stream
     part, parts = job["part"], job["parts"]
     label = f"{job['stream_no']}-{{}}-{part}of{parts}-{run_id}"      # part and state file names
-    results: list[dict] = []
-    out: dict = {"stream": stream, "part": part, "files": results, "state": None, "error": None}
-    tally = {"network_time": np.iinfo(np.int64).min}
+    out: dict = {"stream": stream, "part": part, "files": [], "state": None, "error": None, "merged": []}
+    entries = job["files"]
+    groups: list[list[dict]] | None = None          # overlapping files read together, once known
+    tcp = None
     try:
-        for name in job["state"]:
-            tally["network_time"] = _read_state(os.path.join(dataset, name), tcp, datagram, part, parts)
-        for entry in job["files"]:
-            results.append(_process_file(entry, dataset, stream, label, settings, tcp, datagram, tally, files,
-                                         part, parts))
+        while True:
+            timeouts_ns, tcp_ports, udp_ports = _settings(settings.filter_expr, settings.idle_timeouts_s,
+                                                          settings.server_ports)
+            tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, settings.vlan_aware,
+                           max_in_memory=tcpflows.MAX_IN_MEMORY)
+            datagram = DatagramStream(timeouts_ns, udp_ports, settings.vlan_aware)
+            tally = {"network_time": np.iinfo(np.int64).min}
+            for name in job["state"]:
+                tally["network_time"] = _read_state(os.path.join(dataset, name), tcp, datagram, part, parts)
+            end_ts = job.get("end_ts")
+            units = groups if groups is not None else [[e] for e in entries]
+            results: list[dict] = []
+            overlap = False
+            for k, unit in enumerate(units):
+                results += _process_unit(unit, dataset, stream, label, settings, tcp, datagram, tally, files,
+                                         part, parts)
+                ends = [r["end_ts"] for r in results[-len(unit):] if r.get("end_ts") is not None]
+                end_ts = max(ends) if ends else end_ts
+                following = units[k + 1][0]["candidate"].first_ts if k + 1 < len(units) else None
+                if groups is None and following is not None and end_ts is not None and following < end_ts:
+                    overlap = True
+                    break
+            if not overlap:
+                break
+            # start again: this pass's outputs go, the files are grouped by their time ranges
+            for r in results:
+                for name in r["outputs"]:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(dataset, name))
+            tcp.close()
+            groups = _overlapping(entries, settings)
+        out["files"] = results
+        out["end_ts"] = end_ts
+        out["merged"] = [[e["path"] for e in g] for g in (groups or []) if len(g) > 1]
         if job["flush"]:
             # the open connections written as they are; the next run starts the stream with none open
             writer = _PartWriter(dataset, "part-" + label.format("flush"), settings.compression)
@@ -314,51 +344,145 @@ def process_stream(job: dict) -> dict:
     except OSError as exc:
         out["error"] = f"{exc.filename or dataset}: {exc.strerror or exc}"
     finally:
-        tcp.close()
+        if tcp is not None:
+            tcp.close()
     return out
 
 
-def _process_file(entry: dict, dataset: str, stream: str, label: str, settings: Settings, tcp: TcpFlows,
-                  datagram: DatagramStream, tally: dict, files: dict, part: int, parts: int) -> dict:
-    path, seq = entry["path"], entry["seq"]
-    result = {"path": path, "status": "done", "error": None, "damage": None, "outputs": [], "packets": 0,
-              "flows": 0, "seconds": 0.0}
-    started = time.perf_counter()
-    writer = _PartWriter(dataset, "part-" + label.format(seq), settings.compression)
-    select = None if parts == 1 else (lambda batch: packet_parts(batch, parts) == part)
-    counts = None
+def _time_range(path: str, settings: Settings) -> tuple[int | None, int | None]:
+    """A file's first and last packet times (decode only); (None, None) if it has none or cannot be read."""
+    first = last = None
     try:
         with Source(path) as source:
-            reader = CaptureReader(source, filter_expr=settings.filter_expr, batch_size=1 << 18,
-                                   verify_checksums=settings.verify_checksums)
+            reader = CaptureReader(source, filter_expr=settings.filter_expr)
+            for batch in reader.batches():
+                if len(batch["ts"]):
+                    first = int(batch["ts"][0]) if first is None else first
+                    last = int(batch["ts"][-1])
+    except FastflowError:
+        pass
+    return first, last
+
+
+def _overlapping(entries: list[dict], settings: Settings) -> list[list[dict]]:
+    """The files in runs whose time ranges overlap (each run read as one, merged in time order)."""
+    groups: list[list[dict]] = []
+    group_end = None
+    for entry in entries:
+        first, last = _time_range(entry["path"], settings)
+        if groups and first is not None and group_end is not None and first < group_end:
+            groups[-1].append(entry)
+        else:
+            groups.append([entry])
+            group_end = None
+        if last is not None:
+            group_end = last if group_end is None else max(group_end, last)
+    return groups
+
+
+class _Opened:
+    """One file of a unit: its source and reader, its batches numbered with the file's number."""
+
+    def __init__(self, entry: dict, settings: Settings):
+        self.entry = entry
+        self.source = Source(entry["path"])
+        self.reader = CaptureReader(self.source, filter_expr=settings.filter_expr, batch_size=1 << 18,
+                                    verify_checksums=settings.verify_checksums)
+        self.end_ts: int | None = None
+
+    def batches(self):
+        high = np.uint64(self.entry["seq"] << FRAME_BITS)
+        for batch in self.reader.batches():
+            if self.reader.frames > MAX_FRAMES_PER_FILE:
+                raise InputError(f"{self.entry['path']}: more than {MAX_FRAMES_PER_FILE} packets in one file")
+            if len(batch["ts"]):
+                self.end_ts = int(batch["ts"][-1])
+            batch["frame"] = batch["frame"] | high
+            yield batch
+
+
+class _Merged:
+    """Several files' batches merged in time order, as mergecap does with time-ordered files: rows up to the
+    earliest of the files' current batch ends go out together, sorted by time (ties: earlier file first)."""
+
+    def __init__(self, opened: list[_Opened]):
+        self.opened = opened
+
+    def batches(self):
+        streams = [o.batches() for o in self.opened]
+        heads: list[dict | None] = [next(s, None) for s in streams]
+        while any(h is not None for h in heads):
+            live = [k for k, h in enumerate(heads) if h is not None]
+            cutoff = min(int(heads[k]["ts"][-1]) for k in live)
+            taken = []
+            for k in live:
+                ts = heads[k]["ts"]
+                n = int(np.argmax(ts > cutoff)) if ts[-1] > cutoff else len(ts)
+                if n:
+                    taken.append({c: v[:n] for c, v in heads[k].items()})
+                    heads[k] = {c: v[n:] for c, v in heads[k].items()} if n < len(ts) else None
+                if heads[k] is None:
+                    heads[k] = next(streams[k], None)
+                    while heads[k] is not None and not len(heads[k]["ts"]):
+                        heads[k] = next(streams[k], None)
+            if not taken:
+                continue
+            batch = {c: np.concatenate([t[c] for t in taken]) for c in taken[0]}
+            order = np.argsort(batch["ts"], kind="stable")
+            yield {c: v[order] for c, v in batch.items()}
+
+
+def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, settings: Settings, tcp: TcpFlows,
+                  datagram: DatagramStream, tally: dict, files: dict, part: int, parts: int) -> list[dict]:
+    """One file, or files read together (merged); returns each file's result (the outputs go with the first)."""
+    results = {e["path"]: {"path": e["path"], "status": "done", "error": None, "damage": None, "outputs": [],
+                           "packets": 0, "flows": 0, "seconds": 0.0, "end_ts": None} for e in unit}
+    started = time.perf_counter()
+    writer = _PartWriter(dataset, "part-" + label.format(unit[0]["seq"]), settings.compression)
+    select = None if parts == 1 else (lambda batch: packet_parts(batch, parts) == part)
+    opened: list[_Opened] = []
+    counts = None
+    try:
+        for entry in unit:
+            try:
+                opened.append(_Opened(entry, settings))
+            except FastflowError as exc:
+                results[entry["path"]].update(status="failed", error=str(exc))
+        if opened:
+            reader = opened[0] if len(opened) == 1 else _Merged(opened)
             seconds = {"decode": 0.0, "connections": 0.0}
             tally.update(bad_ip_checksum=0, tcp_segments=0)
             parts_tcp, parts_dg = [], []
             for tcp_rows, dg, _, _ in _finished(reader, tcp, datagram, tally, seconds, finish=False,
-                                                frame_high=seq << FRAME_BITS, select=select):
+                                                select=select):
                 parts_tcp.append(tcp_rows)
                 parts_dg.append(dg)
-                if reader.frames > MAX_FRAMES_PER_FILE:
-                    raise InputError(f"{path}: more than {MAX_FRAMES_PER_FILE} packets in one file")
                 if sum(len(r) for r, _ in parts_tcp) + sum(len(d["first_frame"]) for d in parts_dg) >= 1 << 16:
                     counts = _write_rows(writer, parts_tcp, parts_dg, settings, files, stream, counts)
             counts = _write_rows(writer, parts_tcp, parts_dg, settings, files, stream, counts)
-            result["packets"] = int(reader.frames)
-            result["bytes"] = int(source.raw_consumed if source.compression else (source.size or 0))
-            if reader.damage is not None:
-                result["status"] = "damaged"
-                result["damage"] = reader.damage.describe(path)
-        result["outputs"] = writer.commit(file_metadata({"fastflow_version": __version__, "stream": stream,
-                                                         "input": path}))
+        for o in opened:
+            r = results[o.entry["path"]]
+            r["packets"] = int(o.reader.frames)
+            r["bytes"] = int(o.source.raw_consumed if o.source.compression else (o.source.size or 0))
+            r["end_ts"] = o.end_ts
+            if o.reader.damage is not None:
+                r["status"] = "damaged"
+                r["damage"] = o.reader.damage.describe(o.entry["path"])
+        first = results[unit[0]["path"]]
+        first["outputs"] = writer.commit(file_metadata({"fastflow_version": __version__, "stream": stream,
+                                                        "inputs": [e["path"] for e in unit]}))
         _crash_point("file-written")
-        result["flows"] = counts["connections"] if counts else 0
-        result["counts"] = counts
+        first["flows"] = counts["connections"] if counts else 0
     except FastflowError as exc:
-        result.update(status="failed", error=str(exc))
+        for r in results.values():
+            r.update(status="failed", error=str(exc))
     finally:
         writer.discard()
-    result["seconds"] = time.perf_counter() - started
-    return result
+        for o in opened:
+            o.source.close()
+    for r in results.values():
+        r["seconds"] = (time.perf_counter() - started) / len(unit)
+    return list(results.values())
 
 
 def _write_rows(writer: _PartWriter, parts_tcp: list, parts_dg: list, settings: Settings, files: dict,
@@ -523,8 +647,10 @@ def plan(paths: list[str], manifest: dict, pattern: re.Pattern | None, min_age_s
         cands.sort(key=lambda c: (c.first_ts is None, c.first_ts or 0, c.path))
         known = manifest["streams"].get(stream)
         changed = any(c.path in inputs for c in cands)
-        late = known is not None and any(c.first_ts is not None and known.get("last_first_ts") is not None
-                                         and c.first_ts < known["last_first_ts"] for c in cands)
+        # a file that starts before the stream's processed files end: it sorts among them, or overlaps them
+        end = None if known is None else (known.get("end_ts") if known.get("end_ts") is not None
+                                          else known.get("last_first_ts"))
+        late = end is not None and any(c.first_ts is not None and c.first_ts < end for c in cands)
         restart[stream] = changed or late
     return by_stream, restart, young, unchanged
 
@@ -553,7 +679,7 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
     summary = {"run_id": run_id, "dataset": dataset, "inputs_seen": len(paths), "not_captures": len(ignored),
                "processed": 0, "failed": [], "damaged": [], "young": 0, "unchanged": 0, "restarted_streams": 0,
                "packets": 0, "bytes": 0, "flows_written": 0, "open_carried": 0, "removed_leftovers": 0,
-               "total_bytes": 0, "done_bytes": 0}
+               "total_bytes": 0, "done_bytes": 0, "merged": []}
     with locked(dataset):
         manifest = load_manifest(dataset)
         if manifest["settings"] is None:
@@ -645,7 +771,7 @@ def _job(stream: str, cands: list[Candidate], restart: bool, manifest: dict, dat
         files[next_seq] = c.path
         next_seq += 1
     return {"dataset": dataset, "stream": stream, "stream_no": info["no"], "run_id": run_id, "settings": settings,
-            "state": state, "files": [e for e in entries if e["candidate"].error is None], "all_files": files,
+            "state": state, "end_ts": None if restart else info.get("end_ts"), "files": [e for e in entries if e["candidate"].error is None], "all_files": files,
             "entries": entries, "restart": restart, "next_seq": next_seq, "flush": flush}
 
 
@@ -724,6 +850,7 @@ def _merged(results: list[dict]) -> dict:
             if theirs["status"] == "failed" and mine["status"] != "failed":
                 mine.update(status="failed", error=theirs["error"])
     out["files"] = files
+    out["end_ts"], out["merged"] = results[0].get("end_ts"), results[0].get("merged", [])
     flushed = [r["flushed"] for r in results if r.get("flushed")]
     if flushed:
         out["flushed"] = {"flows": sum(f["flows"] for f in flushed),
@@ -781,8 +908,12 @@ def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict
             last_first_ts = c.first_ts
         summary["done_bytes"] += c.size
     flushed = result.get("flushed")
+    for group in result.get("merged", []):
+        summary["merged"].append(group)
+        for path in group:
+            inputs[path]["merged_with"] = [p for p in group if p != path]
     info = {"no": job["stream_no"], "next_seq": job["next_seq"], "state": result["state"] or [],
-            "last_first_ts": last_first_ts,
+            "last_first_ts": last_first_ts, "end_ts": result.get("end_ts"),
             "flushed_outputs": ([] if job["restart"] else old_info.get("flushed_outputs", []))
             + (flushed["outputs"] if flushed else [])}
     manifest["streams"][stream] = info

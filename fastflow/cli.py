@@ -216,6 +216,10 @@ def _batch(args) -> int:
             json.dump(summary, f, indent=2, sort_keys=True)
     for failure in summary["failed"]:
         print(f"Error: {failure['error']}", file=sys.stderr)
+    for group in summary["merged"]:
+        if not args.quiet:
+            print(f"Note: {len(group)} files overlap in time and were merged in time order: "
+                  + ", ".join(group), file=sys.stderr)
     for damaged in summary["damaged"]:
         print(f"Warning: {damaged['error']}; the packets before it were processed", file=sys.stderr)
     if not args.quiet:

@@ -461,3 +461,66 @@ def test_signals_stop_the_workers_and_the_next_run_completes(tmp_path, sig, code
         os.killpg(p.pid, 0)          # the workers are gone too
     assert subprocess.run(common + ["-q", "-o", str(tmp_path / "ds")]).returncode == 0
     assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "clean"))
+
+
+# --- files that overlap in time ----------------------------------------------------------------------------
+
+def deal(capture: Path, folder: Path, names: list[str], pattern) -> list[Path]:
+    """The capture's records dealt into several pcap files: record k goes to file pattern(k) (two sensors
+    that saw the same traffic at once, say). Written an hour old."""
+    data = capture.read_bytes()
+    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    outs = [bytearray(data[:24]) for _ in names]
+    off, k = 24, 0
+    while off + 16 <= len(data):
+        caplen = int.from_bytes(data[off + 8:off + 12], "little" if endian == "<" else "big")
+        outs[pattern(k)] += data[off:off + 16 + caplen]
+        off += 16 + caplen
+        k += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, out in zip(names, outs):
+        (folder / name).write_bytes(bytes(out))
+        os.utime(folder / name, (OLD, OLD))
+        paths.append(folder / name)
+    return paths
+
+
+def mergecap(paths, out: Path) -> Path:
+    tool = shutil.which("mergecap")
+    if tool is None:
+        pytest.skip("mergecap (Debian: wireshark-common) is not installed")
+    subprocess.run([tool, "-F", "pcap", "-w", str(out), *map(str, paths)], check=True)
+    return out
+
+
+@requires_corpus
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_overlapping_files_are_merged_as_mergecap_does(tmp_path, jobs):
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    # three pieces in time order, the middle one dealt between two files that overlap all along
+    n = 82582
+    pieces = deal(capture, tmp_path / "in", ["a.pcap", "b1.pcap", "b2.pcap", "c.pcap"],
+                  lambda k: 0 if k < n // 3 else 3 if k >= 2 * n // 3 else 1 + k % 2)
+    merged = mergecap(pieces, tmp_path / "merged.pcap")
+    summary = batch([tmp_path / "in"], tmp_path / "ds", flush=True, jobs=jobs,
+                    settings=Settings(idle_timeouts_s={"tcp": 1.0}))
+    assert [sorted(Path(p).name for p in g) for g in summary["merged"]] == [["b1.pcap", "b2.pcap"]]
+    got = assert_same_connections(tmp_path / "ds", process_table(merged, idle_timeouts_s={"tcp": 1.0}))
+    check_provenance(got, packet_times(pieces))
+    manifest = json.loads((tmp_path / "ds" / META_DIR / "manifest.json").read_text())
+    assert manifest["inputs"][str(pieces[1])]["merged_with"] == [str(pieces[2])]
+    assert manifest["inputs"][str(pieces[0])].get("merged_with") is None
+
+
+@requires_corpus
+def test_a_file_overlapping_an_earlier_run_restarts_the_stream_merged(tmp_path):
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    pieces = deal(capture, tmp_path / "all", ["x.pcap", "y.pcap"], lambda k: k % 2)
+    (tmp_path / "in").mkdir()
+    shutil.copy2(pieces[0], tmp_path / "in" / "x.pcap")
+    batch([tmp_path / "in"], tmp_path / "ds")
+    shutil.copy2(pieces[1], tmp_path / "in" / "y.pcap")
+    summary = batch([tmp_path / "in"], tmp_path / "ds", flush=True)
+    assert summary["restarted_streams"] == 1 and len(summary["merged"]) == 1
+    assert_same_connections(tmp_path / "ds", process_table(mergecap(pieces, tmp_path / "merged.pcap")))
