@@ -244,6 +244,7 @@ cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_ava
     cdef uint16_t fo
     cdef bint first_fragment = False, jumbo = False
     cdef uint32_t claimed
+    cdef uint64_t pkt_end
     cdef const uint8_t *final_dst = p + 24    # the checksum's destination: a routing header's last hop
     c.ip_version[i] = 6
     if avail < 40:
@@ -261,10 +262,19 @@ cdef inline void decode_ipv6(const uint8_t *p, uint32_t avail, uint32_t wire_ava
     # extension headers: a loop over the key set; each step moves on by at least 8 bytes
     while nh == IPPROTO_HOPOPTS or nh == IPPROTO_ROUTING or nh == IPPROTO_FRAGMENT \
             or nh == IPPROTO_DSTOPTS or nh == IPPROTO_AH:
-        if avail < off + 8:
+        # the packet ends where its length fields say (within what was on the wire): a header chain that runs
+        # past that contradicts them (BAD_HEADER); past a snaplen cut only, it is TRUNCATED; a first fragment's
+        # chain may go on in the next fragment (FRAGMENT, as a first fragment too short for its TCP header)
+        pkt_end = <uint64_t>plen + 40
+        if pkt_end > wire_avail:
+            pkt_end = wire_avail
+        if off + 8 > pkt_end or avail < off + 8:
             c.ip_proto[i] = nh
             c.ip_len[i] = 40 + plen
-            c.status[i] = ST_TRUNCATED
+            if first_fragment:
+                c.status[i] = ST_FRAGMENT
+            else:
+                c.status[i] = ST_BAD_HEADER if off + 8 > pkt_end else ST_TRUNCATED
             return
         if nh == IPPROTO_FRAGMENT:
             hlen = 8

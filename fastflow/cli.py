@@ -161,8 +161,9 @@ def _process(args) -> int:
         with open(args.summary_json, "w") as f:
             json.dump(result.stats, f, indent=2, sort_keys=True)
     if result.damage is not None:
-        print(f"Warning: {result.damage.describe(args.capture)}; the {result.stats['counts']['packets']} "
-              f"packets before it were processed", file=sys.stderr)
+        packets = result.stats["counts"]["packets"]
+        done = f"the {packets} packets before it" if result.damage.stops else f"all {packets} packets"
+        print(f"Warning: {result.damage.describe(args.capture)}; {done} were processed", file=sys.stderr)
     if not args.quiet:
         print(_summary(result.stats, outputs), file=sys.stderr)
     return EXIT_DAMAGED if result.damage is not None else EXIT_OK

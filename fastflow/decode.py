@@ -65,9 +65,16 @@ class Damage:
     kind: str          # cut_short | bad_record | bad_section_header | stream_damaged | caplen_exceeds_wirelen
     offset: int        # byte offset (in the decompressed stream for compressed inputs)
     message: str
+    decompressed: bool = False   # the offset counts decompressed bytes
+
+    @property
+    def stops(self) -> bool:
+        """Reading stopped at the damage (all but caplen_exceeds_wirelen, where every record was read)."""
+        return self.kind != "caplen_exceeds_wirelen"
 
     def describe(self, name: str) -> str:
-        return f"{name}: {self.message} at byte offset {self.offset}"
+        where = " of the decompressed data" if self.decompressed else ""
+        return f"{name}: {self.message} at byte offset {self.offset}{where}"
 
 
 _DAMAGE = {
@@ -123,11 +130,11 @@ class CaptureReader:
             else:
                 yield from self._blocks()
         except StreamDamage as exc:
-            self.damage = Damage("stream_damaged", dec.consumed, str(exc))
+            self.damage = self._damage("stream_damaged", dec.consumed, str(exc))
         if self.damage is None and dec.bad_length_records:
-            self.damage = Damage("caplen_exceeds_wirelen", int(dec.bad_length_offset),
-                                 f"{dec.bad_length_records} record(s) with a captured length over the original "
-                                 f"length (kept), the first")
+            self.damage = self._damage("caplen_exceeds_wirelen", int(dec.bad_length_offset),
+                                       f"{dec.bad_length_records} record(s) with a captured length over the "
+                                       f"original length (kept), the first")
         if dec.n:
             yield dec.take()
         self._check_linktypes()
@@ -185,7 +192,10 @@ class CaptureReader:
             raise InputError(f"{name}: pcapng section header with an unknown byte-order magic")
         if stop in _DAMAGE:
             kind, message = _DAMAGE[Stop(stop)]
-            self.damage = Damage(kind, int(dec.stop_offset), message)
+            self.damage = self._damage(kind, int(dec.stop_offset), message)
+
+    def _damage(self, kind: str, offset: int, message: str) -> Damage:
+        return Damage(kind, int(offset), message, decompressed=self.source.compression is not None)
 
     def _check_linktypes(self) -> None:
         types = self.linktypes

@@ -54,6 +54,13 @@ class _Prefixed:
         self.consumed += len(out)
         return out
 
+    def read1(self, n: int = -1) -> bytes:
+        if self._prefix:
+            return self.read(n)
+        out = self._rest.read1(n) if hasattr(self._rest, "read1") else self._rest.read(n)
+        self.consumed += len(out)
+        return out
+
     def readable(self) -> bool:
         return True
 
@@ -66,16 +73,110 @@ class _Prefixed:
         pass
 
 
-def _decompressor(kind: str, raw) -> BinaryIO:
+class _ZstdFrames:
+    """A zstd stream's raw bytes, passed through while their frame structure is followed (frame and block
+    headers, checksums, skippable frames; block contents are skipped, not decoded), so that the end of the
+    input is known to fall between frames or inside one: zstandard's stream_reader ends silently in both."""
+
+    _ZSTD_MAGIC = 0xFD2FB528
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._state = "magic"   # what the next `_need` bytes are
+        self._need = 4
+        self._head = b""        # bytes of that header so far
+        self._skip = 0          # content bytes to pass over first
+        self._checksum = False
+        self._lost = False      # not a frame we know: the decompressor reports it
+
+    @property
+    def between_frames(self) -> bool:
+        return self._lost or (self._state == "magic" and not self._head and not self._skip)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        pos = 0
+        while pos < len(data) and not self._lost:
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._head), len(data) - pos)
+            self._head += data[pos:pos + take]
+            pos += take
+            if len(self._head) == self._need:
+                head, self._head = self._head, b""
+                self._advance(head)
+        return data
+
+    def _advance(self, head: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            magic = int.from_bytes(head, "little")
+            if magic == self._ZSTD_MAGIC:
+                self._state, self._need = "descriptor", 1
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._need = "skippable", 4
+            else:
+                self._lost = True
+        elif state == "skippable":
+            self._skip = int.from_bytes(head, "little")
+            self._state, self._need = "magic", 4
+        elif state == "descriptor":
+            fhd = head[0]
+            single = (fhd >> 5) & 1
+            self._checksum = bool(fhd & 4)
+            rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + (single, 2, 4, 8)[fhd >> 6]
+            self._state, self._need = ("header", rest) if rest else ("block", 3)
+        elif state == "header":
+            self._state, self._need = "block", 3
+        elif state == "block":
+            h = int.from_bytes(head, "little")
+            kind = (h >> 1) & 3
+            if kind == 3:
+                self._lost = True
+                return
+            self._skip = 1 if kind == 1 else h >> 3      # an RLE block holds one byte
+            if not h & 1:
+                self._state, self._need = "block", 3
+            elif self._checksum:
+                self._state, self._need = "checksum", 4
+            else:
+                self._state, self._need = "magic", 4
+        else:   # checksum
+            self._state, self._need = "magic", 4
+
+
+class _ZstdReader:
+    """zstd frames one after another (as `zstd -d`), decompressed a bounded piece at a time; input that ends
+    inside a frame is an EOFError, as gzip, bz2 and lzma raise."""
+
+    def __init__(self, raw):
+        import zstandard
+
+        self._frames = _ZstdFrames(raw)
+        self._reader = zstandard.ZstdDecompressor().stream_reader(self._frames, read_across_frames=True,
+                                                                  closefd=False)
+
+    def read1(self, n: int = -1) -> bytes:
+        out = self._reader.read1(n)
+        if not out and not self._frames.between_frames:
+            raise EOFError("input ends inside a frame")
+        return out
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def _decompressor(kind: str, raw):
     if kind == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if kind == "xz":
         return lzma.LZMAFile(raw, mode="rb")
     if kind == "bz2":
         return bz2.BZ2File(raw, mode="rb")
-    import zstandard
-
-    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+    return _ZstdReader(raw)
 
 
 class StreamDamage(Exception):
@@ -156,20 +257,36 @@ class Source:
         self._window_size *= 2
 
     def blocks(self) -> Iterator[memoryview | bytes]:
-        """Blocks of a compressed stream or standard input."""
+        """Blocks of a compressed stream or standard input. A damaged stream raises StreamDamage after the
+        block of everything decompressed before the damage."""
         stream = self._stream if self._stream is not None else self._raw
         while True:
-            try:
-                block = stream.read(self.block_size)
-            except (EOFError, OSError, lzma.LZMAError, ValueError) as exc:
-                raise StreamDamage(f"{self.compression or 'input'} stream damaged: {exc}") from None
-            except Exception as exc:  # zstandard.ZstdError has no common base with the others
-                if type(exc).__module__.startswith("zstandard"):
-                    raise StreamDamage(f"zstd stream damaged: {exc}") from None
-                raise
+            block, damage = self._read_block(stream)
+            if block:
+                yield block
+            if damage is not None:
+                raise damage
             if not block:
                 return
-            yield block
+
+    def _read_block(self, stream) -> tuple[bytes, StreamDamage | None]:
+        """Up to about block_size bytes, joined from read1() pieces: read() drops what it decompressed when
+        the stream turns out damaged, so the packets before a cut would be lost with the error."""
+        parts, size = [], 0
+        try:
+            while size < self.block_size:
+                piece = stream.read1(self.block_size - size)
+                if not piece:
+                    break
+                parts.append(piece)
+                size += len(piece)
+        except (EOFError, OSError, lzma.LZMAError, ValueError) as exc:
+            return b"".join(parts), StreamDamage(f"{self.compression or 'input'} stream damaged: {exc}")
+        except Exception as exc:  # zstandard.ZstdError has no common base with the others
+            if type(exc).__module__.startswith("zstandard"):
+                return b"".join(parts), StreamDamage(f"zstd stream damaged: {exc}")
+            raise
+        return b"".join(parts), None
 
     def _unmap(self) -> None:
         if self._map is not None:
