@@ -468,6 +468,7 @@ def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, setti
             if o.reader.damage is not None:
                 r["status"] = "damaged"
                 r["damage"] = o.reader.damage.describe(o.entry["path"])
+                r["damage_stops"] = o.reader.damage.stops
         first = results[unit[0]["path"]]
         first["outputs"] = writer.commit(file_metadata({"fastflow_version": __version__, "stream": stream,
                                                         "inputs": [e["path"] for e in unit]}))
@@ -903,7 +904,7 @@ def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict
         if record["status"] == "failed":
             summary["failed"].append({"path": c.path, "error": record["error"]})
         elif record["status"] == "damaged":
-            summary["damaged"].append({"path": c.path, "error": record["error"]})
+            summary["damaged"].append({"path": c.path, "error": record["error"], "stops": r.get("damage_stops", True)})
         if c.first_ts is not None and (last_first_ts is None or c.first_ts > last_first_ts):
             last_first_ts = c.first_ts
         summary["done_bytes"] += c.size

@@ -222,7 +222,8 @@ def _batch(args) -> int:
             print(f"Note: {len(group)} files overlap in time and were merged in time order: "
                   + ", ".join(group), file=sys.stderr)
     for damaged in summary["damaged"]:
-        print(f"Warning: {damaged['error']}; the packets before it were processed", file=sys.stderr)
+        done = "the packets before it were processed" if damaged["stops"] else "all its packets were processed"
+        print(f"Warning: {damaged['error']}; {done}", file=sys.stderr)
     if not args.quiet:
         print(f"{summary['dataset']}: {summary['processed']} files processed ({summary['unchanged']} unchanged, "
               f"{summary['young']} too young, {len(summary['failed'])} failed, {len(summary['damaged'])} damaged), "
