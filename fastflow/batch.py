@@ -220,7 +220,8 @@ class _PartWriter:
         self.parts: dict[str, ParquetStream] = {}
 
     def write(self, table: pa.Table) -> None:
-        ts = table.column("ts_start").to_numpy().astype("datetime64[D]")
+        # via int64: to_numpy() on a zoned timestamp column goes through pandas (0.3 s to import)
+        ts = table.column("ts_start").cast(pa.int64()).to_numpy().astype("datetime64[ns]").astype("datetime64[D]")
         days, where = np.unique(ts, return_inverse=True)
         for k, day in enumerate(days):
             part = self.parts.get(str(day))
