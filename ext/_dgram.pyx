@@ -25,6 +25,8 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcmp, memcpy
 from partition cimport bytes_pair_part
 
+import os
+
 import numpy as np
 cimport numpy as cnp
 
@@ -116,6 +118,7 @@ cdef struct Engine:
     Py_ssize_t out_cap
     int64_t timeout[5]      # by decoder status
     bint vlan_aware
+    uint64_t seed           # of the key hash
     uint8_t likely_server[65536]
     int16_t cp4[256]
     int16_t cp6[256]
@@ -136,8 +139,10 @@ cdef inline uint64_t mix(uint64_t h, uint64_t v) noexcept nogil:
 
 
 cdef inline uint64_t key_hash(const uint8_t *a, const uint8_t *b, uint16_t a_p, uint16_t b_p, uint8_t proto,
-                              int32_t kvlan) noexcept nogil:
-    cdef uint64_t h = 0x243F6A8885A308D3ULL
+                              int32_t kvlan, uint64_t seed) noexcept nogil:
+    # seeded per engine (from os.urandom): the mixing steps are invertible, so without a secret start
+    # addresses can be chosen that all hash alike, and every lookup walks one probe run holding all of them
+    cdef uint64_t h = 0x243F6A8885A308D3ULL ^ seed
     h = mix(h, load64(a))
     h = mix(h, load64(a + 8))
     h = mix(h, load64(b))
@@ -529,7 +534,7 @@ cdef int feed_rows(Engine *e, Py_ssize_t n, const uint64_t *frame, const int64_t
             a, a_p, b, b_p = d, kdst, s, ksrc
         kvlan = vlan[i] if e.vlan_aware else 0
         timeout = e.timeout[st]
-        h = key_hash(a, b, a_p, b_p, proto, kvlan)
+        h = key_hash(a, b, a_p, b_p, proto, kvlan, e.seed)
         fi = table_find(e, h, a, b, a_p, b_p, proto, kvlan)
         if fi < 0:
             if pool_reserve(e) != ST_OK or table_reserve(e, e.n_open + 1) != ST_OK:
@@ -701,6 +706,7 @@ cdef class DgramEngine:
         self._reset_flows()
         self.e.out_len = 0
         self.e.out_cap = 0
+        self.e.seed = int.from_bytes(os.urandom(8), "little")
 
     def __init__(self, const int64_t[::1] timeouts not None, const uint8_t[::1] likely_server not None,
                  const int16_t[::1] cp4 not None, const int16_t[::1] cp6 not None,
@@ -853,7 +859,7 @@ cdef class DgramEngine:
             if nparts > 1 and bytes_pair_part(rec.a, rec.a_p if rec.status == S_UDP else 0, rec.b,
                                               rec.b_p if rec.status == S_UDP else 0, nparts) != part:
                 continue
-            rec.hash = key_hash(rec.a, rec.b, rec.a_p, rec.b_p, rec.ip_proto, rec.kvlan)
+            rec.hash = key_hash(rec.a, rec.b, rec.a_p, rec.b_p, rec.ip_proto, rec.kvlan, self.e.seed)
             if table_find(&self.e, rec.hash, rec.a, rec.b, rec.a_p, rec.b_p, rec.ip_proto, rec.kvlan) >= 0:
                 raise ValueError("snapshot block: a flow that is already open")
             if pool_reserve(&self.e) != ST_OK or table_reserve(&self.e, self.e.n_open + 1) != ST_OK:

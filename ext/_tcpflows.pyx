@@ -20,11 +20,13 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset, memcpy
 from posix.unistd cimport pread, pwrite
 
+import os
+
 import numpy as np
 cimport numpy as cnp
 
 from zeek_tcp cimport *
-from partition cimport pair_part, bytes_pair_part
+from partition cimport bytes_pair_part, load_be64, pair_part
 
 cnp.import_array()
 
@@ -244,14 +246,6 @@ cdef struct Row:                # one finished connection (orientation applied)
     uint8_t conn_state
 
 
-cdef inline uint64_t load_be64(const uint8_t *p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v = (v << 8) | p[i]
-    return v
-
-
 cdef inline void store_be64(uint8_t *p, uint64_t v) noexcept nogil:
     cdef int i
     for i in range(7, -1, -1):
@@ -283,8 +277,10 @@ cdef inline uint64_t mix64(uint64_t h, uint64_t v) noexcept nogil:
     return h
 
 
-cdef inline uint64_t key_hash(Key *k) noexcept nogil:
-    cdef uint64_t h = <uint64_t>0x9E3779B97F4A7C15
+cdef inline uint64_t key_hash(Key *k, uint64_t seed) noexcept nogil:
+    # seeded per engine (from os.urandom): without a secret start, addresses can be chosen so that every
+    # key lands in one probe run (the mixing steps are invertible), and each lookup walks all of them
+    cdef uint64_t h = <uint64_t>0x9E3779B97F4A7C15 ^ seed
     h = mix64(h, k.a_hi)
     h = mix64(h, k.a_lo)
     h = mix64(h, k.b_hi)
@@ -434,6 +430,18 @@ cdef int grow_array(void **data, Py_ssize_t *capacity, size_t item_size) noexcep
     return 0
 
 
+cdef int write_all(int fd, const char *data, int64_t length, int64_t offset) noexcept nogil:
+    cdef ssize_t done
+    while length > 0:
+        done = pwrite(fd, data, length, offset)
+        if done <= 0:
+            return ST_SPILL_FAILED
+        data += done
+        length -= done
+        offset += done
+    return ST_OK
+
+
 cdef inline void free_flow_memory(Flow *f) noexcept nogil:
     free(f.hist.data)
     f.hist.data = NULL
@@ -458,6 +466,7 @@ cdef class Engine:
     cdef uint8_t server_port[65536]
     cdef bint vlan_aware
     cdef int64_t timeout_ns
+    cdef uint64_t hash_seed
     # the spill tier: table entries <= COLD_BASE are cold[COLD_BASE - entry]
     cdef Cold *cold
     cdef Py_ssize_t cold_cap
@@ -467,6 +476,9 @@ cdef class Engine:
     cdef int spill_fd
     cdef int64_t spill_end          # bytes of the spill file, the staged records included
     cdef int64_t spill_written      # bytes on disk; records past it wait in the staging buffer
+    cdef int64_t *free_offsets      # places in the file whose record came back: reused before the file grows
+    cdef Py_ssize_t n_free_offsets
+    cdef Py_ssize_t free_offsets_cap
     cdef Flow *staged               # records written to the file together (one pwrite for many)
     cdef char *read_cache           # a stretch of the file read at once: records spilled together come back together
     cdef int64_t read_cache_start
@@ -488,6 +500,7 @@ cdef class Engine:
             self.server_port[i] = server_port[i]
         self.timeout_ns = timeout_ns
         self.vlan_aware = vlan_aware
+        self.hash_seed = int.from_bytes(os.urandom(8), "little")
         self.free_head = EMPTY
         self.cold_free_head = EMPTY
         self.spill_fd = -1
@@ -515,6 +528,7 @@ cdef class Engine:
                     free(self.cold[i].deferred)
         free(self.cold)
         free(self.staged)
+        free(self.free_offsets)
         free(self.read_cache)
         free(self.table)
         free(self.rows)
@@ -643,28 +657,29 @@ cdef class Engine:
         self.free_head = slot
 
     cdef void free_cold(self, int64_t c) noexcept nogil:
+        # the record's place in the file is free again (staged places are always written by then); when the
+        # list cannot grow the place is only lost, the file stays correct
+        if self.cold[c].offset < self.spill_written and (
+                self.n_free_offsets < self.free_offsets_cap
+                or not grow_array(<void **>&self.free_offsets, &self.free_offsets_cap, sizeof(int64_t))):
+            self.free_offsets[self.n_free_offsets] = self.cold[c].offset
+            self.n_free_offsets += 1
         self.cold[c].offset = -1
         self.cold[c].next_free = self.cold_free_head
         self.cold_free_head = c
         self.n_cold -= 1
 
     cdef int write_staged(self) noexcept nogil:
-        cdef int64_t length = self.spill_end - self.spill_written
-        cdef ssize_t done
-        cdef char *data = <char *>self.staged
-        while length > 0:
-            done = pwrite(self.spill_fd, data, length, self.spill_written)
-            if done <= 0:
-                return ST_SPILL_FAILED
-            data += done
-            length -= done
-            self.spill_written += done
+        if write_all(self.spill_fd, <char *>self.staged, self.spill_end - self.spill_written,
+                     self.spill_written) != ST_OK:
+            return ST_SPILL_FAILED
+        self.spill_written = self.spill_end
         return ST_OK
 
     cdef int spill(self, Py_ssize_t pos) noexcept nogil:
         """Stage the hot record at table position pos for the spill file; the table keeps a Cold entry."""
         cdef int64_t slot = self.table[pos]
-        cdef int64_t c
+        cdef int64_t c, offset
         cdef Flow *f = &self.pool[slot]
         cdef int status
         if self.spill_fd < 0:
@@ -680,10 +695,24 @@ cdef class Engine:
         c = self.new_cold()
         if c == EMPTY:
             return ST_NO_MEMORY
-        memcpy(&self.staged[(self.spill_end - self.spill_written) // sizeof(Flow)], f, sizeof(Flow))
-        self.cold[c] = Cold(f.key, f.hash, f.seen_max, f.first_frame, self.spill_end, EMPTY, f.hist.data,
-                            f.deferred)
-        self.spill_end += sizeof(Flow)
+        if self.n_free_offsets:
+            # a place freed by a record that came back: connections that go cold and come back again and
+            # again (more open than fit in memory, visited in turn) would otherwise grow the file without end
+            offset = self.free_offsets[self.n_free_offsets - 1]
+            if write_all(self.spill_fd, <char *>f, sizeof(Flow), offset) != ST_OK:
+                self.cold[c].offset = -1
+                self.cold[c].next_free = self.cold_free_head
+                self.cold_free_head = c
+                return ST_SPILL_FAILED
+            self.n_free_offsets -= 1
+            if (offset < self.read_cache_start + self.read_cache_len
+                    and offset + <int64_t>sizeof(Flow) > self.read_cache_start):
+                self.read_cache_len = 0     # the read cache held the record that was there
+        else:
+            offset = self.spill_end
+            memcpy(&self.staged[(self.spill_end - self.spill_written) // sizeof(Flow)], f, sizeof(Flow))
+            self.spill_end += sizeof(Flow)
+        self.cold[c] = Cold(f.key, f.hash, f.seen_max, f.first_frame, offset, EMPTY, f.hist.data, f.deferred)
         self.n_cold += 1
         self.table[pos] = COLD_BASE - c
         self.free_slot(slot)
@@ -691,7 +720,7 @@ cdef class Engine:
 
     cdef int read_cold(self, int64_t c, Flow *into) noexcept nogil:
         cdef int64_t offset = self.cold[c].offset
-        cdef int64_t length
+        cdef int64_t length, cached_end
         cdef ssize_t got
         if offset >= self.spill_written:       # still staged
             memcpy(into, <char *>self.staged + (offset - self.spill_written), sizeof(Flow))
@@ -702,7 +731,13 @@ cdef class Engine:
                 self.read_cache = <char *>malloc(READ_CACHE_BYTES)
                 if self.read_cache == NULL:
                     return ST_NO_MEMORY
-            length = min(<int64_t>READ_CACHE_BYTES, self.spill_written - offset)
+            # a whole stretch only when reading on from the last one (records spilled together coming back
+            # in order); one record otherwise, or scattered reads would each copy 256 KB for 648 bytes
+            cached_end = self.read_cache_start + self.read_cache_len
+            if cached_end <= offset < cached_end + READ_CACHE_BYTES:
+                length = min(<int64_t>READ_CACHE_BYTES, self.spill_written - offset)
+            else:
+                length = sizeof(Flow)
             got = pread(self.spill_fd, self.read_cache, length, offset)
             if got < <ssize_t>sizeof(Flow):
                 self.read_cache_len = 0
@@ -747,14 +782,20 @@ cdef class Engine:
         self.finish_order = None
         seen = np.empty(n_hot, dtype=np.int64)
         slots = np.empty(n_hot, dtype=np.int64)
+        firsts = np.empty(n_hot, dtype=np.uint64)
         cdef int64_t[::1] sv = seen
         cdef int64_t[::1] sl = slots
+        cdef uint64_t[::1] fv = firsts
         for i in range(self.pool_top):
             if self.pool[i].used:
                 sv[k] = self.pool[i].seen_max
                 sl[k] = i
+                fv[k] = self.pool[i].first_frame
                 k += 1
-        cdef int64_t[::1] chosen = np.ascontiguousarray(slots[np.argpartition(seen, n_hot - keep - 1)[:n_hot - keep]])
+        picked = np.argpartition(seen, n_hot - keep - 1)[:n_hot - keep]
+        # written in first-frame order, the order finish() and snapshot_blocks() read them back in
+        picked = picked[np.argsort(firsts[picked], kind="stable")]
+        cdef int64_t[::1] chosen = np.ascontiguousarray(slots[picked])
         with nogil:
             status = self.spill_slots(&chosen[0], chosen.shape[0])
         return status
@@ -984,7 +1025,7 @@ cdef class Engine:
             return ST_NO_MEMORY
         for i in range(n):
             make_key(&key, src + 16 * i, dst + 16 * i, sport[i], dport[i], vlan[i] if self.vlan_aware else 0)
-            hashes[i] = key_hash(&key)
+            hashes[i] = key_hash(&key, self.hash_seed)
         status = self.feed_hashed(n, hashes, frame, ts, now, vlan, ip_version, src, dst, sport, dport, seq, ack,
                                   tcp_flags, window, payload_len, claimed_len, ip_len, mss, wscale, sack_ok, pflags)
         free(hashes)
@@ -1202,12 +1243,16 @@ cdef class Engine:
         cdef Py_ssize_t i, count, pos, end
         cdef int64_t entry
         cdef int64_t[::1] chosen
-        if max_rows < 0 or max_rows >= self.n_open:
+        if (max_rows < 0 or max_rows >= self.n_open) and self.n_cold == 0:
             self.reserve_rows(self.n_open)
             with nogil:
                 status = self.expire_flows(0, True)
             self.finish_order = None
             return status
+        if max_rows < 0 or max_rows > self.n_open:
+            # spilled records in first-frame order too: read back in the order they were written, not in
+            # the table's (hash) order, which would cost a read for each
+            max_rows = self.n_open
         if max_rows == 0:
             return ST_OK
         if self.finish_order is None:
@@ -1319,7 +1364,7 @@ cdef class Engine:
                                         rec.key.b_p, nparts) != part:
                 at += hist_bytes + deferred_bytes
                 continue
-            rec.hash = key_hash(&rec.key)
+            rec.hash = key_hash(&rec.key, self.hash_seed)
             pos = self.find(&rec.key, rec.hash)
             if self.table[pos] != EMPTY:
                 raise ValueError("snapshot block: a connection that is already open")

@@ -4,7 +4,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
-cdef inline uint64_t _load_be64(const uint8_t *p) noexcept nogil:
+cdef inline uint64_t load_be64(const uint8_t *p) noexcept nogil:
     cdef uint64_t v = 0
     cdef int i
     for i in range(8):
@@ -33,4 +33,4 @@ cdef inline uint32_t pair_part(uint64_t a_hi, uint64_t a_lo, uint16_t a_p, uint6
 
 cdef inline uint32_t bytes_pair_part(const uint8_t *a, uint16_t a_p, const uint8_t *b, uint16_t b_p,
                                      uint32_t nparts) noexcept nogil:
-    return pair_part(_load_be64(a), _load_be64(a + 8), a_p, _load_be64(b), _load_be64(b + 8), b_p, nparts)
+    return pair_part(load_be64(a), load_be64(a + 8), a_p, load_be64(b), load_be64(b + 8), b_p, nparts)

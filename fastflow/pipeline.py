@@ -216,7 +216,7 @@ class _MemoryRows:
         self.next = 0
         self.table: pa.Table | None = None
 
-    def head(self) -> pa.Table | None:
+    def head(self, limit=None) -> pa.Table | None:
         while (self.table is None or not self.table.num_rows) and self.next < len(self.t_cuts) - 1:
             k = self.next
             self.next += 1
@@ -239,11 +239,15 @@ class _RunFile:
         plain = pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type,
                                     f.nullable, f.metadata) for f in self.schema])
         rows = 0
+        self.firsts: list[int] = []     # each record batch's first first_frame
         try:
             self.file = tempfile.TemporaryFile(prefix="fastflow-waiting-rows-")
             with pa.ipc.new_file(self.file, plain) as writer:
                 for table in tables:
-                    writer.write_table(table.cast(plain), max_chunksize=FLUSH_ROWS)
+                    for batch in table.cast(plain).to_batches(max_chunksize=FLUSH_ROWS):
+                        if batch.num_rows:
+                            writer.write_batch(batch)
+                            self.firsts.append(batch.column("first_frame")[0].as_py())
                     rows += table.num_rows
             self.file.flush()
             self.reader = pa.ipc.open_file(self.file)
@@ -254,8 +258,13 @@ class _RunFile:
         self.next = 0
         self.table: pa.Table | None = None
 
-    def head(self) -> pa.Table | None:
+    def head(self, limit=None) -> pa.Table | None:
+        """The rows read back and not consumed yet; None when none is left, or when the next batch starts
+        at or after `limit` (it stays on disk: while a long-lived connection holds the watermark back, each
+        run file would otherwise keep a batch in memory)."""
         while (self.table is None or not self.table.num_rows) and self.next < self.reader.num_record_batches:
+            if limit is not None and self.firsts[self.next] >= limit:
+                return None
             batch = self.reader.get_batch(self.next)
             self.next += 1
             self.table = pa.Table.from_batches([batch]).cast(self.schema)
@@ -304,7 +313,8 @@ class _FlowWriter:
         for rows, text, written in self.tcp:
             ready = np.flatnonzero((rows["first_frame"] < limit) & ~written)
             if ready.size:
-                ready_tcp.append(take_packed(rows, text, ready))
+                # a part ready whole is taken as it is: copies here are what the peak memory is made of
+                ready_tcp.append((rows, text) if ready.size == len(rows) else take_packed(rows, text, ready))
                 written[ready] = True
             left = np.flatnonzero(~written)
             if left.size == 0:
@@ -326,8 +336,11 @@ class _FlowWriter:
         self.waiting = (sum(len(w) - int(np.count_nonzero(w)) for _, _, w in kept_tcp)
                         + sum(len(f["first_frame"]) for f in kept_dg))
         tcp = concat_packed(ready_tcp) if ready_tcp else self.empty[0]
+        del ready_tcp
         datagram = _concat_flows(ready_dg) if ready_dg else self.empty[1]
-        tcp = take_packed(*tcp, np.argsort(tcp[0]["first_frame"], kind="stable"))
+        first = tcp[0]["first_frame"]
+        if len(first) > 1 and np.any(first[1:] < first[:-1]):
+            tcp = take_packed(*tcp, np.argsort(first, kind="stable"))
         datagram = _take(datagram, np.argsort(datagram["first_frame"], kind="stable"))
         return tcp, datagram
 
@@ -341,7 +354,7 @@ class _FlowWriter:
         self._attempt_at = self.waiting + FLUSH_ROWS
         sources = [_MemoryRows(self, tcp, datagram)] + self.runs
         while True:
-            heads = [(source, source.head()) for source in sources]
+            heads = [(source, source.head(limit)) for source in sources]
             heads = [(source, head) for source, head in heads if head is not None]
             if not heads:
                 break

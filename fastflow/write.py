@@ -53,7 +53,17 @@ def check_output(path: str, overwrite: bool, inputs: list[str]) -> None:
         # a device or FIFO: the atomic rename would replace it with a regular file
         raise OutputError(f"{path}: is not a regular file")
     for name in inputs:
-        if name != "-" and target.exists() and os.path.exists(name) and os.path.samefile(name, target):
+        if not target.exists():
+            continue
+        if name == "-":
+            # standard input may be the very file (`< capture`): the rename would replace it
+            try:
+                same = os.path.samestat(os.fstat(0), os.stat(target))
+            except OSError:
+                same = False
+        else:
+            same = os.path.exists(name) and os.path.samefile(name, target)
+        if same:
             raise OutputError(f"{path}: is one of the inputs; refusing to write over it")
     if target.exists() and not overwrite:
         raise OutputError(f"{path}: already exists (use --overwrite to replace it)")
