@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SIGTERM
     except BrokenPipeError:
         return EXIT_OK
+    except MemoryError:
+        # the outputs went the way of any error: temporary files removed, nothing renamed into place
+        print(f"Error: out of memory; {left}. Give fastflow more memory, or set TMPDIR to a folder with room for "
+              "what it moves to disk", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _process(args) -> int:

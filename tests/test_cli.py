@@ -283,3 +283,21 @@ def test_show_lists_every_protocol(tmp_path):
     assert run("process", CAPTURES / "zeek__wikipedia.pcap", "-o", out, "--segments", tmp_path / "s.parquet",
                "--overwrite").returncode == 0
     assert_one_line_error(run("show", out, "--conn", "0"), 2, "connection 0 is udp")
+
+
+def test_out_of_memory_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """A MemoryError anywhere in the run (an engine's allocation, pyarrow) ends it like any error: one line,
+    exit 2, no output file and no temporary file left."""
+    import fastflow.pipeline
+    from fastflow.cli import main
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(fastflow.pipeline, "stream_flows", exhausted)
+    out = tmp_path / "flows.parquet"
+    code = main(["process", str(DATA / "pcap_us_le.pcap"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("Error: out of memory; no output written.") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
