@@ -59,6 +59,7 @@ cdef enum:
     PREFETCH_TABLE = 16         # rows ahead whose table slot is fetched
     PREFETCH_RECORD = 8         # rows ahead whose record is fetched
     STAGED_RECORDS = 1024       # records per write to the spill file
+    DEFER_LIMIT = 64            # SYN-ACKs held back while a flip is pending; then both orientations run
     READ_CACHE_BYTES = 1 << 18  # bytes per read from it
 cdef uint64_t NO_FRAME = 0xFFFFFFFFFFFFFFFF
 
@@ -126,6 +127,12 @@ cdef struct Deferred:           # a segment held back until Zeek's SYN-ACK-first
     uint8_t bad
 
 
+cdef struct Alt:                # Zeek's state under the flipped orientation, while a SYN-ACK-first flip is pending
+    Conn zc
+    Text hist
+    uint32_t retx[2]
+
+
 cdef struct Key:
     uint64_t a_hi
     uint64_t a_lo
@@ -154,6 +161,7 @@ cdef struct Flow:               # one open connection, widest fields first (docs
     Teardown td
     Text hist
     Deferred *deferred
+    Alt *alt                    # beyond DEFER_LIMIT deferred SYN-ACKs: both orientations followed at once
     uint32_t n_deferred
     uint32_t cap_deferred
     uint32_t retx[2]
@@ -183,6 +191,7 @@ cdef struct Cold:               # an open connection whose record waits in the s
     int64_t next_free
     char *hist_data             # heap memory the record points to, freed with the engine if never read back
     Deferred *deferred
+    Alt *alt
 
 
 cdef struct Row:                # one finished connection (orientation applied)
@@ -381,19 +390,33 @@ cdef void teardown_step(Teardown *t, int k, uint16_t flags, uint32_t seq, uint32
             t.rst_side = k
 
 
-cdef inline void zeek_step(Flow *f, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint32_t length,
-                           uint16_t window, int64_t ts, bint bad) noexcept nogil:
+cdef inline void zeek_step_on(Conn *zc, Text *hist, uint32_t *retx, int k, uint16_t flags, uint32_t seq,
+                              uint32_t ack, uint32_t length, uint16_t window, int64_t ts, bint bad) noexcept nogil:
     cdef uint8_t a = 0
     if bad:
         # TCPAnalyzer::ValidateChecksum: counted as C/c, then the packet goes no further
-        scaled_history(&f.zc, k, b'C', &f.zc.ep[k].chk_cnt, &f.zc.ep[k].chk_thresh, &f.hist)
+        scaled_history(zc, k, b'C', &zc.ep[k].chk_cnt, &zc.ep[k].chk_thresh, hist)
         return
-    process(&f.zc, k, flags, seq, ack, length, window, ts, &a, &f.hist)
+    process(zc, k, flags, seq, ack, length, window, ts, &a, hist)
     if a & A_RETRANSMISSION:
-        f.retx[k] += 1
+        retx[k] += 1
+
+
+cdef inline void zeek_step(Flow *f, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint32_t length,
+                           uint16_t window, int64_t ts, bint bad) noexcept nogil:
+    zeek_step_on(&f.zc, &f.hist, f.retx, k, flags, seq, ack, length, window, ts, bad)
+
+
+cdef inline void free_alt(Flow *f) noexcept nogil:
+    if f.alt != NULL:
+        free(f.alt.hist.data)
+        free(f.alt)
+        f.alt = NULL
 
 
 cdef void replay_deferred(Flow *f) noexcept nogil:
+    """The flip is decided (or the connection ends): the held-back SYN-ACKs go through Zeek's state machine
+    in the orientation f.zc now has; the other orientation's state, if followed, is dropped."""
     cdef Py_ssize_t i
     cdef Deferred *d
     for i in range(f.n_deferred):
@@ -401,6 +424,58 @@ cdef void replay_deferred(Flow *f) noexcept nogil:
         zeek_step(f, d.k, d.flags, d.seq, d.ack, d.length, d.window, d.ts, d.bad)
     f.n_deferred = 0
     f.flip_pending = False
+    free_alt(f)
+
+
+cdef int follow_both(Flow *f) noexcept nogil:
+    """Too many SYN-ACKs held back (one pair flooded with them): from now on Zeek's state machine runs in
+    both orientations at once, the flipped one in f.alt, so memory stays bounded; the deferred ones go
+    through both now. Same result as replaying them once the flip is decided."""
+    cdef Alt *alt = <Alt *>malloc(sizeof(Alt))
+    cdef Py_ssize_t i
+    cdef Deferred *d
+    if alt == NULL:
+        return ST_NO_MEMORY
+    alt.zc = f.zc
+    alt.retx[0] = f.retx[0]
+    alt.retx[1] = f.retx[1]
+    alt.hist = f.hist
+    alt.hist.data = NULL
+    alt.hist.cap = 0
+    if f.hist.len:
+        alt.hist.data = <char *>malloc(f.hist.len)
+        if alt.hist.data == NULL:
+            free(alt)
+            return ST_NO_MEMORY
+        memcpy(alt.hist.data, f.hist.data, f.hist.len)
+        alt.hist.cap = f.hist.len
+    flip_roles(&alt.zc, &alt.hist)
+    for i in range(f.n_deferred):
+        d = &f.deferred[i]
+        zeek_step(f, d.k, d.flags, d.seq, d.ack, d.length, d.window, d.ts, d.bad)
+        zeek_step_on(&alt.zc, &alt.hist, alt.retx, d.k, d.flags, d.seq, d.ack, d.length, d.window, d.ts, d.bad)
+    f.n_deferred = 0
+    free(f.deferred)
+    f.deferred = NULL
+    f.cap_deferred = 0
+    f.alt = alt
+    return ST_OK
+
+
+cdef void adopt_alt(Flow *f) noexcept nogil:
+    """The flip is decided: the flipped orientation's state becomes the connection's (the unflipped one is
+    left in f.alt, dropped by replay_deferred)."""
+    cdef Conn zc = f.zc
+    cdef Text hist = f.hist
+    cdef uint32_t r0 = f.retx[0], r1 = f.retx[1]
+    f.zc = f.alt.zc
+    f.hist = f.alt.hist
+    f.retx[0] = f.alt.retx[0]
+    f.retx[1] = f.alt.retx[1]
+    f.alt.zc = zc
+    f.alt.hist = hist
+    f.alt.retx[0] = r0
+    f.alt.retx[1] = r1
 
 
 cdef int defer(Flow *f, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint32_t length, uint16_t window,
@@ -447,6 +522,7 @@ cdef inline void free_flow_memory(Flow *f) noexcept nogil:
     f.hist.data = NULL
     free(f.deferred)
     f.deferred = NULL
+    free_alt(f)
 
 
 cdef class Engine:
@@ -526,6 +602,9 @@ cdef class Engine:
                 if self.cold[i].offset >= 0:
                     free(self.cold[i].hist_data)
                     free(self.cold[i].deferred)
+                    if self.cold[i].alt != NULL:
+                        free(self.cold[i].alt.hist.data)
+                        free(self.cold[i].alt)
         free(self.cold)
         free(self.staged)
         free(self.free_offsets)
@@ -712,7 +791,8 @@ cdef class Engine:
             offset = self.spill_end
             memcpy(&self.staged[(self.spill_end - self.spill_written) // sizeof(Flow)], f, sizeof(Flow))
             self.spill_end += sizeof(Flow)
-        self.cold[c] = Cold(f.key, f.hash, f.seen_max, f.first_frame, offset, EMPTY, f.hist.data, f.deferred)
+        self.cold[c] = Cold(f.key, f.hash, f.seen_max, f.first_frame, offset, EMPTY, f.hist.data, f.deferred,
+                            f.alt)
         self.n_cold += 1
         self.table[pos] = COLD_BASE - c
         self.free_slot(slot)
@@ -833,6 +913,7 @@ cdef class Engine:
         f.hist.cap = 0
         f.hist.failed = False
         f.deferred = NULL
+        f.alt = NULL
         f.n_deferred = 0
         f.cap_deferred = 0
         f.flip_pending = False
@@ -1152,11 +1233,21 @@ cdef class Engine:
             teardown_step(&f.td, k, flags, seq[i], ack[i], payload_len[i], ts[i])
             if f.flip_pending:
                 if (flags & (SYN | ACK)) == (SYN | ACK):
+                    if f.alt != NULL:
+                        zeek_step(f, k, flags, seq[i], ack[i], claimed_len[i], window[i], ts[i], bad)
+                        zeek_step_on(&f.alt.zc, &f.alt.hist, f.alt.retx, k, flags, seq[i], ack[i],
+                                     claimed_len[i], window[i], ts[i], bad)
+                        continue
                     if defer(f, k, flags, seq[i], ack[i], claimed_len[i], window[i], ts[i], bad) != ST_OK:
+                        return ST_NO_MEMORY
+                    if f.n_deferred >= DEFER_LIMIT and follow_both(f) != ST_OK:
                         return ST_NO_MEMORY
                     continue
                 if (flags & (SYN | RST)) == 0:
-                    flip_roles(&f.zc, &f.hist)
+                    if f.alt != NULL:
+                        adopt_alt(f)
+                    else:
+                        flip_roles(&f.zc, &f.hist)
                 replay_deferred(f)
             zeek_step(f, k, flags, seq[i], ack[i], claimed_len[i], window[i], ts[i], bad)
         return ST_OK
@@ -1340,6 +1431,10 @@ cdef class Engine:
                     parts.append(rec.hist.data[:rec.hist.len])
                 if rec.n_deferred:
                     parts.append((<char *>rec.deferred)[:rec.n_deferred * sizeof(Deferred)])
+                if rec.alt != NULL:
+                    parts.append((<char *>rec.alt)[:sizeof(Alt)])
+                    if rec.alt.hist.len:
+                        parts.append(rec.alt.hist.data[:rec.alt.hist.len])
             yield b"".join(parts)
 
     def restore(self, const uint8_t[::1] block not None, uint32_t part=0, uint32_t nparts=1):
@@ -1350,7 +1445,9 @@ cdef class Engine:
         cdef int64_t slot
         cdef Flow *f
         cdef Flow rec
-        cdef size_t hist_bytes, deferred_bytes
+        cdef Alt alt
+        cdef size_t hist_bytes, deferred_bytes, alt_at
+        cdef bint has_alt
         while at < n:
             if n - at < <Py_ssize_t>sizeof(Flow):
                 raise ValueError("snapshot block: truncated record")
@@ -1360,9 +1457,18 @@ cdef class Engine:
             deferred_bytes = <size_t>rec.n_deferred * sizeof(Deferred)
             if rec.hist.len < 0 or <size_t>(n - at) < hist_bytes + deferred_bytes:
                 raise ValueError("snapshot block: truncated record")
+            # the flipped orientation's state follows when the record had one (its pointer was not NULL)
+            has_alt = rec.alt != NULL
+            alt_at = at + hist_bytes + deferred_bytes
+            if has_alt:
+                if <size_t>n < alt_at + sizeof(Alt):
+                    raise ValueError("snapshot block: truncated record")
+                memcpy(&alt, &block[alt_at], sizeof(Alt))
+                if alt.hist.len < 0 or <size_t>n < alt_at + sizeof(Alt) + <size_t>alt.hist.len:
+                    raise ValueError("snapshot block: truncated record")
             if nparts > 1 and pair_part(rec.key.a_hi, rec.key.a_lo, rec.key.a_p, rec.key.b_hi, rec.key.b_lo,
                                         rec.key.b_p, nparts) != part:
-                at += hist_bytes + deferred_bytes
+                at = alt_at + ((sizeof(Alt) + <size_t>alt.hist.len) if has_alt else 0)
                 continue
             rec.hash = key_hash(&rec.key, self.hash_seed)
             pos = self.find(&rec.key, rec.hash)
@@ -1372,9 +1478,25 @@ cdef class Engine:
             rec.hist.cap = 0
             rec.deferred = NULL
             rec.cap_deferred = 0
+            rec.alt = NULL
+            if has_alt:
+                rec.alt = <Alt *>malloc(sizeof(Alt))
+                if rec.alt == NULL:
+                    return ST_NO_MEMORY
+                rec.alt[0] = alt
+                rec.alt.hist.data = NULL
+                rec.alt.hist.cap = 0
+                if alt.hist.len:
+                    rec.alt.hist.data = <char *>malloc(<size_t>alt.hist.len)
+                    if rec.alt.hist.data == NULL:
+                        free(rec.alt)
+                        return ST_NO_MEMORY
+                    memcpy(rec.alt.hist.data, &block[alt_at + sizeof(Alt)], <size_t>alt.hist.len)
+                    rec.alt.hist.cap = alt.hist.len
             if hist_bytes:
                 rec.hist.data = <char *>malloc(hist_bytes)
                 if rec.hist.data == NULL:
+                    free_alt(&rec)
                     return ST_NO_MEMORY
                 memcpy(rec.hist.data, &block[at], hist_bytes)
                 rec.hist.cap = rec.hist.len
@@ -1383,14 +1505,18 @@ cdef class Engine:
                 rec.deferred = <Deferred *>malloc(deferred_bytes)
                 if rec.deferred == NULL:
                     free(rec.hist.data)
+                    free_alt(&rec)
                     return ST_NO_MEMORY
                 memcpy(rec.deferred, &block[at], deferred_bytes)
                 rec.cap_deferred = rec.n_deferred
             at += deferred_bytes
+            if has_alt:
+                at += sizeof(Alt) + <size_t>alt.hist.len
             slot = self.new_slot()
             if slot == EMPTY:
                 free(rec.hist.data)
                 free(rec.deferred)
+                free_alt(&rec)
                 return ST_NO_MEMORY
             rec.used = True
             rec.next_free = EMPTY

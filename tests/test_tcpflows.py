@@ -215,3 +215,64 @@ def test_spilled_connections_really_go_to_the_file_and_come_back():
     engine.finish()
     assert engine.spilled == 0 and engine.open_count == 0
     engine.close()
+
+
+# --- one pair flooded with SYN-ACKs while Zeek's SYN-ACK-first flip is pending ----------------------------
+
+def synack_flood(n: int, end_flags: int | None, seed: int = 0) -> dict:
+    """A connection that starts with a SYN-ACK on ports that decide no orientation, n SYN-ACKs from both
+    sides (retransmissions, new sequence numbers, some with bad checksums, a few with data), then one
+    segment with end_flags (None: none) and a little traffic after it."""
+    rng = np.random.default_rng(seed)
+    a = bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 1])
+    b = bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 2])
+    forward = np.concatenate([[False], rng.random(n - 1) < 0.3])
+    flags = np.full(n, 0x12, np.uint16)
+    extra = [] if end_flags is None else [end_flags, 0x10, 0x18, 0x11, 0x10]
+    flags = np.concatenate([flags, np.array(extra, np.uint16)])
+    forward = np.concatenate([forward, np.array([True, False, True, True, False][:len(extra)], bool)])
+    m = len(flags)
+    addr = np.frombuffer(a + b, np.uint8).reshape(2, 16)
+    payload = np.where(rng.random(m) < 0.05, 10, 0).astype(np.uint32)
+    seg = {
+        "frame": np.arange(1, m + 1, dtype=np.uint64),
+        "ts": (10**18 + np.arange(m) * 1000).astype(np.int64),
+        "vlan": np.full(m, -1, np.int32), "ip_version": np.full(m, 4, np.uint8),
+        "src": addr[np.where(forward, 0, 1)].copy(), "dst": addr[np.where(forward, 1, 0)].copy(),
+        "sport": np.where(forward, 40000, 50000).astype(np.uint16),
+        "dport": np.where(forward, 50000, 40000).astype(np.uint16),
+        "seq": rng.choice([1000, 1000, 5000, 77], m).astype(np.uint32),
+        "ack": rng.choice([2001, 2001, 1001, 9], m).astype(np.uint32),
+        "tcp_flags": flags, "window": np.full(m, 512, np.uint16),
+        "payload_len": payload, "claimed_len": payload, "ip_len": payload + 40,
+        "mss": np.zeros(m, np.uint16), "wscale": np.full(m, -1, np.int16), "sack_ok": np.zeros(m, np.uint8),
+        "pflags": np.where(rng.random(m) < 0.02, PFlag.BAD_CHECKSUM, 0).astype(np.uint8),
+    }
+    seg["network_time"] = np.maximum.accumulate(seg["ts"])
+    return seg
+
+
+@pytest.mark.parametrize("end_flags", [0x10, 0x18, 0x04, 0x14, 0x02, None])
+@pytest.mark.parametrize("n", [10, 63, 64, 65, 500])
+def test_synack_floods_stream_to_the_same_flows(n, end_flags):
+    """Beyond 64 held-back SYN-ACKs the engine follows both orientations at once instead of holding them:
+    the same flows as the whole-capture stages, in any chunks, spilled, and restarted from snapshots."""
+    from test_state import tcp_with_restarts
+
+    seg = synack_flood(n, end_flags, seed=n)
+    _, ref = analyse(seg, 300 * SECOND)
+    for chunk in (1, 7, len(seg["frame"])):
+        assert_same_flows(ref, stream(seg, chunk), f"n {n} end {end_flags} chunk {chunk}")
+    assert_same_flows(ref, stream(seg, 5, max_in_memory=0), f"n {n} end {end_flags} spilled")
+    assert_same_flows(ref, tcp_with_restarts(seg, 9, 300 * SECOND)[0], f"n {n} end {end_flags} restarted")
+    assert_same_flows(ref, tcp_with_restarts(seg, 9, 300 * SECOND, max_in_memory=0)[0], "restarted, spilled")
+
+
+def test_synack_flood_memory_stays_bounded():
+    """200,000 SYN-ACKs on one pair with the flip still pending: the open connection's saved state is a few
+    KB, not 32 bytes a segment."""
+    seg = synack_flood(200_000, None)
+    engine = TcpFlows(300 * SECOND)
+    engine.feed(seg)
+    assert engine.open_count == 1
+    assert sum(len(b) for b in engine.snapshot_blocks()) < 8192
