@@ -37,9 +37,16 @@ directives = {"language_level": 3}
 if os.environ.get("FASTFLOW_DEBUG_CYTHON"):
     directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
     extra_compile = ["-O1", "-g"] + cflags
-# FASTFLOW_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer
-if os.environ.get("FASTFLOW_SANITIZE"):
+# FASTFLOW_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer (gcc or clang; run with the
+# compiler's ASan runtime in LD_PRELOAD). FASTFLOW_SANITIZE=fuzz also adds libFuzzer's coverage counters and
+# makes UB fatal, for the atheris harness (clang only; fuzz/build_sanitized.sh builds it in a separate folder)
+sanitize = os.environ.get("FASTFLOW_SANITIZE")
+if sanitize:
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    if sanitize == "fuzz":
+        # -O1: ASan's reports keep their line numbers; the hot loops still inline
+        san = ["-fsanitize=address,undefined,fuzzer-no-link", "-fno-sanitize-recover=undefined",
+               "-fno-omit-frame-pointer", "-g", "-O1"]
     extra_compile += san
     extra_link += san
 

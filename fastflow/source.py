@@ -10,6 +10,7 @@ import lzma
 import mmap
 import os
 import sys
+import zlib
 from typing import BinaryIO, Iterator
 
 from .errors import InputError
@@ -280,7 +281,8 @@ class Source:
                     break
                 parts.append(piece)
                 size += len(piece)
-        except (EOFError, OSError, lzma.LZMAError, ValueError) as exc:
+        except (EOFError, OSError, lzma.LZMAError, zlib.error, ValueError) as exc:
+            # zlib.error: gzip's inflate on corrupt data (found by the fuzzer: fuzz/crashes-found/)
             return b"".join(parts), StreamDamage(f"{self.compression or 'input'} stream damaged: {exc}")
         except Exception as exc:  # zstandard.ZstdError has no common base with the others
             if type(exc).__module__.startswith("zstandard"):

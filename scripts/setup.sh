@@ -17,6 +17,8 @@ if [ "$with_tests" = 1 ]; then
   command -v tshark >/dev/null 2>&1 || packages+=(tshark)
   command -v tcpdump >/dev/null 2>&1 || packages+=(tcpdump)
   command -v capinfos >/dev/null 2>&1 || packages+=(wireshark-common)
+  # the fuzz test's sanitized build (fuzz/build_sanitized.sh): clang with libFuzzer's instrumentation
+  command -v clang >/dev/null 2>&1 || packages+=(clang)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "setup: installing ${packages[*]}" >&2
