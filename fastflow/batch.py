@@ -24,7 +24,6 @@ import re
 import signal
 import socket
 import struct
-import sys
 import tempfile
 import time
 import uuid
@@ -773,7 +772,8 @@ def _job(stream: str, cands: list[Candidate], restart: bool, manifest: dict, dat
         files[next_seq] = c.path
         next_seq += 1
     return {"dataset": dataset, "stream": stream, "stream_no": info["no"], "run_id": run_id, "settings": settings,
-            "state": state, "end_ts": None if restart else info.get("end_ts"), "files": [e for e in entries if e["candidate"].error is None], "all_files": files,
+            "state": state, "end_ts": None if restart else info.get("end_ts"),
+            "files": [e for e in entries if e["candidate"].error is None], "all_files": files,
             "entries": entries, "restart": restart, "next_seq": next_seq, "flush": flush}
 
 
@@ -905,7 +905,8 @@ def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict
         if record["status"] == "failed":
             summary["failed"].append({"path": c.path, "error": record["error"]})
         elif record["status"] == "damaged":
-            summary["damaged"].append({"path": c.path, "error": record["error"], "stops": r.get("damage_stops", True)})
+            summary["damaged"].append({"path": c.path, "error": record["error"],
+                                       "stops": r.get("damage_stops", True)})
         if c.first_ts is not None and (last_first_ts is None or c.first_ts > last_first_ts):
             last_first_ts = c.first_ts
         summary["done_bytes"] += c.size
@@ -941,6 +942,3 @@ def read_dataset(dataset: str) -> pa.Table:
         return BATCH_FLOWS_SCHEMA.empty_table()
     return ds.dataset(folder, format="parquet", partitioning="hive", schema=None).to_table()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: fastflow batch")
