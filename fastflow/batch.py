@@ -250,9 +250,9 @@ def _provenance(table: pa.Table, first: np.ndarray, last: np.ndarray, files: dic
                 stream: str) -> pa.Table:
     """Engine frame numbers (file number << 32 | frame) as file paths and frame numbers in those files."""
     def paths(frames):
-        numbers = frames >> np.uint64(FRAME_BITS)
-        names = np.array([files[int(k)] for k in range(int(numbers.max()) + 1)] if len(frames) else [], dtype=object)
-        return string_array(names[numbers.astype(np.int64)] if len(frames) else np.array([], dtype=object))
+        used, where = np.unique(frames >> np.uint64(FRAME_BITS), return_inverse=True)
+        names = np.array([files[int(k)] for k in used], dtype=object)
+        return string_array(names[where] if len(frames) else np.array([], dtype=object))
 
     mask = np.uint64(MAX_FRAMES_PER_FILE)
     columns = {
