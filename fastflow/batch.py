@@ -166,7 +166,8 @@ def fingerprint(path: str, size: int) -> str:
 
 def first_packet_time(path: str) -> int | None:
     """The first packet's timestamp (ns), None for a capture without packets. Raises FastflowError."""
-    with Source(path) as source:
+    # small blocks: a compressed file is decompressed only as far as its first packet
+    with Source(path, block_size=1 << 16) as source:
         reader = CaptureReader(source, batch_size=1)
         for batch in reader.batches():
             if len(batch["ts"]):
