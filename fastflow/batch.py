@@ -39,7 +39,7 @@ from .decode import CaptureReader
 from .errors import FastflowError, InputError, OutputError, UsageError
 from .pipeline import _finished, _settings, finished_flows
 from .schema import BATCH_FLOWS_SCHEMA, file_metadata, fixed_width_array, flows_table, string_array
-from .source import Source, sniff_compression
+from .source import Source, is_url, sniff_compression, url_filesystem
 from .summary import summary_counts
 from .tcpflows import TcpFlows, concat_packed, packet_parts
 from .write import ParquetStream
@@ -94,14 +94,66 @@ _crash_counts: dict[str, int] = {}
 
 # --- finding the inputs -------------------------------------------------------------------------------------
 
+def _open(path: str):
+    """A local path, or a URI through fsspec (source.is_url)."""
+    if is_url(path):
+        fs, inner = url_filesystem(path)
+        return fs.open(inner, "rb")
+    return open(path, "rb")
+
+
+def _stat(path: str) -> tuple[int, int | None]:
+    """Size and modification time (ns; None where a URI's filesystem does not keep one)."""
+    if not is_url(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    fs, inner = url_filesystem(path)
+    info = fs.info(inner)
+    stamp = info.get("mtime", info.get("LastModified", info.get("last_modified", info.get("created"))))
+    if hasattr(stamp, "timestamp"):
+        stamp = stamp.timestamp()
+    return int(info["size"]), None if stamp is None else int(float(stamp) * 1e9)
+
+
+def _exists(path: str) -> bool:
+    try:
+        _stat(path)
+        return True
+    except (OSError, FastflowError):
+        return False
+
+
 def looks_like_capture(path: str) -> bool:
     """pcap / pcapng magic, or a compressed stream (checked when decoded)."""
     try:
-        with open(path, "rb") as f:
+        with _open(path) as f:
             head = f.read(8)
     except OSError:
         return False
     return head[:4] in CAPTURE_MAGICS or sniff_compression(head) is not None
+
+
+def _discover_url(source: str, found: dict, ignored: list) -> None:
+    """discover() for a URI: a file, a folder (every file below it) or a glob pattern."""
+    fs, inner = url_filesystem(source)
+    if fs.isdir(inner):
+        names = fs.find(inner)
+    elif fs.isfile(inner):
+        names = [inner]
+    elif glob.has_magic(inner):
+        names = []
+        for match in fs.glob(inner):
+            names += fs.find(match) if fs.isdir(match) else [match]
+    else:
+        raise UsageError(f"{source}: no such file or folder")
+    for name in sorted(names):
+        url = fs.unstrip_protocol(name)
+        if any(part.startswith(".") for part in name.split("/")):
+            continue
+        if url == source or looks_like_capture(url):
+            found[url] = None
+        else:
+            ignored.append(url)
 
 
 def discover(sources: list[str], dataset: str) -> tuple[list[str], list[str]]:
@@ -125,6 +177,9 @@ def discover(sources: list[str], dataset: str) -> tuple[list[str], list[str]]:
                     ignored.append(path)
 
     for source in sources:
+        if is_url(source):
+            _discover_url(source, found, ignored)
+            continue
         path = os.path.abspath(source)
         if os.path.isdir(path):
             add_tree(path)
@@ -149,14 +204,14 @@ def stream_of(path: str, pattern: re.Pattern | None) -> str:
         m = pattern.search(path)
         if m:
             return m.group(1) if m.re.groups else m.group(0)
-    return os.path.dirname(path)
+    return path.rsplit("/", 1)[0] if is_url(path) else os.path.dirname(path)
 
 
 def fingerprint(path: str, size: int) -> str:
     """A content fingerprint cheap enough for thousands of files: BLAKE2b of the size and of the first and
     last MiB (a capture that changes is appended to or rewritten, which changes one of them)."""
     h = hashlib.blake2b(str(size).encode(), digest_size=16)
-    with open(path, "rb") as f:
+    with _open(path) as f:
         h.update(f.read(1 << 20))
         if size > 2 << 20:
             f.seek(size - (1 << 20))
@@ -618,13 +673,13 @@ def plan(paths: list[str], manifest: dict, pattern: re.Pattern | None, min_age_s
     by_stream: dict[str, list[Candidate]] = {}
     for path in paths:
         try:
-            st = os.stat(path)
-        except OSError:
+            size, mtime_ns = _stat(path)
+        except (OSError, FastflowError):
             continue
-        if now - st.st_mtime < min_age_s:
+        if mtime_ns is not None and now - mtime_ns / 1e9 < min_age_s:
             young.append(path)
             continue
-        c = Candidate(path, stream_of(path, pattern), st.st_size, st.st_mtime_ns)
+        c = Candidate(path, stream_of(path, pattern), size, mtime_ns)
         old = inputs.get(path)
         if old is not None and old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
             unchanged += 1
@@ -672,6 +727,9 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
             raise UsageError(f"--stream-pattern: {exc}") from None
     if settings.filter_expr:
         _settings(settings.filter_expr, None, None)      # a bad filter is a usage error before anything
+    if is_url(dataset):
+        raise UsageError(f"{dataset}: the dataset must be a local path (or a shared file system's): its lock, "
+                         "renames and manifest need one")
     paths, ignored = discover(sources, dataset)
     dataset = os.path.abspath(dataset)
     if os.path.exists(dataset) and not os.path.isdir(dataset):
@@ -759,7 +817,7 @@ def _job(stream: str, cands: list[Candidate], restart: bool, manifest: dict, dat
         # everything of the stream again, from an empty state, its files renumbered in order
         old = [Candidate(p, stream, e["size"], e["mtime_ns"], e.get("fingerprint"), e.get("first_ts"))
                for p, e in manifest["inputs"].items() if e["stream"] == stream and p not in {c.path for c in cands}
-               and os.path.exists(p)]
+               and _exists(p)]
         cands = sorted(old + cands, key=lambda c: (c.first_ts is None, c.first_ts or 0, c.path))
         next_seq, state = 0, []
     else:

@@ -184,6 +184,36 @@ class StreamDamage(Exception):
     """The compressed stream is corrupt or ends early; everything before it was delivered."""
 
 
+def is_url(name: str) -> bool:
+    """A filesystem URI other than a local path (file:// URIs are opened through fsspec too)."""
+    scheme, sep, _ = name.partition("://")
+    return bool(sep) and scheme.isidentifier()
+
+
+def url_filesystem(url: str):
+    """(fsspec filesystem, path within it) for a URI; InputError when fsspec or the scheme's backend is missing."""
+    try:
+        import fsspec
+    except ImportError:
+        raise InputError(f"{url}: reading URIs needs fsspec (pip install 'fastflow[dask]')") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"{url}: {exc}") from None
+
+
+def open_url(url: str):
+    """An open binary file object for a URI, and its size (None when the filesystem does not say)."""
+    fs, path = url_filesystem(url)
+    if fs.isdir(path):
+        raise InputError(f"{url}: is a directory, not a capture file")
+    try:
+        size = fs.size(path)
+    except OSError:
+        size = None
+    return fs.open(path, "rb"), size
+
+
 class Source:
     """One input. `blocks()` yields bytes-like blocks in order; `raw_consumed` counts input bytes read."""
 
@@ -201,6 +231,11 @@ class Source:
         try:
             if name == "-":
                 self._file = sys.stdin.buffer
+                head = self._file.read(8)
+                self._raw = _Prefixed(head, self._file)
+            elif is_url(name):
+                # s3://, http(s)://, ... through fsspec (optional: fastflow[dask]), read as a stream
+                self._file, self.size = open_url(name)
                 head = self._file.read(8)
                 self._raw = _Prefixed(head, self._file)
             else:

@@ -526,3 +526,37 @@ def test_a_file_overlapping_an_earlier_run_restarts_the_stream_merged(tmp_path):
     summary = batch([tmp_path / "in"], tmp_path / "ds", flush=True)
     assert summary["restarted_streams"] == 1 and len(summary["merged"]) == 1
     assert_same_connections(tmp_path / "ds", process_table(mergecap(pieces, tmp_path / "merged.pcap")))
+
+
+# --- inputs named by URI (fsspec) ------------------------------------------------------------------------
+
+@requires_corpus
+@needs_editcap
+def test_inputs_by_uri_give_the_same_dataset(tmp_path):
+    """Inputs under file:// (worker processes) and memory:// (in process) URIs, read through fsspec, give
+    the rows local paths give; the provenance names the URIs."""
+    fsspec = pytest.importorskip("fsspec", reason="fsspec (fastflow[dask]) is not installed")
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    pieces = split(capture, tmp_path / "in", "-c", "20000", compress={1: "gz"})
+    reference = process_table(capture)
+    batch([f"file://{tmp_path / 'in'}"], tmp_path / "ds_file", flush=True, jobs=2)
+    got = assert_same_connections(tmp_path / "ds_file", reference)
+    assert set(got["source"].to_pylist()) <= {f"file://{p}" for p in pieces}
+
+    memory = fsspec.filesystem("memory")
+    for p in pieces:
+        memory.pipe(f"/fastflow-test/{p.name}", p.read_bytes())
+    try:
+        summary = batch(["memory://fastflow-test"], tmp_path / "ds_mem", flush=True, jobs=1, min_age_s=0)
+        assert summary["processed"] == len(pieces)
+        assert_same_connections(tmp_path / "ds_mem", reference)
+        again = batch(["memory://fastflow-test"], tmp_path / "ds_mem", flush=True, jobs=1, min_age_s=0)
+        assert again["processed"] == 0 and again["unchanged"] == len(pieces)
+        assert process_table(f"memory://fastflow-test/{pieces[0].name}").num_rows > 0
+    finally:
+        memory.rm("/fastflow-test", recursive=True)
+
+
+def test_a_dataset_uri_is_refused(tmp_path):
+    r = cli("batch", tmp_path, "-o", "s3://bucket/flows")
+    assert r.returncode == 2 and "must be a local path" in r.stderr
