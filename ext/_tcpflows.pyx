@@ -53,7 +53,6 @@ cdef enum:
     CL_REFUSED = 4
     CL_NONE = 5
 
-cdef int64_t INT64_MAX_VALUE = 0x7FFFFFFFFFFFFFFF
 
 cdef enum:
     PREFETCH_TABLE = 16         # rows ahead whose table slot is fetched
@@ -180,6 +179,7 @@ cdef struct Flow:               # one open connection, widest fields first (docs
     uint8_t ev_rst              # close events since the connection started
     uint8_t ev_fin_a
     uint8_t ev_fin_b
+    int64_t heap_pos            # of its entry in the engine's deadline heap
 
 
 cdef struct Cold:               # an open connection whose record waits in the spill file
@@ -192,6 +192,12 @@ cdef struct Cold:               # an open connection whose record waits in the s
     char *hist_data             # heap memory the record points to, freed with the engine if never read back
     Deferred *deferred
     Alt *alt
+    int64_t heap_pos
+
+
+cdef struct HeapEntry:          # an open connection's place in the deadline heap
+    int64_t key                 # <= its latest timestamp (the pair's seen_max): a lower bound of its deadline
+    int64_t entry               # its table entry: a pool slot, or COLD_BASE - cold index
 
 
 cdef struct Row:                # one finished connection (orientation applied)
@@ -560,9 +566,12 @@ cdef class Engine:
     cdef int64_t read_cache_start
     cdef int64_t read_cache_len
     cdef Flow scratch
-    # shortcuts: a lower bound of the open entries' seen_max (no expiry scan while nothing can be due), the
-    # smallest open first frame while known, and the order finish() releases connections in
-    cdef int64_t seen_floor
+    # every open connection once, keyed by a lower bound of its seen_max: expiry pops the due ones instead of
+    # scanning the table (keys are refreshed when they come up, not on every packet)
+    cdef HeapEntry *heap
+    cdef Py_ssize_t heap_len
+    cdef Py_ssize_t heap_cap
+    # shortcuts: the smallest open first frame while known, and the order finish() releases connections in
     cdef uint64_t min_first
     cdef bint min_first_known
     cdef object finish_order
@@ -580,7 +589,6 @@ cdef class Engine:
         self.free_head = EMPTY
         self.cold_free_head = EMPTY
         self.spill_fd = -1
-        self.seen_floor = INT64_MAX_VALUE
         self.min_first = NO_FRAME
         self.min_first_known = True
         self.table_mask = 1023
@@ -610,6 +618,7 @@ cdef class Engine:
         free(self.free_offsets)
         free(self.read_cache)
         free(self.table)
+        free(self.heap)
         free(self.rows)
         free(self.out_hist.data)
 
@@ -716,6 +725,61 @@ cdef class Engine:
         self.pool_top += 1
         return slot
 
+    # --- the deadline heap ---------------------------------------------------------------------------------
+
+    cdef inline void heap_set(self, Py_ssize_t i, HeapEntry e) noexcept nogil:
+        self.heap[i] = e
+        if e.entry >= 0:
+            self.pool[e.entry].heap_pos = i
+        else:
+            self.cold[COLD_BASE - e.entry].heap_pos = i
+
+    cdef void heap_sift_up(self, Py_ssize_t i) noexcept nogil:
+        cdef HeapEntry e = self.heap[i]
+        cdef Py_ssize_t parent
+        while i > 0:
+            parent = (i - 1) >> 1
+            if self.heap[parent].key <= e.key:
+                break
+            self.heap_set(i, self.heap[parent])
+            i = parent
+        self.heap_set(i, e)
+
+    cdef void heap_sift_down(self, Py_ssize_t i) noexcept nogil:
+        cdef HeapEntry e = self.heap[i]
+        cdef Py_ssize_t child
+        while True:
+            child = 2 * i + 1
+            if child >= self.heap_len:
+                break
+            if child + 1 < self.heap_len and self.heap[child + 1].key < self.heap[child].key:
+                child += 1
+            if self.heap[child].key >= e.key:
+                break
+            self.heap_set(i, self.heap[child])
+            i = child
+        self.heap_set(i, e)
+
+    cdef int heap_push(self, int64_t entry, int64_t key) noexcept nogil:
+        if self.heap_len == self.heap_cap and grow_array(<void **>&self.heap, &self.heap_cap, sizeof(HeapEntry)):
+            return ST_NO_MEMORY
+        self.heap_set(self.heap_len, HeapEntry(key, entry))
+        self.heap_len += 1
+        self.heap_sift_up(self.heap_len - 1)
+        return ST_OK
+
+    cdef void heap_remove(self, Py_ssize_t i) noexcept nogil:
+        cdef int64_t key
+        self.heap_len -= 1
+        if i == self.heap_len:
+            return
+        key = self.heap[i].key
+        self.heap_set(i, self.heap[self.heap_len])
+        if self.heap[i].key < key:
+            self.heap_sift_up(i)
+        else:
+            self.heap_sift_down(i)
+
     # --- the spill tier: records of idle open connections wait in a file -----------------------------------
 
     cdef int64_t new_cold(self) noexcept nogil:
@@ -792,7 +856,8 @@ cdef class Engine:
             memcpy(&self.staged[(self.spill_end - self.spill_written) // sizeof(Flow)], f, sizeof(Flow))
             self.spill_end += sizeof(Flow)
         self.cold[c] = Cold(f.key, f.hash, f.seen_max, f.first_frame, offset, EMPTY, f.hist.data, f.deferred,
-                            f.alt)
+                            f.alt, f.heap_pos)
+        self.heap[f.heap_pos].entry = COLD_BASE - c
         self.n_cold += 1
         self.table[pos] = COLD_BASE - c
         self.free_slot(slot)
@@ -836,6 +901,8 @@ cdef class Engine:
         if self.read_cold(c, &self.pool[slot]) != ST_OK:
             self.free_slot(slot)
             return ST_SPILL_FAILED
+        self.pool[slot].heap_pos = self.cold[c].heap_pos     # the copy in the file has an old one
+        self.heap[self.cold[c].heap_pos].entry = slot
         self.table[pos] = slot
         self.free_cold(c)
         return ST_OK
@@ -1077,6 +1144,7 @@ cdef class Engine:
         """Finish the flow at table_pos and give its record back."""
         cdef int64_t entry = self.table[table_pos]
         cdef int status
+        self.heap_remove(self.pool[entry].heap_pos if entry >= 0 else self.cold[COLD_BASE - entry].heap_pos)
         if entry >= 0:
             status = self.finish_connection(&self.pool[entry])
             self.free_slot(entry)
@@ -1181,8 +1249,9 @@ cdef class Engine:
                 f.hash = h
                 f.used = True
                 f.seen_max = ts[i]
-                if ts[i] < self.seen_floor:
-                    self.seen_floor = ts[i]
+                if self.heap_push(slot, ts[i]) != ST_OK:
+                    self.free_slot(slot)
+                    return ST_NO_MEMORY
                 self.table[pos] = slot
                 self.n_open += 1
                 if <uint64_t>self.n_open * 2 > self.table_mask:
@@ -1296,25 +1365,30 @@ cdef class Engine:
 
     cdef int expire_flows(self, int64_t now, bint everything) noexcept nogil:
         cdef Py_ssize_t pos = 0
-        cdef int64_t slot, seen
-        cdef int64_t floor = INT64_MAX_VALUE
+        cdef int64_t entry, seen
         cdef int status
-        if not everything and (self.n_open == 0 or now - self.seen_floor <= self.timeout_ns):
-            return ST_OK        # no open connection can be due yet
-        # a removal shifts later entries back into pos, so pos advances only past kept entries
-        while pos <= <Py_ssize_t>self.table_mask:
-            slot = self.table[pos]
-            if slot != EMPTY:
-                seen = self.entry_seen_max(slot)
-                if everything or now - seen > self.timeout_ns:
+        if everything:
+            # a removal shifts later entries back into pos, so pos advances only past kept entries
+            while pos <= <Py_ssize_t>self.table_mask:
+                if self.table[pos] != EMPTY:
                     status = self.release(pos)
                     if status != ST_OK:
                         return status
                     continue
-                if seen < floor:
-                    floor = seen
-            pos += 1
-        self.seen_floor = floor
+                pos += 1
+            return ST_OK
+        # the heap's keys are lower bounds: a key that comes due is checked against the latest timestamp and
+        # either finishes its connection or moves up to that timestamp
+        while self.heap_len and now - self.heap[0].key > self.timeout_ns:
+            entry = self.heap[0].entry
+            seen = self.entry_seen_max(entry)
+            if now - seen > self.timeout_ns:
+                status = self.release(self.find(self.entry_key(entry), self.entry_hash(entry)))
+                if status != ST_OK:
+                    return status
+            else:
+                self.heap[0].key = seen
+                self.heap_sift_down(0)
         return ST_OK
 
     def expire(self, int64_t now):
@@ -1521,10 +1595,14 @@ cdef class Engine:
             rec.used = True
             rec.next_free = EMPTY
             self.pool[slot] = rec
+            if self.heap_push(slot, rec.seen_max) != ST_OK:
+                free(rec.hist.data)
+                free(rec.deferred)
+                free_alt(&rec)
+                self.free_slot(slot)
+                return ST_NO_MEMORY
             self.table[pos] = slot
             self.n_open += 1
-            if rec.seen_max < self.seen_floor:
-                self.seen_floor = rec.seen_max
             if <uint64_t>self.n_open * 2 > self.table_mask:
                 if self.grow_table() != ST_OK:
                     return ST_NO_MEMORY
