@@ -358,6 +358,8 @@ def process_stream(job: dict) -> dict:
             for k, unit in enumerate(units):
                 results += _process_unit(unit, dataset, stream, label, settings, tcp, datagram, tally, files,
                                          part, parts)
+                if job.get("report") is not None and part == 0 and groups is None:
+                    job["report"].put((stream, sum(e["candidate"].size for e in unit)))
                 ends = [r["end_ts"] for r in results[-len(unit):] if r.get("end_ts") is not None]
                 end_ts = max(ends) if ends else end_ts
                 following = units[k + 1][0]["candidate"].first_ts if k + 1 < len(units) else None
@@ -770,9 +772,18 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
         pending = {job["stream"]: [] for job in stream_jobs}
         by_name = {job["stream"]: job for job in stream_jobs}
 
+        # the bar moves file by file: workers report each file's bytes (part 0 of each stream); a stream's
+        # reports give way to its committed bytes
+        reported: dict[str, int] = {}
+
+        def on_report(stream: str, nbytes: int) -> None:
+            reported[stream] = reported.get(stream, 0) + nbytes
+            progress(summary["done_bytes"] + sum(reported.values()), summary["total_bytes"])
+
         def finished(task, result):
             pending[task["stream"]].append(result)
             if len(pending[task["stream"]]) == parts:
+                reported.pop(task["stream"], None)
                 _commit(dataset, manifest, by_name[task["stream"]], _merged(pending.pop(task["stream"])), summary,
                         progress)
 
@@ -780,12 +791,14 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
             _run_on_dask(client, tasks, finished)
         elif workers == 1 or len(tasks) <= 1:
             for task in tasks:
-                finished(task, process_stream(task))
+                finished(task, process_stream(dict(task, report=_Report(on_report) if progress else None)))
         else:
+            manager = multiprocessing.Manager() if progress else None
+            queue = manager.Queue() if manager else None
             with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), initializer=_worker_init) as pool:
-                futures = {pool.submit(process_stream, task): task for task in tasks}
+                futures = {pool.submit(process_stream, dict(task, report=queue)): task for task in tasks}
                 stop = _stop_workers_on_exit(pool)
-                for future in stop(concurrent.futures.as_completed(futures)):
+                for future in stop(_completed(futures, queue, on_report)):
                     task = futures[future]
                     try:
                         result = future.result()
@@ -795,6 +808,8 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
                                   "error": "a worker process died before finishing this stream (killed, or out "
                                            "of memory?)"}
                     finished(task, result)
+            if manager is not None:
+                manager.shutdown()
         if client is not None:
             client.close()
         save_manifest(dataset, manifest)        # touched-only files' new mtimes
@@ -834,6 +849,27 @@ def _job(stream: str, cands: list[Candidate], restart: bool, manifest: dict, dat
             "state": state, "end_ts": None if restart else info.get("end_ts"),
             "files": [e for e in entries if e["candidate"].error is None], "all_files": files,
             "entries": entries, "restart": restart, "next_seq": next_seq, "flush": flush}
+
+
+class _Report:
+    """In-process stand-in for the workers' progress queue."""
+
+    def __init__(self, on_report):
+        self.on_report = on_report
+
+    def put(self, item) -> None:
+        self.on_report(*item)
+
+
+def _completed(futures, queue, on_report):
+    """The futures as they finish; meanwhile the workers' progress reports go to on_report."""
+    waiting = set(futures)
+    while waiting:
+        done, waiting = concurrent.futures.wait(waiting, timeout=0.2,
+                                                return_when=concurrent.futures.FIRST_COMPLETED)
+        while queue is not None and not queue.empty():
+            on_report(*queue.get())
+        yield from done
 
 
 def _worker_init() -> None:

@@ -560,3 +560,18 @@ def test_inputs_by_uri_give_the_same_dataset(tmp_path):
 def test_a_dataset_uri_is_refused(tmp_path):
     r = cli("batch", tmp_path, "-o", "s3://bucket/flows")
     assert r.returncode == 2 and "must be a local path" in r.stderr
+
+
+@requires_corpus
+@needs_editcap
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_moves_file_by_file(tmp_path, jobs):
+    """The progress callback (the terminal's bar) gets the input bytes as files finish, never going back,
+    ending at the total."""
+    pieces = split(CAPTURES / "zeek__echo-connections.pcap", tmp_path / "in", "-c", "8000")
+    seen = []
+    batch([tmp_path / "in"], tmp_path / "ds", jobs=jobs, progress=lambda done, total: seen.append((done, total)))
+    total = sum(p.stat().st_size for p in pieces)
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert len({done for done, _ in seen}) > len(pieces) // 2     # not just the start and the end
