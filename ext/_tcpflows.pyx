@@ -768,6 +768,19 @@ cdef class Engine:
         self.heap_sift_up(self.heap_len - 1)
         return ST_OK
 
+    cdef int add_open(self, Py_ssize_t pos, int64_t slot, int64_t seen) noexcept nogil:
+        """A new open connection's record (in pool slot `slot`) at table position pos: in the heap, counted,
+        the table grown when half full. Out of memory for the heap: the slot is given back (not what the
+        record points to: the caller's to free) and the table left as it was."""
+        if self.heap_push(slot, seen) != ST_OK:
+            self.free_slot(slot)
+            return ST_NO_MEMORY
+        self.table[pos] = slot
+        self.n_open += 1
+        if <uint64_t>self.n_open * 2 > self.table_mask:
+            return self.grow_table()
+        return ST_OK
+
     cdef void heap_remove(self, Py_ssize_t i) noexcept nogil:
         cdef int64_t key
         self.heap_len -= 1
@@ -1249,14 +1262,8 @@ cdef class Engine:
                 f.hash = h
                 f.used = True
                 f.seen_max = ts[i]
-                if self.heap_push(slot, ts[i]) != ST_OK:
-                    self.free_slot(slot)
+                if self.add_open(pos, slot, ts[i]) != ST_OK:
                     return ST_NO_MEMORY
-                self.table[pos] = slot
-                self.n_open += 1
-                if <uint64_t>self.n_open * 2 > self.table_mask:
-                    if self.grow_table() != ST_OK:
-                        return ST_NO_MEMORY
             if new_epoch:
                 f.ep_has_syn = False
                 f.ep_has_synack = False
@@ -1595,17 +1602,12 @@ cdef class Engine:
             rec.used = True
             rec.next_free = EMPTY
             self.pool[slot] = rec
-            if self.heap_push(slot, rec.seen_max) != ST_OK:
-                free(rec.hist.data)
-                free(rec.deferred)
-                free_alt(&rec)
-                self.free_slot(slot)
+            if self.add_open(pos, slot, rec.seen_max) != ST_OK:
+                if self.table[pos] != slot:      # not in the table: the record's memory is still ours
+                    free(rec.hist.data)
+                    free(rec.deferred)
+                    free_alt(&rec)
                 return ST_NO_MEMORY
-            self.table[pos] = slot
-            self.n_open += 1
-            if <uint64_t>self.n_open * 2 > self.table_mask:
-                if self.grow_table() != ST_OK:
-                    return ST_NO_MEMORY
         self.min_first_known = False
         self.finish_order = None
         return ST_OK
