@@ -9,10 +9,11 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 
 from . import __version__
-from .errors import FastflowError, UsageError
+from .errors import FastflowError, OutputError, UsageError
 
 EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 
@@ -163,8 +164,7 @@ def _process(args) -> int:
             result.stats["seconds"]["write"] = time.perf_counter() - started
             result.stats["seconds"]["total"] += result.stats["seconds"]["write"]
     if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump(result.stats, f, indent=2, sort_keys=True)
+        _write_json(args.summary_json, result.stats)
     if result.damage is not None:
         packets = result.stats["counts"]["packets"]
         done = f"the {packets} packets before it" if result.damage.stops else f"all {packets} packets"
@@ -218,8 +218,7 @@ def _batch(args) -> int:
     if progress:
         progress.done()
     if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+        _write_json(args.summary_json, summary)
     for failure in summary["failed"]:
         print(f"Error: {failure['error']}", file=sys.stderr)
     for group in summary["merged"]:
@@ -235,6 +234,21 @@ def _batch(args) -> int:
               f"{summary['packets']} packets, {summary['flows_written']} connections written, "
               f"{summary['open_carried']} open carried to the next run, {summary['seconds']:.2f} s", file=sys.stderr)
     return EXIT_DAMAGED if summary["failed"] or summary["damaged"] else EXIT_OK
+
+
+def _write_json(path: str, data: dict) -> None:
+    """The summary JSON, atomically (a monitor reading it never sees half of one)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _parse_timeouts(text: str) -> dict:
