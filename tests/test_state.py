@@ -19,7 +19,7 @@ from test_dgram_engine import (
     reference,
     synthetic_rows,
 )
-from test_tcpflows import SECOND, assert_same_flows, concat_flows, random_segments, tcp_rows
+from test_tcpflows import SECOND, assert_same_flows, concat_flows, corpus_segments, random_segments
 
 
 def tcp_with_restarts(seg: dict, chunk: int, timeout_ns: int, restart_every: int = 1, vlan_aware=False,
@@ -66,13 +66,8 @@ def test_tcp_random_soups_survive_restarts(seed):
 @requires_corpus
 @pytest.mark.parametrize("name", capture_names())
 def test_tcp_corpus_survives_restarts(name):
-    pk, _ = decode_all(CAPTURES / name)
-    if not pk:
-        pytest.skip("no packets")
-    seg = tcp_rows(pk)
+    seg = corpus_segments(name)
     n = len(seg["frame"])
-    if n == 0:
-        pytest.skip("no TCP segments")
     _, ref = analyse(seg, 300 * SECOND)
     chunk = max(1, n // 5)
     assert_same_flows(ref, tcp_with_restarts(seg, chunk, 300 * SECOND)[0], f"{name} chunk {chunk}")

@@ -80,16 +80,22 @@ def corpus_tcp_captures():
     return [n for n in capture_names()]
 
 
-@requires_corpus
-@pytest.mark.parametrize("name", corpus_tcp_captures())
-def test_corpus_capture_streams_to_the_same_flows(name):
+def corpus_segments(name: str) -> dict:
+    """A corpus capture's TCP input to the engines; skips the test when it has none."""
     pk, _ = decode_all(CAPTURES / name)
     if not pk:
         pytest.skip("no packets")
     seg = tcp_rows(pk)
-    n = len(seg["frame"])
-    if n == 0:
+    if len(seg["frame"]) == 0:
         pytest.skip("no TCP segments")
+    return seg
+
+
+@requires_corpus
+@pytest.mark.parametrize("name", corpus_tcp_captures())
+def test_corpus_capture_streams_to_the_same_flows(name):
+    seg = corpus_segments(name)
+    n = len(seg["frame"])
     for timeout in (300 * SECOND, SECOND):     # Zeek's, and one short enough to expire and split
         _, ref = analyse(seg, timeout)
         chunks = {7, 1000, n} | ({1} if n < 3000 else set())
