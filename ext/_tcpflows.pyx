@@ -1176,7 +1176,8 @@ cdef class Engine:
                        const uint16_t *sport, const uint16_t *dport, const uint32_t *seq, const uint32_t *ack,
                        const uint16_t *tcp_flags, const uint16_t *window, const uint32_t *payload_len,
                        const uint32_t *claimed_len, const uint32_t *ip_len, const uint16_t *mss,
-                       const int16_t *wscale, const uint8_t *sack_ok, const uint8_t *pflags) noexcept nogil:
+                       const int16_t *wscale, const uint8_t *sack_ok, const uint8_t *pflags,
+                       uint64_t *conn_first) noexcept nogil:
         cdef Py_ssize_t i
         cdef Key key
         cdef int status
@@ -1189,7 +1190,8 @@ cdef class Engine:
             make_key(&key, src + 16 * i, dst + 16 * i, sport[i], dport[i], vlan[i] if self.vlan_aware else 0)
             hashes[i] = key_hash(&key, self.hash_seed)
         status = self.feed_hashed(n, hashes, frame, ts, now, vlan, ip_version, src, dst, sport, dport, seq, ack,
-                                  tcp_flags, window, payload_len, claimed_len, ip_len, mss, wscale, sack_ok, pflags)
+                                  tcp_flags, window, payload_len, claimed_len, ip_len, mss, wscale, sack_ok, pflags,
+                                  conn_first)
         free(hashes)
         return status
 
@@ -1199,7 +1201,7 @@ cdef class Engine:
                          const uint32_t *ack, const uint16_t *tcp_flags, const uint16_t *window,
                          const uint32_t *payload_len, const uint32_t *claimed_len, const uint32_t *ip_len,
                          const uint16_t *mss, const int16_t *wscale, const uint8_t *sack_ok,
-                         const uint8_t *pflags) noexcept nogil:
+                         const uint8_t *pflags, uint64_t *conn_first) noexcept nogil:
         cdef Py_ssize_t i, pos
         cdef Key key
         cdef uint64_t h
@@ -1269,6 +1271,8 @@ cdef class Engine:
                 f.ep_has_synack = False
             if new_conn:
                 self.start_connection(f, a_is_src, frame[i], ts[i], sp, dp, ip_version[i], vlan[i], flags)
+            if conn_first != NULL:
+                conn_first[i] = f.first_frame
 
             # the pair
             if ts[i] > f.seen_max:
@@ -1328,8 +1332,10 @@ cdef class Engine:
             zeek_step(f, k, flags, seq[i], ack[i], claimed_len[i], window[i], ts[i], bad)
         return ST_OK
 
-    def feed(self, dict seg):
-        """Feed TCP segments (decoder columns, frame order, with network_time); returns a status code."""
+    def feed(self, dict seg, conn_first=None):
+        """Feed TCP segments (decoder columns, frame order, with network_time); returns a status code.
+        conn_first: a uint64 array of the same length, or None; gets each segment's connection (the frame
+        of its first segment), for the segments table (pipeline.py analyses those once it has finished)."""
         cdef Py_ssize_t n = seg["frame"].shape[0]
         cdef const uint64_t[::1] frame = seg["frame"]
         cdef const int64_t[::1] ts = seg["ts"]
@@ -1351,6 +1357,8 @@ cdef class Engine:
         cdef const int16_t[::1] wscale = seg["wscale"]
         cdef const uint8_t[::1] sack_ok = seg["sack_ok"]
         cdef const uint8_t[::1] pflags = seg["pflags"]
+        cdef uint64_t[::1] first_out
+        cdef uint64_t *first_ptr = NULL
         cdef int status
         for name in ("ts", "network_time", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
                      "tcp_flags", "window", "payload_len", "claimed_len", "ip_len", "mss", "wscale", "sack_ok",
@@ -1361,13 +1369,18 @@ cdef class Engine:
             return ST_OK
         if src.shape[1] != 16 or dst.shape[1] != 16:
             raise ValueError("feed: addresses must be 16 bytes")
+        if conn_first is not None:
+            first_out = conn_first
+            if first_out.shape[0] != n:
+                raise ValueError("feed: conn_first has the wrong length")
+            first_ptr = &first_out[0]
         self.reserve_rows(n)
         self.finish_order = None
         with nogil:
             status = self.feed_rows(n, &frame[0], &ts[0], &now[0], &vlan[0], &ip_version[0], &src[0, 0],
                                     &dst[0, 0], &sport[0], &dport[0], &seq[0], &ack[0], &flags[0], &window[0],
                                     &payload_len[0], &claimed_len[0], &ip_len[0], &mss[0], &wscale[0],
-                                    &sack_ok[0], &pflags[0])
+                                    &sack_ok[0], &pflags[0], first_ptr)
         return status
 
     cdef int expire_flows(self, int64_t now, bint everything) noexcept nogil:

@@ -511,7 +511,7 @@ def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, setti
             seconds = {"decode": 0.0, "connections": 0.0}
             tally.update(bad_ip_checksum=0, tcp_segments=0)
             parts_tcp, parts_dg = [], []
-            for tcp_rows, dg, _, _ in _finished(reader, tcp, datagram, tally, seconds, finish=False,
+            for tcp_rows, dg, _, _, _ in _finished(reader, tcp, datagram, tally, seconds, finish=False,
                                                 select=select):
                 parts_tcp.append(tcp_rows)
                 parts_dg.append(dg)

@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 
 from . import __version__
 from .errors import FastflowError, OutputError, UsageError
@@ -129,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _process(args) -> int:
-    from .pipeline import process, stream_flows
-    from .schema import FLOWS_SCHEMA
-    from .write import ParquetStream, check_output, write_tables
+    from .pipeline import stream_flows
+    from .schema import FLOWS_SCHEMA, SEGMENTS_SCHEMA
+    from .write import ParquetStream, check_output
 
     outputs = [args.output] + ([args.segments] if args.segments else [])
     if args.segments and args.segments == args.output:
@@ -140,29 +141,26 @@ def _process(args) -> int:
         check_output(path, args.overwrite, [args.capture])
     progress = _Progress(sys.stderr) if (not args.quiet and sys.stderr.isatty()) else None
     options = dict(_analysis_settings(args), progress=progress)
-    if args.segments:
-        # the segments table needs every segment's final connection values: whole-capture stages
-        result = process(args.capture, want_segments=True, **options)
+    # written as connections finish, memory bounded by the open ones (and with --segments, their segments)
+    with ExitStack() as stack:
+        out = stack.enter_context(ParquetStream(args.output, FLOWS_SCHEMA, compression=args.compression))
+        segments = None
+        if args.segments:
+            segments = stack.enter_context(ParquetStream(args.segments, SEGMENTS_SCHEMA,
+                                                         compression=args.compression))
+        result = stream_flows(args.capture, out.write, segments_sink=segments.write if segments else None,
+                               **options)
         if progress:
             progress.done()
         started = time.perf_counter()
         metadata = result.metadata()
-        metadata[b"segments_file"] = json.dumps(os.path.relpath(
-            os.path.abspath(args.segments), os.path.dirname(os.path.abspath(args.output)))).encode()
-        write_tables([(args.output, result.flows), (args.segments, result.segments)],
-                     compression=args.compression, metadata=metadata)
+        if segments is not None:
+            metadata[b"segments_file"] = json.dumps(os.path.relpath(
+                os.path.abspath(args.segments), os.path.dirname(os.path.abspath(args.output)))).encode()
+            segments.commit(metadata)
+        out.commit(metadata)
         result.stats["seconds"]["write"] = time.perf_counter() - started
         result.stats["seconds"]["total"] += result.stats["seconds"]["write"]
-    else:
-        # flows alone stream: written as connections finish, memory bounded by the open ones
-        with ParquetStream(args.output, FLOWS_SCHEMA, compression=args.compression) as out:
-            result = stream_flows(args.capture, out.write, **options)
-            if progress:
-                progress.done()
-            started = time.perf_counter()
-            out.commit(result.metadata())
-            result.stats["seconds"]["write"] = time.perf_counter() - started
-            result.stats["seconds"]["total"] += result.stats["seconds"]["write"]
     if args.summary_json:
         _write_json(args.summary_json, result.stats)
     if result.damage is not None:

@@ -95,7 +95,7 @@ def addr_words(addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
 
 
-def _canonical_key(seg, vlan_aware=False):
+def canonical_key(seg, vlan_aware=False):
     """Endpoints as (lower, higher) by (address, port); ``a_is_src`` tells
     whether the segment's source is the lower endpoint.  The VLAN id joins
     the key only when ``vlan_aware`` (Zeek's default key ignores it, so that
@@ -240,7 +240,7 @@ def assign_connections(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
         return {"conn_id": np.zeros(0, np.uint64), "from_orig": np.zeros(0, bool),
                 "order": np.zeros(0, np.int64), "offsets": np.zeros(1, np.int64),
                 "n_conns": 0}
-    keys, a_is_src = _canonical_key(seg, vlan_aware)
+    keys, a_is_src = canonical_key(seg, vlan_aware)
     order, pair_start = group_rows(keys)
 
     # Columns in pair-grouped order (frame order inside each pair).

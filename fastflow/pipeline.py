@@ -26,6 +26,7 @@ from .schema import (
     flows_table,
     segments_table,
 )
+from .segment_stream import SegmentStream
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP
 from .source import Source
 from .summary import analyse, combine_flows, summary_counts
@@ -287,8 +288,10 @@ class _FlowWriter:
     engine's packed form (288 bytes each); beyond WAIT_IN_MEMORY waiting rows (one connection open for hours
     holds back all that started after it) they go to sorted run files, merged back in order."""
 
-    def __init__(self, sink, source: str, community_id_seed: int, empty: tuple[tuple, dict]):
+    def __init__(self, sink, source: str, community_id_seed: int, empty: tuple[tuple, dict], on_emit=None):
         self.sink = sink
+        self.on_emit = on_emit      # (first frames, conn_ids, last frames) of the rows written
+        self.written_below = 0      # every row that started before this frame has been written
         self.source = source
         self.seed = community_id_seed
         self.empty = empty          # zero rows of each engine, as templates
@@ -348,6 +351,10 @@ class _FlowWriter:
         """Write the waiting flows that started before `watermark` (the first frame of the oldest open one)."""
         if not force and self.waiting < self._attempt_at and not self.runs:
             return
+        self._flush(watermark)
+        self.written_below = watermark
+
+    def _flush(self, watermark: int) -> None:
         limit = np.uint64(watermark)
         tcp, datagram = self._take_waiting(limit)
         # a long-lived connection holds the watermark back: try again once as many more have finished
@@ -391,6 +398,10 @@ class _FlowWriter:
         ids = fixed_width_array(np.arange(self.next_conn_id, self.next_conn_id + n, dtype=np.uint64), pa.uint64())
         self.next_conn_id += n
         self.sink(table.set_column(table.schema.get_field_index("conn_id"), table.schema.field("conn_id"), ids))
+        if self.on_emit is not None:
+            last = table.column("last_frame").combine_chunks()
+            self.on_emit(_first_frames(table), np.arange(self.next_conn_id - n, self.next_conn_id, dtype=np.uint64),
+                         np.frombuffer(last.buffers()[1], np.uint64, len(last), last.offset))
 
     def close(self) -> None:
         for run in self.runs:
@@ -416,14 +427,17 @@ def _add_counts(total: dict, more: dict) -> None:
 
 
 def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, tally: dict, seconds: dict,
-              finish: bool = True, frame_high: int = 0, select: Callable[[dict], np.ndarray] | None = None):
-    """Decode, feed the engines; yield (TCP rows, datagram flows, watermark, last) after each batch and at
-    the end, where every connection finishes, the TCP ones oldest first and a portion at a time (a capture
+              finish: bool = True, frame_high: int = 0, select: Callable[[dict], np.ndarray] | None = None,
+              want_segments: bool = False):
+    """Decode, feed the engines; yield (TCP rows, datagram flows, watermark, last, segments) after each batch
+    and at the end, where every connection finishes, the TCP ones oldest first and a portion at a time (a capture
     that ends with a million open connections is then written without holding all their rows).
     finish=False leaves the open connections in the engines (batch.py carries them to the next file);
     frame_high is or'ed into the frame numbers (batch.py: the file's number in its stream); select(batch)
     picks the rows the engines get (batch.py: one part of a stream), network time still counting every
-    packet; network time starts from, and ends in, tally["network_time"] when given."""
+    packet; network time starts from, and ends in, tally["network_time"] when given. With want_segments,
+    segments is the batch's TCP rows (SEGMENT_INPUT_COLUMNS) with each one's connection in "conn_first"
+    (else None)."""
     network_time = tally.get("network_time", np.iinfo(np.int64).min)
     batches = reader.batches()
     while True:
@@ -444,10 +458,18 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
             valid &= select(batch)
         rows = np.flatnonzero((status == Status.TCP) & valid)
         tally["tcp_segments"] += rows.size
-        if rows.size == status.size:    # all TCP: no copy
-            tcp.feed({name: batch[name] for name in SEGMENT_INPUT_COLUMNS})
-        elif rows.size:
-            tcp.feed({name: batch[name][rows] for name in SEGMENT_INPUT_COLUMNS})
+        segments = None
+        if rows.size:
+            if rows.size == status.size:    # all TCP: no copy
+                segments = {name: batch[name] for name in SEGMENT_INPUT_COLUMNS}
+            else:
+                segments = {name: batch[name][rows] for name in SEGMENT_INPUT_COLUMNS}
+            conn_first = np.empty(rows.size, np.uint64) if want_segments else None
+            tcp.feed(segments, conn_first)
+            if want_segments:
+                segments["conn_first"] = conn_first
+            else:
+                segments = None
         rows = np.flatnonzero(np.isin(status, DATAGRAM_STATUSES) & valid)
         if rows.size:
             datagram.feed({name: batch[name][rows] for name in DATAGRAM_INPUT_COLUMNS})
@@ -455,7 +477,7 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         tcp.expire(network_time)
         datagram.expire(network_time)
         item = (tcp.drain_packed(), datagram.drain(),
-                min(tcp.min_open_first_frame(), datagram.min_open_first_frame()), False)
+                min(tcp.min_open_first_frame(), datagram.min_open_first_frame()), False, segments)
         seconds["connections"] += time.perf_counter() - t1
         yield item
     if not finish:
@@ -465,7 +487,7 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         t1 = time.perf_counter()
         tcp.finish(FLUSH_ROWS)
         low = tcp.min_open_first_frame()
-        item = (tcp.drain_packed(), datagram.drain(), low, low == NO_OPEN_CONNECTION)
+        item = (tcp.drain_packed(), datagram.drain(), low, low == NO_OPEN_CONNECTION, None)
         seconds["connections"] += time.perf_counter() - t1
         yield item
         if low == NO_OPEN_CONNECTION:
@@ -516,28 +538,37 @@ def _in_background(items, depth: int = 2):
 def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: str | None = None,
                  idle_timeouts_s: dict | None = None, batch_size: int = 1 << 18, community_id_seed: int = 0,
                  vlan_aware: bool = False, server_ports: tuple | None = None, verify_checksums: bool = False,
-                 progress: Callable[[int, int | None], None] | None = None, overlap: bool = True) -> Result:
-    """process() for the flows table alone, in memory bounded by the open connections: batches are
-    decoded, fed to the streaming engines (tcpflows.py, datagram.DatagramStream), and the flows of finished
-    connections go to ``sink`` as Arrow tables, in conn_id order, the same rows process() gives.
+                 progress: Callable[[int, int | None], None] | None = None, overlap: bool = True,
+                 segments_sink: Callable[[pa.Table], None] | None = None) -> Result:
+    """process() streaming, in memory bounded by the open connections: batches are decoded, fed to the
+    streaming engines (tcpflows.py, datagram.DatagramStream), and the flows of finished connections go to
+    ``sink`` as Arrow tables, in conn_id order, the same rows process() gives. segments_sink, when given,
+    gets the segments table's rows the same way (segment_stream.py), in frame order.
     overlap: decode and run the engines in a second thread while this one writes (same output).
-    Returns a Result whose flows is None."""
+    Returns a Result whose flows and segments are None."""
     started = time.perf_counter()
     timeouts_ns, tcp_ports, udp_ports = _settings(filter_expr, idle_timeouts_s, server_ports)
     tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, vlan_aware, max_in_memory=tcpflows.MAX_IN_MEMORY)
     datagram = DatagramStream(timeouts_ns, udp_ports, vlan_aware)
-    out = _FlowWriter(sink, path, community_id_seed, (tcp.drain_packed(), datagram.drain()))
+    segments = None if segments_sink is None else SegmentStream(segments_sink, tcp_ports, vlan_aware)
+    out = _FlowWriter(sink, path, community_id_seed, (tcp.drain_packed(), datagram.drain()),
+                      on_emit=None if segments is None else segments.numbered)
     seconds = {"decode": 0.0, "connections": 0.0, "tables": 0.0}
     tally = {"bad_ip_checksum": 0, "tcp_segments": 0}
     with Source(path) as source:
         reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size,
                                verify_checksums=verify_checksums)
-        items = _finished(reader, tcp, datagram, tally, seconds)
+        items = _finished(reader, tcp, datagram, tally, seconds, want_segments=segments is not None)
         try:
-            for tcp_rows, datagram_flows_, watermark, last in (_in_background(items) if overlap else items):
+            for tcp_rows, datagram_flows_, watermark, last, seg in (_in_background(items) if overlap else items):
                 t0 = time.perf_counter()
+                if segments is not None:
+                    segments.add(seg)
+                    segments.finished(tcp_rows[0]["first_frame"])
                 out.add(tcp_rows, datagram_flows_)
                 out.flush(watermark, force=last)
+                if segments is not None:
+                    segments.write_below(out.written_below)
                 seconds["tables"] += time.perf_counter() - t0
                 if progress is not None:
                     progress(source.raw_consumed, source.size)

@@ -37,7 +37,16 @@ from __future__ import annotations
 import numpy as np
 
 from .decode import PFlag
-from .flows import ACK, DEFAULT_IDLE_TIMEOUT_NS, RST, SYN, assign_connections, first_in_group, last_before
+from .flows import (
+    ACK,
+    DEFAULT_IDLE_TIMEOUT_NS,
+    RST,
+    SYN,
+    assign_connections,
+    canonical_key,
+    first_in_group,
+    last_before,
+)
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP
 from .tagging import SEGMENT_COLUMNS, tag_segments
 from .tcpstate import ANALYSIS_TAGS, CONN_STATES, history_strings, tcp_state
@@ -290,3 +299,29 @@ def analyse(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,
     segments = {"conn_id": conn["conn_id"], "from_orig": conn["from_orig"], "analysis": state["analysis"]}
     segments.update({k: tags[k] for k in SEGMENT_COLUMNS})
     return segments, summarize(seg, conn, tags, state)
+
+
+def analyse_assigned(seg: dict, conn_first: np.ndarray, server_ports=ZEEK_LIKELY_SERVER_PORTS_TCP,
+                     vlan_aware: bool = False) -> dict:
+    """analyse()'s segment columns for segments whose connections are already known: conn_first is each
+    segment's connection (the frame of its first segment, as the streaming engine reports it), and the rows
+    hold every segment of those connections, in the order they were fed. The state machine and the tags
+    run per connection, so the columns are those analyse() gives on the whole capture; conn_id is
+    conn_first here (the caller numbers the connections)."""
+    conn_first = np.asarray(conn_first, dtype=np.uint64)
+    n = conn_first.size
+    firsts, conn_id = np.unique(conn_first, return_inverse=True)
+    conn_id = conn_id.reshape(-1).astype(np.int64)
+    order = np.argsort(conn_id, kind="stable")
+    offsets = np.zeros(firsts.size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(conn_id, minlength=firsts.size), out=offsets[1:])
+    _, a_is_src = canonical_key(seg, vlan_aware)
+    first_row = order[offsets[:-1]]
+    conn = {"conn_id": conn_id.astype(np.uint64), "order": order, "offsets": offsets, "n_conns": int(firsts.size),
+            "from_orig": a_is_src == a_is_src[first_row][conn_id] if n else np.zeros(0, bool)}
+    state = tcp_state(seg, conn, server_ports)
+    conn["from_orig"] = state["from_orig"]
+    tags = tag_segments(seg, conn)
+    segments = {"conn_id": conn_first, "from_orig": conn["from_orig"], "analysis": state["analysis"]}
+    segments.update({k: tags[k] for k in SEGMENT_COLUMNS})
+    return segments

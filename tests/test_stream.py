@@ -1,6 +1,9 @@
-"""The streaming flows path (pipeline.stream_flows, write.ParquetStream, what `fastflow process` runs without
---segments): the same rows as the whole-capture path, whatever the batch size, and the same file bytes."""
+"""The streaming path (pipeline.stream_flows, write.ParquetStream, segment_stream.py: what `fastflow process`
+runs): the same flows and segments rows as the whole-capture path, whatever the batch size, and the same file
+bytes."""
 from __future__ import annotations
+
+from contextlib import ExitStack
 
 import numpy as np
 import pyarrow as pa
@@ -10,7 +13,9 @@ import pytest
 from corpus import CAPTURES, capture_names, requires_corpus
 from fastflow import pipeline, tcpflows
 from fastflow.pipeline import process, stream_flows
-from fastflow.schema import FLOWS_SCHEMA
+from fastflow.schema import FLOWS_SCHEMA, SEGMENTS_SCHEMA
+from fastflow import synth
+from fastflow.segment_stream import SegmentStream
 from fastflow.write import ParquetStream, write_tables
 
 
@@ -27,19 +32,33 @@ def assert_same_table(got, want, label=""):
     assert plain(got).equals(plain(want), check_metadata=True), label
 
 
-def streamed(path, tmp_path, batch_size=1 << 18, row_group_rows=1 << 17, name="s.parquet", **kw):
+def streamed(path, tmp_path, batch_size=1 << 18, row_group_rows=1 << 17, name="s.parquet", segments=False, **kw):
+    """The flows file streamed (and with segments, the segments file beside it, named seg-NAME)."""
     out = tmp_path / name
-    with ParquetStream(str(out), FLOWS_SCHEMA, row_group_rows=row_group_rows) as sink:
-        result = stream_flows(str(path), sink.write, batch_size=batch_size, **kw)
+    with ExitStack() as stack:
+        sink = stack.enter_context(ParquetStream(str(out), FLOWS_SCHEMA, row_group_rows=row_group_rows))
+        seg_sink = None
+        if segments:
+            seg_sink = stack.enter_context(ParquetStream(str(tmp_path / f"seg-{name}"), SEGMENTS_SCHEMA,
+                                                         row_group_rows=row_group_rows))
+        result = stream_flows(str(path), sink.write, batch_size=batch_size,
+                              segments_sink=seg_sink.write if seg_sink else None, **kw)
         sink.commit(result.metadata())
+        if seg_sink:
+            seg_sink.commit(result.metadata())
     return out, result
 
 
-def whole(path, tmp_path, name="w.parquet", **kw):
-    result = process(str(path), **kw)
+def whole(path, tmp_path, name="w.parquet", segments=False, **kw):
+    result = process(str(path), want_segments=segments, **kw)
     out = tmp_path / name
-    write_tables([(str(out), result.flows)], metadata=result.metadata())
+    outputs = [(str(out), result.flows)] + ([(str(tmp_path / f"seg-{name}"), result.segments)] if segments else [])
+    write_tables(outputs, metadata=result.metadata())
     return out, result
+
+
+def segments_of(flows_file):
+    return pq.read_table(flows_file.with_name(f"seg-{flows_file.name}"))
 
 
 @requires_corpus
@@ -57,6 +76,14 @@ def test_corpus_streams_the_same_table(name, tmp_path):
         s, sres = streamed(path, tmp_path, batch_size=batch_size, name=f"s{batch_size}.parquet")
         got = pq.read_table(s)
         assert_same_table(got, want, f"{name}: batch size {batch_size}")
+        assert sres.stats["counts"] == wres.stats["counts"]
+        assert sres.stats["damage"] == wres.stats["damage"]
+    # the segments table, streamed: each segment analysed once its connection has finished
+    w, wres = whole(path, tmp_path, name="ws.parquet", segments=True)
+    for batch_size in (7, 1 << 18):
+        s, sres = streamed(path, tmp_path, batch_size=batch_size, name=f"ss{batch_size}.parquet", segments=True)
+        assert_same_table(pq.read_table(s), pq.read_table(w), f"{name}: flows with segments, batch {batch_size}")
+        assert_same_table(segments_of(s), segments_of(w), f"{name}: segments, batch size {batch_size}")
         assert sres.stats["counts"] == wres.stats["counts"]
         assert sres.stats["damage"] == wres.stats["damage"]
 
@@ -80,6 +107,9 @@ def test_short_timeouts_and_options_stream_the_same(tmp_path):
             for batch_size in (5, 1 << 18):
                 got = pq.read_table(streamed(path, tmp_path, batch_size=batch_size, **kw)[0])
                 assert_same_table(got, want, f"{name} {kw} batch {batch_size}")
+            want = segments_of(whole(path, tmp_path, name="ws.parquet", segments=True, **kw)[0])
+            got = segments_of(streamed(path, tmp_path, batch_size=5, name="ss.parquet", segments=True, **kw)[0])
+            assert_same_table(got, want, f"{name} {kw} segments")
             checked += 1
     assert checked >= 10
 
@@ -114,15 +144,17 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
         runs.append(run.rows)
         return run
     monkeypatch.setattr(pipeline, "_RunFile", counted)
-    want = pq.read_table(whole(capture, tmp_path, idle_timeouts_s={"tcp": 0.05})[0])
+    w = whole(capture, tmp_path, segments=True, idle_timeouts_s={"tcp": 0.05})[0]
+    want, want_segments = pq.read_table(w), segments_of(w)
     files = []
     # batch size 1 flushes after every packet: with run files that is slow, and 97 covers small batches
     for batch_size in ((1, 333, 1 << 18) if wait_in_memory > 100 else (97, 1 << 18)):
-        out, _ = streamed(capture, tmp_path, batch_size=batch_size, row_group_rows=500,
+        out, _ = streamed(capture, tmp_path, batch_size=batch_size, row_group_rows=500, segments=True,
                           name=f"s{batch_size}.parquet", idle_timeouts_s={"tcp": 0.05})
         got = pq.read_table(out)
         assert_same_table(got, want)
-        files.append(out.read_bytes())
+        assert_same_table(segments_of(out), want_segments)
+        files.append((out.read_bytes(), out.with_name(f"seg-{out.name}").read_bytes()))
     assert len(set(files)) == 1
     assert pq.ParquetFile(out).metadata.num_row_groups == -(-want.num_rows // 500)
     assert want.num_rows > 1000
@@ -133,6 +165,53 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
         assert not runs
     # the split by idle timeout and the reuse rules were exercised, not only end-of-capture finishing
     assert len(np.unique(want.column("history").to_numpy(zero_copy_only=False))) > 10
+
+
+def sequential_connections(path, n: int, gap_ns: int) -> None:
+    """n short TCP connections one after the other (handshake, a request, FIN from each side), gap_ns apart,
+    each on its own client port."""
+    client, server = "10.0.0.1", "10.0.0.2"
+    packets, t = [], 10**18
+    for k in range(n):
+        port, c, s = 20000 + k % 40000, 1000 * k, 5000 * k + 7
+
+        def seg(src, dst, sp, dp, seq, ack, flags, payload=b""):
+            return synth.ethernet_frame(synth.ip_packet(src, dst, synth.PROTO_TCP, synth.tcp_segment(
+                src, dst, sp, dp, seq, ack, flags, payload=payload)))
+        steps = [seg(client, server, port, 80, c, 0, synth.SYN),
+                 seg(server, client, 80, port, s, c + 1, synth.SYN | synth.ACK),
+                 seg(client, server, port, 80, c + 1, s + 1, synth.ACK),
+                 seg(client, server, port, 80, c + 1, s + 1, synth.ACK | synth.PSH, b"GET"),
+                 seg(client, server, port, 80, c + 4, s + 1, synth.FIN | synth.ACK),
+                 seg(server, client, 80, port, s + 1, c + 5, synth.FIN | synth.ACK),
+                 seg(client, server, port, 80, c + 5, s + 2, synth.ACK)]
+        packets += [synth.Packet(t + i * 1000, frame) for i, frame in enumerate(steps)]
+        t += gap_ns
+    synth.write_pcap(str(path), packets, synth.LINKTYPE_ETHERNET, nanosecond=True)
+
+
+def test_segments_wait_for_their_connection_not_for_the_end(tmp_path, monkeypatch):
+    """Streamed segments are held until their connection has finished (here 50 ms of network time after
+    its last packet), so a capture of many short connections is written as it is read, not kept whole."""
+    capture = tmp_path / "seq.pcap"
+    sequential_connections(capture, 3000, 10**7)    # one every 10 ms, 30 s in all
+    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
+    held = []
+    real_write_below = SegmentStream.write_below
+
+    def held_counted(self, limit):
+        held.append(self.rows_held)
+        real_write_below(self, limit)
+    monkeypatch.setattr(SegmentStream, "write_below", held_counted)
+    w = whole(capture, tmp_path, segments=True, idle_timeouts_s={"tcp": 0.05})[0]
+    out, _ = streamed(capture, tmp_path, batch_size=700, segments=True, idle_timeouts_s={"tcp": 0.05})
+    assert_same_table(pq.read_table(out), pq.read_table(w))
+    want = segments_of(w)
+    assert_same_table(segments_of(out), want)
+    assert want.num_rows == 21000
+    assert set(want.column("handshake_step").to_pylist()) == {1, 2, 3, None}
+    # a batch (700 rows) and the connections of the FLUSH_ROWS flows the writer waits for, not 21,000
+    assert 0 < max(held) <= 700 + 7 * 60
 
 
 def test_stream_failure_leaves_no_file(tmp_path):

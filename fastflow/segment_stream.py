@@ -1,0 +1,125 @@
+"""The segments table while streaming: TCP segments held until their connections finish, analysed then
+(summary.analyse_assigned, with the connections the streaming engine found), and written in the order
+they were read with the conn_id the flows writer gave their connection.
+
+A segment's columns depend on its whole connection (Zeek may flip the orientation late; which SYN is
+step 1 and which ACK closes depend on what follows), so a segment waits until its connection has
+finished: a new connection on its address/port pair, or the idle timeout passed in network time. The
+segments held are those of the open connections, and those read after the oldest open connection's
+first segment (rows go out in reading order, below the flows writer's watermark)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from .schema import segments_table
+from .summary import analyse_assigned
+
+
+class _Chunk:
+    """One batch's TCP rows: the decoder columns, each row's connection, and once that has finished, the
+    analysed columns and the conn_id."""
+
+    def __init__(self, rows: dict):
+        self.rows = rows
+        self.frame = rows["frame"]
+        self.conn_first = rows["conn_first"]
+        self.todo = np.arange(len(self.frame), dtype=np.int64)    # rows whose connection is still open
+        self.result: dict | None = None
+        self.written = 0                                          # rows already written (a prefix)
+
+
+class SegmentStream:
+    """add() each batch's TCP rows (pipeline._finished's, with "conn_first") in reading order; finished()
+    the first frames of the connections that finished (all of whose rows were added before); numbered()
+    the conn_id of flows rows as they are written; write_below(limit) writes the rows read before frame
+    `limit`, whose connections have all finished and been numbered."""
+
+    def __init__(self, sink: Callable[[pa.Table], None], server_ports, vlan_aware: bool):
+        self.sink = sink
+        self.server_ports = server_ports
+        self.vlan_aware = vlan_aware
+        self.chunks: list[_Chunk] = []
+        # conn_id of written flows whose segments may not all be written yet: first frame, last frame, id
+        self.ids = (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        self.rows_held = 0
+
+    def add(self, rows: dict | None) -> None:
+        if rows is not None and len(rows["frame"]):
+            self.chunks.append(_Chunk(rows))
+            self.rows_held += len(rows["frame"])
+
+    def finished(self, first_frames: np.ndarray) -> None:
+        """Analyse the rows of these connections (the engine's drained rows: all their segments are in)."""
+        if not len(first_frames):
+            return
+        done = np.sort(np.asarray(first_frames, dtype=np.uint64))
+        picks = []
+        for chunk in self.chunks:
+            if not chunk.todo.size:
+                continue
+            conn = chunk.conn_first[chunk.todo]
+            at = np.minimum(np.searchsorted(done, conn), done.size - 1)
+            hit = done[at] == conn
+            if hit.any():
+                picks.append((chunk, chunk.todo[hit]))
+                chunk.todo = chunk.todo[~hit]
+        if not picks:
+            return
+        names = [name for name in picks[0][0].rows if name != "conn_first"]
+        rows = {name: np.concatenate([c.rows[name][r] for c, r in picks]) for name in names}
+        conn_first = np.concatenate([c.conn_first[r] for c, r in picks])
+        result = analyse_assigned(rows, conn_first, self.server_ports, self.vlan_aware)
+        start = 0
+        for chunk, r in picks:
+            if chunk.result is None:
+                chunk.result = {name: np.zeros(len(chunk.frame), values.dtype) for name, values in result.items()}
+            for name, values in result.items():
+                chunk.result[name][r] = values[start:start + r.size]
+            start += r.size
+
+    def numbered(self, first_frame: np.ndarray, conn_id: np.ndarray, last_frame: np.ndarray) -> None:
+        """Flows rows as they are written (any protocol: first frames are unique across them)."""
+        firsts, lasts, ids = self.ids
+        firsts = np.concatenate([firsts, np.asarray(first_frame, np.uint64)])
+        lasts = np.concatenate([lasts, np.asarray(last_frame, np.uint64)])
+        ids = np.concatenate([ids, np.asarray(conn_id, np.uint64)])
+        order = np.argsort(firsts, kind="stable")
+        self.ids = (firsts[order], lasts[order], ids[order])
+
+    def write_below(self, limit: int) -> None:
+        """Write the rows read before frame `limit`: every connection that started before it has finished
+        and its flows row has been written (the caller's promise)."""
+        limit = np.uint64(limit)
+        tables = []
+        while self.chunks:
+            chunk = self.chunks[0]
+            end = int(np.searchsorted(chunk.frame, limit)) if chunk.frame[-1] >= limit else len(chunk.frame)
+            if end > chunk.written:
+                tables.append(self._table(chunk, chunk.written, end))
+                self.rows_held -= end - chunk.written
+                chunk.written = end
+            if end < len(chunk.frame):
+                break
+            self.chunks.pop(0)
+        firsts, lasts, ids = self.ids
+        keep = lasts >= limit     # connections with rows still to come
+        if not keep.all():
+            self.ids = (firsts[keep], lasts[keep], ids[keep])
+        for table in tables:
+            self.sink(table)
+
+    def _table(self, chunk: _Chunk, start: int, end: int) -> pa.Table:
+        part = slice(start, end)
+        if chunk.result is None or (chunk.todo.size and chunk.todo[0] < end):
+            raise AssertionError("segments written before their connection finished")
+        rows = {name: values[part] for name, values in chunk.rows.items()}
+        result = {name: values[part] for name, values in chunk.result.items()}
+        firsts, _, ids = self.ids
+        at = np.searchsorted(firsts, result["conn_id"])
+        if np.any(at >= firsts.size) or np.any(firsts[np.minimum(at, firsts.size - 1)] != result["conn_id"]):
+            raise AssertionError("segments written before their connection's flows row")
+        result["conn_id"] = ids[at]
+        return segments_table(rows, result)
