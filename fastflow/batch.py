@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -35,10 +36,19 @@ import pyarrow as pa
 
 from . import __version__, tcpflows
 from .datagram import DatagramStream
-from .decode import CaptureReader
+from .decode import CaptureReader, Status
 from .errors import FastflowError, InputError, OutputError, UsageError
 from .pipeline import _finished, _settings, finished_flows
-from .schema import BATCH_FLOWS_SCHEMA, file_metadata, fixed_width_array, flows_table, string_array
+from .schema import (
+    BATCH_FLOWS_SCHEMA,
+    BATCH_SEGMENTS_SCHEMA,
+    file_metadata,
+    fixed_width_array,
+    flows_table,
+    segments_table,
+    string_array,
+)
+from .segment_stream import SegmentStream
 from .source import Source, is_url, sniff_compression, url_filesystem
 from .summary import summary_counts
 from .tcpflows import TcpFlows, concat_packed, packet_parts
@@ -68,14 +78,18 @@ class Settings:
     server_ports: tuple | None = None
     verify_checksums: bool = False
     compression: str = "zstd"
+    segments: bool = False      # also the segments table (DATASET/segments/)
 
     def key(self) -> dict:
         """What must not change between the runs of one dataset (the saved connections depend on it)."""
         ports = self.server_ports
-        return {"filter": self.filter_expr, "idle_timeouts_s": self.idle_timeouts_s,
-                "community_id_seed": self.community_id_seed, "vlan_aware": self.vlan_aware,
-                "server_ports": None if ports is None else [sorted(map(int, p)) for p in ports],
-                "verify_checksums": self.verify_checksums}
+        key = {"filter": self.filter_expr, "idle_timeouts_s": self.idle_timeouts_s,
+               "community_id_seed": self.community_id_seed, "vlan_aware": self.vlan_aware,
+               "server_ports": None if ports is None else [sorted(map(int, p)) for p in ports],
+               "verify_checksums": self.verify_checksums}
+        if self.segments:     # the segments of open connections are saved with them
+            key["segments"] = True
+        return key
 
 
 def _crash_point(label: str) -> None:
@@ -232,8 +246,10 @@ def first_packet_time(path: str) -> int | None:
 
 # --- one stream: its files through the engines, in order -------------------------------------------------
 
-def _write_state(path: str, tcp: TcpFlows, datagram: DatagramStream, network_time: int) -> None:
-    """The open connections of both engines: a JSON header line, then length-prefixed snapshot blocks."""
+def _write_state(path: str, tcp: TcpFlows, datagram: DatagramStream, network_time: int,
+                 segments: SegmentStream | None = None) -> None:
+    """The open connections of both engines: a JSON header line, then length-prefixed snapshot blocks (and
+    with segments, one block of the segments held for them, as numpy's .npz)."""
     header = {"fastflow_version": __version__, "network_time": int(network_time),
               "tcp_open": tcp.open_count, "datagram_open": datagram.open_count}
     tmp = f"{path}.tmp"
@@ -243,14 +259,21 @@ def _write_state(path: str, tcp: TcpFlows, datagram: DatagramStream, network_tim
             for block in engine.snapshot_blocks():
                 f.write(kind + struct.pack("<Q", len(block)))
                 f.write(block)
+        held = segments.held() if segments is not None else None
+        if held is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, **held)
+            f.write(b"S" + struct.pack("<Q", buffer.getbuffer().nbytes))
+            f.write(buffer.getbuffer())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _read_state(path: str, tcp: TcpFlows, datagram: DatagramStream, part: int = 0, parts: int = 1) -> int:
-    """Restore the engines from a state file (the connections of part `part` of `parts`); returns the
-    network time saved with it."""
+def _read_state(path: str, tcp: TcpFlows, datagram: DatagramStream, part: int = 0, parts: int = 1,
+                segments: SegmentStream | None = None) -> int:
+    """Restore the engines (and the segments held) from a state file: the connections of part `part` of
+    `parts`; returns the network time saved with it."""
     with open(path, "rb") as f:
         if f.read(len(STATE_MAGIC)) != STATE_MAGIC:
             raise InputError(f"{path}: not a fastflow state file")
@@ -261,30 +284,51 @@ def _read_state(path: str, tcp: TcpFlows, datagram: DatagramStream, part: int = 
         while kind := f.read(1):
             (length,) = struct.unpack("<Q", f.read(8))
             block = f.read(length)
-            if len(block) != length or kind not in (b"T", b"D"):
+            if len(block) != length or kind not in (b"T", b"D", b"S"):
                 raise InputError(f"{path}: state file cut short")
+            if kind == b"S":
+                if segments is not None:
+                    segments.add(_held_segments(block, part, parts))
+                continue
             (tcp if kind == b"T" else datagram).restore_blocks([block], part, parts)
     return int(header["network_time"])
 
 
-class _PartWriter:
-    """A file's finished connections, one Parquet part per UTC day of ts_start (Hive: date=YYYY-MM-DD)."""
+def _held_segments(block: bytes, part: int, parts: int) -> dict:
+    """Saved segments (a state file's S block), those of part `part` of `parts` when parts > 1."""
+    with np.load(io.BytesIO(block)) as saved:
+        rows = {name: saved[name] for name in saved.files}
+    if parts > 1:
+        n = len(rows["frame"])
+        mine = packet_parts({"status": np.full(n, Status.TCP, np.uint8), "src": rows["src"], "dst": rows["dst"],
+                             "sport": rows["sport"], "dport": rows["dport"]}, parts) == part
+        rows = {name: values[mine] for name, values in rows.items()}
+    return rows
 
-    def __init__(self, dataset: str, stem: str, compression: str):
+
+class _PartWriter:
+    """A file's finished connections (or their segments), one Parquet part per UTC day of ts_start (of ts)
+    in DATASET/flows (DATASET/segments), Hive style: date=YYYY-MM-DD."""
+
+    def __init__(self, dataset: str, stem: str, compression: str, table: str = "flows"):
         self.dataset, self.stem, self.compression = dataset, stem, compression
+        self.table = table
+        self.schema, self.time_column = ((BATCH_FLOWS_SCHEMA, "ts_start") if table == "flows"
+                                         else (BATCH_SEGMENTS_SCHEMA, "ts"))
         self.parts: dict[str, ParquetStream] = {}
 
     def write(self, table: pa.Table) -> None:
         # via int64: to_numpy() on a zoned timestamp column goes through pandas (0.3 s to import)
-        ts = table.column("ts_start").cast(pa.int64()).to_numpy().astype("datetime64[ns]").astype("datetime64[D]")
+        ts = table.column(self.time_column).cast(pa.int64()).to_numpy().astype("datetime64[ns]")
+        ts = ts.astype("datetime64[D]")
         days, where = np.unique(ts, return_inverse=True)
         for k, day in enumerate(days):
             part = self.parts.get(str(day))
             if part is None:
-                folder = os.path.join(self.dataset, "flows", f"date={day}")
+                folder = os.path.join(self.dataset, self.table, f"date={day}")
                 os.makedirs(folder, exist_ok=True)
                 part = self.parts[str(day)] = ParquetStream(os.path.join(folder, f"{self.stem}.parquet"),
-                                                            BATCH_FLOWS_SCHEMA, self.compression)
+                                                            self.schema, self.compression)
             rows = np.flatnonzero(where == k)
             part.write(table if rows.size == table.num_rows else table.take(fixed_width_array(rows, pa.int64())))
 
@@ -302,13 +346,18 @@ class _PartWriter:
         self.parts = {}
 
 
+def _file_paths(frames: np.ndarray, files: dict[int, str]) -> pa.Array:
+    """The file of each engine frame number (file number << 32 | frame)."""
+    used, where = np.unique(frames >> np.uint64(FRAME_BITS), return_inverse=True)
+    names = np.array([files[int(k)] for k in used], dtype=object)
+    return string_array(names[where.reshape(-1)] if len(frames) else np.array([], dtype=object))
+
+
 def _provenance(table: pa.Table, first: np.ndarray, last: np.ndarray, files: dict[int, str],
                 stream: str) -> pa.Table:
     """Engine frame numbers (file number << 32 | frame) as file paths and frame numbers in those files."""
     def paths(frames):
-        used, where = np.unique(frames >> np.uint64(FRAME_BITS), return_inverse=True)
-        names = np.array([files[int(k)] for k in used], dtype=object)
-        return string_array(names[where] if len(frames) else np.array([], dtype=object))
+        return _file_paths(frames, files)
 
     mask = np.uint64(MAX_FRAMES_PER_FILE)
     columns = {
@@ -323,6 +372,16 @@ def _provenance(table: pa.Table, first: np.ndarray, last: np.ndarray, files: dic
     table = table.append_column(BATCH_FLOWS_SCHEMA.field("last_source"), paths(last))
     return table.append_column(BATCH_FLOWS_SCHEMA.field("stream"), string_array(np.full(table.num_rows, stream,
                                                                                          dtype=object)))
+
+
+def _segments_rows(rows: dict, result: dict, files: dict[int, str], stream: str) -> pa.Table:
+    """Analysed segments (SegmentStream.pop_finished) as dataset rows: the frame in its file, the file, the
+    stream; conn_id is the connection's first frame in the engines, as the flows' conn_id."""
+    frames = rows["frame"]
+    table = segments_table(dict(rows, frame=frames & np.uint64(MAX_FRAMES_PER_FILE)), result)
+    columns = table.columns + [_file_paths(frames, files),
+                               string_array(np.full(len(frames), stream, dtype=object))]
+    return pa.Table.from_arrays(columns, schema=BATCH_SEGMENTS_SCHEMA)
 
 
 def process_stream(job: dict) -> dict:
@@ -348,16 +407,18 @@ def process_stream(job: dict) -> dict:
             tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, settings.vlan_aware,
                            max_in_memory=tcpflows.MAX_IN_MEMORY)
             datagram = DatagramStream(timeouts_ns, udp_ports, settings.vlan_aware)
+            segments = SegmentStream(None, tcp_ports, settings.vlan_aware) if settings.segments else None
             tally = {"network_time": np.iinfo(np.int64).min}
             for name in job["state"]:
-                tally["network_time"] = _read_state(os.path.join(dataset, name), tcp, datagram, part, parts)
+                tally["network_time"] = _read_state(os.path.join(dataset, name), tcp, datagram, part, parts,
+                                                    segments)
             end_ts = job.get("end_ts")
             units = groups if groups is not None else [[e] for e in entries]
             results: list[dict] = []
             overlap = False
             for k, unit in enumerate(units):
                 results += _process_unit(unit, dataset, stream, label, settings, tcp, datagram, tally, files,
-                                         part, parts)
+                                         part, parts, segments)
                 if job.get("report") is not None and part == 0 and groups is None:
                     job["report"].put((stream, sum(e["candidate"].size for e in unit)))
                 ends = [r["end_ts"] for r in results[-len(unit):] if r.get("end_ts") is not None]
@@ -381,19 +442,24 @@ def process_stream(job: dict) -> dict:
         if job["flush"]:
             # the open connections written as they are; the next run starts the stream with none open
             writer = _PartWriter(dataset, "part-" + label.format("flush"), settings.compression)
+            seg_writer = _PartWriter(dataset, "part-" + label.format("flush"), settings.compression, "segments")
             try:
                 datagram.finish()
                 tcp.finish()
-                counts = _write_rows(writer, [tcp.drain_packed()], [datagram.drain()], settings, files, stream,
-                                     None)
-                out["flushed"] = {"flows": counts["connections"], "outputs": writer.commit(file_metadata(
-                    {"fastflow_version": __version__, "stream": stream, "flushed": True}))}
+                tcp_rows = tcp.drain_packed()
+                if segments is not None:
+                    _write_segments(seg_writer, segments, tcp_rows[0]["first_frame"], files, stream)
+                counts = _write_rows(writer, [tcp_rows], [datagram.drain()], settings, files, stream, None)
+                metadata = file_metadata({"fastflow_version": __version__, "stream": stream, "flushed": True})
+                out["flushed"] = {"flows": counts["connections"],
+                                  "outputs": sorted(writer.commit(metadata) + seg_writer.commit(metadata))}
             finally:
                 writer.discard()
+                seg_writer.discard()
         else:
             state = os.path.join(META_DIR, "state", "stream-" + label.format("open") + ".state")
             os.makedirs(os.path.join(dataset, META_DIR, "state"), exist_ok=True)
-            _write_state(os.path.join(dataset, state), tcp, datagram, tally["network_time"])
+            _write_state(os.path.join(dataset, state), tcp, datagram, tally["network_time"], segments)
             _crash_point("state-written")
             out["state"] = state
             out["open"] = {"tcp": tcp.open_count, "other": datagram.open_count}
@@ -491,12 +557,14 @@ class _Merged:
 
 
 def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, settings: Settings, tcp: TcpFlows,
-                  datagram: DatagramStream, tally: dict, files: dict, part: int, parts: int) -> list[dict]:
+                  datagram: DatagramStream, tally: dict, files: dict, part: int, parts: int,
+                  segments: SegmentStream | None = None) -> list[dict]:
     """One file, or files read together (merged); returns each file's result (the outputs go with the first)."""
     results = {e["path"]: {"path": e["path"], "status": "done", "error": None, "damage": None, "outputs": [],
                            "packets": 0, "flows": 0, "seconds": 0.0, "end_ts": None} for e in unit}
     started = time.perf_counter()
     writer = _PartWriter(dataset, "part-" + label.format(unit[0]["seq"]), settings.compression)
+    seg_writer = _PartWriter(dataset, "part-" + label.format(unit[0]["seq"]), settings.compression, "segments")
     select = None if parts == 1 else (lambda batch: packet_parts(batch, parts) == part)
     opened: list[_Opened] = []
     counts = None
@@ -511,8 +579,11 @@ def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, setti
             seconds = {"decode": 0.0, "connections": 0.0}
             tally.update(bad_ip_checksum=0, tcp_segments=0)
             parts_tcp, parts_dg = [], []
-            for tcp_rows, dg, _, _, _ in _finished(reader, tcp, datagram, tally, seconds, finish=False,
-                                                select=select):
+            for tcp_rows, dg, _, _, seg in _finished(reader, tcp, datagram, tally, seconds, finish=False,
+                                                  select=select, want_segments=segments is not None):
+                if segments is not None:
+                    segments.add(seg)
+                    _write_segments(seg_writer, segments, tcp_rows[0]["first_frame"], files, stream)
                 parts_tcp.append(tcp_rows)
                 parts_dg.append(dg)
                 if sum(len(r) for r, _ in parts_tcp) + sum(len(d["first_frame"]) for d in parts_dg) >= 1 << 16:
@@ -528,8 +599,9 @@ def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, setti
                 r["damage"] = o.reader.damage.describe(o.entry["path"])
                 r["damage_stops"] = o.reader.damage.stops
         first = results[unit[0]["path"]]
-        first["outputs"] = writer.commit(file_metadata({"fastflow_version": __version__, "stream": stream,
-                                                        "inputs": [e["path"] for e in unit]}))
+        metadata = file_metadata({"fastflow_version": __version__, "stream": stream,
+                                  "inputs": [e["path"] for e in unit]})
+        first["outputs"] = sorted(writer.commit(metadata) + seg_writer.commit(metadata))
         _crash_point("file-written")
         first["flows"] = counts["connections"] if counts else 0
     except FastflowError as exc:
@@ -537,11 +609,20 @@ def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, setti
             r.update(status="failed", error=str(exc))
     finally:
         writer.discard()
+        seg_writer.discard()
         for o in opened:
             o.source.close()
     for r in results.values():
         r["seconds"] = (time.perf_counter() - started) / len(unit)
     return list(results.values())
+
+
+def _write_segments(writer: _PartWriter, segments: SegmentStream, first_frames: np.ndarray,
+                    files: dict[int, str], stream: str) -> None:
+    """The segments of the connections that finished (first_frames), analysed and written."""
+    finished = segments.pop_finished(first_frames)
+    if finished is not None:
+        writer.write(_segments_rows(*finished, files, stream))
 
 
 def _write_rows(writer: _PartWriter, parts_tcp: list, parts_dg: list, settings: Settings, files: dict,
@@ -1027,13 +1108,12 @@ def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict
             os.unlink(os.path.join(dataset, name))
 
 
-def read_dataset(dataset: str) -> pa.Table:
-    """The dataset's flows as one table (for tests and small datasets): pyarrow.dataset with Hive
-    partitioning."""
+def read_dataset(dataset: str, table: str = "flows") -> pa.Table:
+    """The dataset's flows (or segments) as one table (for tests and small datasets): pyarrow.dataset with
+    Hive partitioning."""
     import pyarrow.dataset as ds
 
-    folder = os.path.join(dataset, "flows")
+    folder = os.path.join(dataset, table)
     if not os.path.isdir(folder):
-        return BATCH_FLOWS_SCHEMA.empty_table()
+        return (BATCH_FLOWS_SCHEMA if table == "flows" else BATCH_SEGMENTS_SCHEMA).empty_table()
     return ds.dataset(folder, format="parquet", partitioning="hive", schema=None).to_table()
-

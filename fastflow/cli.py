@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scheduler", metavar="ADDRESS",
                    help="run the work on a dask.distributed cluster (tcp://host:8786); the inputs and DATASET "
                         "must be paths its workers share (pip install 'fastflow[dask]')")
+    b.add_argument("--segments", action="store_true",
+                   help="also write one row per TCP segment, to DATASET/segments (a dataset is made with or "
+                        "without them)")
     b.add_argument("--flush", action="store_true",
                    help="write the connections still open at the end as they are, instead of keeping them "
                         "for the next run")
@@ -209,7 +212,7 @@ def _batch(args) -> int:
         raise UsageError("-j must be at least 1")
     if args.min_age < 0:
         raise UsageError("--min-age must not be negative")
-    settings = Settings(**_analysis_settings(args), compression=args.compression)
+    settings = Settings(**_analysis_settings(args), compression=args.compression, segments=args.segments)
     progress = _Progress(sys.stderr) if (not args.quiet and sys.stderr.isatty()) else None
     summary = run(sources, args.output, settings=settings, jobs=args.jobs, stream_pattern=args.stream_pattern,
                   min_age_s=args.min_age, flush=args.flush, scheduler=args.scheduler, progress=progress)

@@ -116,6 +116,16 @@ BATCH_FLOWS_FIELDS = [(n, t, _BATCH_PROVENANCE.get(n, d)) for n, t, d in FLOWS_F
 BATCH_FLOWS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in BATCH_FLOWS_FIELDS])
 SEGMENTS_SCHEMA = pa.schema([pa.field(n, t, nullable=n in SEGMENTS_NULLABLE, metadata={"description": d})
                              for n, t, d in SEGMENTS_FIELDS])
+_BATCH_SEGMENTS_PROVENANCE = {
+    "frame": "frame number in `source` (from 1, as Wireshark)",
+    "conn_id": "connection id (the flows' conn_id, unique in the stream)",
+}
+BATCH_SEGMENTS_FIELDS = [(n, t, _BATCH_SEGMENTS_PROVENANCE.get(n, d)) for n, t, d in SEGMENTS_FIELDS] + [
+    ("source", pa.string(), "the file the segment was read from"),
+    ("stream", pa.string(), "the capture stream the segment belongs to"),
+]
+BATCH_SEGMENTS_SCHEMA = pa.schema([pa.field(n, t, nullable=n in SEGMENTS_NULLABLE, metadata={"description": d})
+                                   for n, t, d in BATCH_SEGMENTS_FIELDS])
 
 # How fastflow.write lays the columns out in Parquet (the figures behind each choice are in
 # benchmarks/parquet_write.py): sorted or slowly growing integers as deltas (DELTA_BINARY_PACKED: a few bits a

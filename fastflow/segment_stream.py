@@ -80,6 +80,37 @@ class SegmentStream:
                 chunk.result[name][r] = values[start:start + r.size]
             start += r.size
 
+    def pop_finished(self, first_frames: np.ndarray) -> tuple[dict, dict] | None:
+        """finished() for a caller that writes the segments at once, in any order (fastflow batch, whose
+        conn_id is the connection's first frame): the rows of these connections and their analysed columns,
+        taken out of the rows held; None if there are none."""
+        if not len(first_frames) or not self.rows_held:
+            return None
+        done = np.sort(np.asarray(first_frames, dtype=np.uint64))
+        picked, kept = [], []
+        for chunk in self.chunks:
+            at = np.minimum(np.searchsorted(done, chunk.conn_first), done.size - 1)
+            hit = done[at] == chunk.conn_first
+            if not hit.any():
+                kept.append(chunk)
+                continue
+            picked.append({name: values[hit] for name, values in chunk.rows.items()})
+            if not hit.all():
+                kept.append(_Chunk({name: values[~hit] for name, values in chunk.rows.items()}))
+        if not picked:
+            return None
+        self.chunks = kept
+        rows = {name: np.concatenate([p[name] for p in picked]) for name in picked[0]}
+        self.rows_held -= len(rows["frame"])
+        return rows, analyse_assigned(rows, rows["conn_first"], self.server_ports, self.vlan_aware)
+
+    def held(self) -> dict | None:
+        """The rows held, as one set of columns in reading order (fastflow batch saves them with the open
+        connections; add() takes them back)."""
+        if not self.chunks:
+            return None
+        return {name: np.concatenate([c.rows[name][c.written:] for c in self.chunks]) for name in self.chunks[0].rows}
+
     def numbered(self, first_frame: np.ndarray, conn_id: np.ndarray, last_frame: np.ndarray) -> None:
         """Flows rows as they are written (any protocol: first frames are unique across them)."""
         firsts, lasts, ids = self.ids

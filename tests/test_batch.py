@@ -23,6 +23,7 @@ import pytest
 
 from corpus import CAPTURES, requires_corpus
 from fastflow.batch import FRAME_BITS, META_DIR, Settings, read_dataset, run
+from fastflow.errors import UsageError
 from fastflow.pipeline import stream_flows
 from fastflow.schema import FLOWS_SCHEMA
 
@@ -575,3 +576,97 @@ def test_progress_moves_file_by_file(tmp_path, jobs):
     assert seen[0] == (0, total) and seen[-1] == (total, total)
     assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
     assert len({done for done, _ in seen}) > len(pieces) // 2     # not just the start and the end
+
+
+# --- segments ------------------------------------------------------------------------------------------------
+
+def process_segments(capture: Path, **options) -> tuple[pa.Table, pa.Table]:
+    flows, segments = [], []
+    stream_flows(str(capture), flows.append, segments_sink=segments.append, **options)
+    return pa.concat_tables(flows), pa.concat_tables(segments)
+
+
+def segments_by_packet(segments: pa.Table, flows: pa.Table, where) -> pa.Table:
+    """Segments keyed by the packet (file, frame in it) and their connection by its first packet's, the
+    dictionaries decoded; where(frames) gives (file, frame in file) for the table's frame numbers."""
+    conn_first = dict(zip(flows["conn_id"].to_pylist(), zip(flows["source"].to_pylist(),
+                                                             flows["first_frame"].to_pylist())))
+    files, frames = where(segments, "frame")
+    conn = [conn_first[c] for c in segments["conn_id"].to_pylist()]
+    plain = {c: segments[c].cast(segments[c].type.value_type) if pa.types.is_dictionary(segments[c].type)
+             else segments[c] for c in segments.column_names if c not in PROVENANCE | {"frame"}}
+    plain.update(file=files, frame=frames, conn_file=[f for f, _ in conn], conn_frame=[k for _, k in conn])
+    return pa.table(plain).sort_by([("file", "ascending"), ("frame", "ascending")])
+
+
+def pieces_of(pieces: list[Path], per_piece: int):
+    """(file, frame in it) of the whole capture's frame numbers, for editcap -c per_piece pieces."""
+    def where(table, column):
+        frames = np.asarray(table[column].to_pylist(), dtype=np.int64) - 1
+        return [str(pieces[k]) for k in frames // per_piece], (frames % per_piece + 1).tolist()
+    return where
+
+
+def in_dataset(table, column):
+    return table["source"].to_pylist(), table[column].to_pylist()
+
+
+@requires_corpus
+@needs_editcap
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_segments_of_split_files_equal_process(tmp_path, jobs):
+    """batch --segments over editcap pieces gives the segments process --segments finds in the whole
+    capture: every column, the packet named by file and frame, the connection by its first packet's."""
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    pieces = split(capture, tmp_path / "in", "-c", "3000")
+    timeouts = {"tcp": 2.0}
+    batch([tmp_path / "in"], tmp_path / "ds", jobs=jobs, flush=True,
+          settings=Settings(idle_timeouts_s=timeouts, segments=True))
+    flows, segments = process_segments(capture, idle_timeouts_s=timeouts)
+    where = pieces_of(pieces, 3000)
+    want_flows = flows.set_column(flows.schema.get_field_index("source"), "source",
+                                  pa.array(where(flows, "first_frame")[0]))
+    want_flows = want_flows.set_column(want_flows.schema.get_field_index("first_frame"), "first_frame",
+                                       pa.array(where(flows, "first_frame")[1], pa.uint64()))
+    want = segments_by_packet(segments, want_flows, where)
+    got = segments_by_packet(read_dataset(str(tmp_path / "ds"), "segments"), read_dataset(str(tmp_path / "ds")),
+                             in_dataset)
+    assert got.num_rows == want.num_rows == 82582
+    for name in want.column_names:
+        assert got[name].equals(want[name]), f"column {name} differs"
+    # connections cut by the pieces: their segments come from several files
+    crossing = np.count_nonzero(np.asarray(got["file"].to_pylist()) != np.asarray(got["conn_file"].to_pylist()))
+    assert crossing > 1000
+
+
+@requires_corpus
+@needs_editcap
+def test_segments_carried_across_runs_equal_one_run(tmp_path):
+    """The segments of connections open at the end of a run are saved with them (by 3 parts) and finished
+    by the next run (2 parts): the dataset equals one run's, and a dataset made without segments refuses
+    a run with them."""
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    pieces = split(capture, tmp_path / "all", "-c", "4000")
+    arriving = tmp_path / "in"
+    arriving.mkdir()
+    for p in pieces[:9]:
+        shutil.copy2(p, arriving / p.name)
+    settings = Settings(idle_timeouts_s={"tcp": 1.0}, segments=True)
+    s1 = batch([arriving], tmp_path / "ds", settings=settings, jobs=3)
+    assert s1["open_carried"] > 0
+    for p in pieces[9:]:
+        shutil.copy2(p, arriving / p.name)
+    batch([arriving], tmp_path / "ds", settings=settings, jobs=2, flush=True)
+    batch([arriving], tmp_path / "ds_one", settings=settings, flush=True)
+
+    def rows(dataset):
+        t = read_dataset(str(dataset), "segments").drop_columns(["date"])
+        return pa.table({c: t[c].cast(t[c].type.value_type) if pa.types.is_dictionary(t[c].type) else t[c]
+                         for c in t.column_names}).sort_by([("source", "ascending"), ("frame", "ascending")])
+    one = rows(tmp_path / "ds_one")
+    assert one.num_rows == 82582
+    assert rows(tmp_path / "ds").equals(one)
+    assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "ds_one"))
+    batch([arriving], tmp_path / "ds_flows", settings=Settings(idle_timeouts_s={"tcp": 1.0}))
+    with pytest.raises(UsageError, match="other analysis settings"):
+        batch([arriving], tmp_path / "ds_flows", settings=settings)
