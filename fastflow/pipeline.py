@@ -291,7 +291,6 @@ class _FlowWriter:
     def __init__(self, sink, source: str, community_id_seed: int, empty: tuple[tuple, dict], on_emit=None):
         self.sink = sink
         self.on_emit = on_emit      # (first frames, conn_ids, last frames) of the rows written
-        self.written_below = 0      # every row that started before this frame has been written
         self.source = source
         self.seed = community_id_seed
         self.empty = empty          # zero rows of each engine, as templates
@@ -347,12 +346,13 @@ class _FlowWriter:
         datagram = _take(datagram, np.argsort(datagram["first_frame"], kind="stable"))
         return tcp, datagram
 
-    def flush(self, watermark: int, force: bool = False) -> None:
-        """Write the waiting flows that started before `watermark` (the first frame of the oldest open one)."""
+    def flush(self, watermark: int, force: bool = False) -> bool:
+        """Write the waiting flows that started before `watermark` (the first frame of the oldest open one);
+        False when that waits for more rows (unless force)."""
         if not force and self.waiting < self._attempt_at and not self.runs:
-            return
+            return False
         self._flush(watermark)
-        self.written_below = watermark
+        return True
 
     def _flush(self, watermark: int) -> None:
         limit = np.uint64(watermark)
@@ -566,9 +566,10 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
                     segments.add(seg)
                     segments.finished(tcp_rows[0]["first_frame"])
                 out.add(tcp_rows, datagram_flows_)
-                out.flush(watermark, force=last)
-                if segments is not None:
-                    segments.write_below(out.written_below)
+                if out.flush(watermark, force=last) and segments is not None:
+                    # below the watermark, and below what was read: with no connection open the watermark
+                    # is 2**64 - 1, while the next packets may start new ones
+                    segments.write_below(min(watermark, segments.read_upto))
                 seconds["tables"] += time.perf_counter() - t0
                 if progress is not None:
                     progress(source.raw_consumed, source.size)

@@ -35,7 +35,8 @@ class SegmentStream:
     """add() each batch's TCP rows (pipeline._finished's, with "conn_first") in reading order; finished()
     the first frames of the connections that finished (all of whose rows were added before); numbered()
     the conn_id of flows rows as they are written; write_below(limit) writes the rows read before frame
-    `limit`, whose connections have all finished and been numbered."""
+    `limit`, whose connections have all finished and been numbered (limit: at most the flows writer's
+    watermark, and at most read_upto)."""
 
     def __init__(self, sink: Callable[[pa.Table], None], server_ports, vlan_aware: bool):
         self.sink = sink
@@ -45,11 +46,13 @@ class SegmentStream:
         # conn_id of written flows whose segments may not all be written yet: first frame, last frame, id
         self.ids = (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         self.rows_held = 0
+        self.read_upto = 0      # one past the last frame added
 
     def add(self, rows: dict | None) -> None:
         if rows is not None and len(rows["frame"]):
             self.chunks.append(_Chunk(rows))
             self.rows_held += len(rows["frame"])
+            self.read_upto = max(self.read_upto, int(rows["frame"][-1]) + 1)
 
     def finished(self, first_frames: np.ndarray) -> None:
         """Analyse the rows of these connections (the engine's drained rows: all their segments are in)."""

@@ -172,25 +172,28 @@ def _options(case: dict) -> dict:
             "verify_checksums": case["verify_checksums"], "batch_size": case["batch_size"]}
 
 
-def _stream(case: dict, **extra):
+def _stream(case: dict, segments: list | None = None, **extra):
+    """stream_flows' flows tables and result (and with a list for segments, the segments tables in it)."""
     tables = []
     with _Input(case) as path:
-        result = pipeline.stream_flows(path, tables.append, **_options(case), **extra)
+        result = pipeline.stream_flows(path, tables.append, **_options(case),
+                                       segments_sink=None if segments is None else segments.append, **extra)
     return tables, result
 
 
 def _plain(table: pa.Table) -> pa.Table:
     """Dictionary columns as plain strings (a dictionary's order follows each chunk's rows); without the
     source column (each run opens the input under its own /proc/self/fd name)."""
-    table = table.drop_columns(["source"])
+    if "source" in table.column_names:
+        table = table.drop_columns(["source"])
     fields = [pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type, f.nullable)
               for f in table.schema]
     return table.cast(pa.schema(fields))
 
 
 def _process_vs_stream(case: dict) -> None:
-    """process() (whole capture, with the segments table) and stream_flows must agree on everything:
-    the rows, the counts, the damage, or the error."""
+    """process() (whole capture, with the segments table) and stream_flows (with the segments streamed)
+    must agree on everything: the rows of both tables, the counts, the damage, or the error."""
     try:
         with _Input(case) as path:
             whole = pipeline.process(path, want_segments=True, **_options(case))
@@ -202,7 +205,8 @@ def _process_vs_stream(case: dict) -> None:
                 raise AssertionError(f"process raised {exc!r}, stream_flows {again!r}") from None
             return
         raise AssertionError(f"process raised {exc!r}, stream_flows did not") from None
-    tables, streamed = _stream(case)
+    segments: list[pa.Table] = []
+    tables, streamed = _stream(case, segments)
     got = pa.concat_tables(tables) if tables else whole.flows.slice(0, 0)
     if not _plain(got).equals(_plain(whole.flows)):
         raise AssertionError(f"stream_flows rows differ from process(): {got.num_rows} vs "
@@ -211,7 +215,10 @@ def _process_vs_stream(case: dict) -> None:
         raise AssertionError(f"counts differ: {streamed.stats['counts']} vs {whole.stats['counts']}")
     if streamed.stats["damage"] != whole.stats["damage"]:
         raise AssertionError(f"damage differs: {streamed.stats['damage']} vs {whole.stats['damage']}")
-    assert whole.segments is not None
+    got = pa.concat_tables(segments) if segments else whole.segments.slice(0, 0)
+    if not _plain(got).equals(_plain(whole.segments)):
+        raise AssertionError(f"streamed segments differ from process(): {got.num_rows} vs "
+                             f"{whole.segments.num_rows} rows")
 
 
 SMALL_TIMEOUTS_S = {"tcp": 1.0, "udp": 0.5, "icmp": 0.5, "other": 0.5}
@@ -223,7 +230,7 @@ def _small_limits(case: dict) -> None:
     saved = (tcpflows.MAX_IN_MEMORY, pipeline.WAIT_IN_MEMORY, pipeline.FLUSH_ROWS)
     tcpflows.MAX_IN_MEMORY, pipeline.WAIT_IN_MEMORY, pipeline.FLUSH_ROWS = 2, 4, 3
     try:
-        _stream(case, overlap=False, idle_timeouts_s=SMALL_TIMEOUTS_S)
+        _stream(case, [], overlap=False, idle_timeouts_s=SMALL_TIMEOUTS_S)
     finally:
         tcpflows.MAX_IN_MEMORY, pipeline.WAIT_IN_MEMORY, pipeline.FLUSH_ROWS = saved
 

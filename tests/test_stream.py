@@ -167,9 +167,10 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
     assert len(np.unique(want.column("history").to_numpy(zero_copy_only=False))) > 10
 
 
-def sequential_connections(path, n: int, gap_ns: int) -> None:
+def sequential_connections(path, n: int, gap_ns: int, arp: bool = False) -> None:
     """n short TCP connections one after the other (handshake, a request, FIN from each side), gap_ns apart,
-    each on its own client port."""
+    each on its own client port; with arp, an ARP request halfway between them (network time moves on and
+    no connection is open)."""
     client, server = "10.0.0.1", "10.0.0.2"
     packets, t = [], 10**18
     for k in range(n):
@@ -186,15 +187,22 @@ def sequential_connections(path, n: int, gap_ns: int) -> None:
                  seg(server, client, 80, port, s + 1, c + 5, synth.FIN | synth.ACK),
                  seg(client, server, port, 80, c + 5, s + 2, synth.ACK)]
         packets += [synth.Packet(t + i * 1000, frame) for i, frame in enumerate(steps)]
+        if arp:
+            packets.append(synth.Packet(t + gap_ns // 2, synth.ethernet_frame(
+                synth.arp_request(synth.MAC_CLIENT, client, server), synth.ETH_ARP)))
         t += gap_ns
     synth.write_pcap(str(path), packets, synth.LINKTYPE_ETHERNET, nanosecond=True)
 
 
-def test_segments_wait_for_their_connection_not_for_the_end(tmp_path, monkeypatch):
-    """Streamed segments are held until their connection has finished (here 50 ms of network time after
-    its last packet), so a capture of many short connections is written as it is read, not kept whole."""
+@pytest.mark.parametrize("arp, batch_size", [(False, 700), (True, 101)])
+def test_segments_wait_for_their_connection_not_for_the_end(tmp_path, monkeypatch, arp, batch_size):
+    """Streamed segments are held until their connection has finished (here 2 ms of network time after its
+    last packet; they start 10 ms apart), so a capture of many short connections is written as it is read,
+    not kept whole. With an ARP packet between connections, none is open after it: the flows writer's
+    watermark is then past every frame, and segments read after it must still wait for their connection
+    (the fuzzer found that)."""
     capture = tmp_path / "seq.pcap"
-    sequential_connections(capture, 3000, 10**7)    # one every 10 ms, 30 s in all
+    sequential_connections(capture, 3000, 10**7, arp)
     monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
     held = []
     real_write_below = SegmentStream.write_below
@@ -203,15 +211,15 @@ def test_segments_wait_for_their_connection_not_for_the_end(tmp_path, monkeypatc
         held.append(self.rows_held)
         real_write_below(self, limit)
     monkeypatch.setattr(SegmentStream, "write_below", held_counted)
-    w = whole(capture, tmp_path, segments=True, idle_timeouts_s={"tcp": 0.05})[0]
-    out, _ = streamed(capture, tmp_path, batch_size=700, segments=True, idle_timeouts_s={"tcp": 0.05})
+    w = whole(capture, tmp_path, segments=True, idle_timeouts_s={"tcp": 0.002})[0]
+    out, _ = streamed(capture, tmp_path, batch_size=batch_size, segments=True, idle_timeouts_s={"tcp": 0.002})
     assert_same_table(pq.read_table(out), pq.read_table(w))
     want = segments_of(w)
     assert_same_table(segments_of(out), want)
     assert want.num_rows == 21000
     assert set(want.column("handshake_step").to_pylist()) == {1, 2, 3, None}
-    # a batch (700 rows) and the connections of the FLUSH_ROWS flows the writer waits for, not 21,000
-    assert 0 < max(held) <= 700 + 7 * 60
+    # a batch and the connections of the FLUSH_ROWS flows the writer waits for, not 21,000
+    assert 0 < max(held) <= batch_size + 7 * 60
 
 
 def test_stream_failure_leaves_no_file(tmp_path):
