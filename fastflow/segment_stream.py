@@ -6,21 +6,66 @@ A segment's columns depend on its whole connection (Zeek may flip the orientatio
 step 1 and which ACK closes depend on what follows), so a segment waits until its connection has
 finished: a new connection on its address/port pair, or the idle timeout passed in network time. The
 segments held are those of the open connections, and those read after the oldest open connection's
-first segment (rows go out in reading order, below the flows writer's watermark)."""
+first segment (rows go out in reading order, below the flows writer's watermark). Beyond
+SEGMENTS_IN_MEMORY rows held (one connection open for hours holds back every segment read after its
+first), the oldest batches go to a temporary file but for the rows of connections still open, and come
+back when they can be written."""
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 
+from .errors import OutputError
 from .schema import segments_table
 from .summary import analyse_assigned
+
+#: segments held in memory (about 130 bytes each with their analysed columns); beyond that the oldest
+#: batches wait in a temporary file, all but the segments of connections still open
+SEGMENTS_IN_MEMORY = 1 << 21
+
+
+class _SpillFile:
+    """A temporary file of spilled batches (numpy's .npy format, one array after the other), closed once
+    every batch in it has been read back."""
+
+    def __init__(self):
+        try:
+            self.file = tempfile.TemporaryFile(prefix="fastflow-waiting-segments-")
+        except OSError as exc:
+            raise OutputError(f"cannot create a temporary file in {tempfile.gettempdir()}: "
+                              f"{exc.strerror or exc}") from None
+        self.users = 0
+
+    def write(self, arrays: list[np.ndarray]) -> int:
+        offset = self.file.seek(0, 2)
+        try:
+            for a in arrays:
+                np.lib.format.write_array(self.file, np.ascontiguousarray(a), allow_pickle=False)
+        except OSError as exc:
+            raise OutputError(f"cannot keep segments in a temporary file in {tempfile.gettempdir()} "
+                              f"(disk full?): {exc.strerror or exc}; set TMPDIR to a folder with room") from None
+        self.users += 1
+        return offset
+
+    def read(self, offset: int, count: int) -> list[np.ndarray]:
+        try:
+            self.file.seek(offset)
+            arrays = [np.lib.format.read_array(self.file, allow_pickle=False) for _ in range(count)]
+        except OSError as exc:
+            raise OutputError(f"cannot read segments back from a temporary file: {exc.strerror or exc}") from None
+        self.users -= 1
+        if self.users == 0:
+            self.file.close()
+        return arrays
 
 
 class _Chunk:
     """One batch's TCP rows: the decoder columns, each row's connection, and once that has finished, the
-    analysed columns and the conn_id."""
+    analysed columns and the conn_id. A spilled chunk keeps in memory only its rows whose connection was
+    still open (rows, result and todo are then those rows'; `kept` says where they go back)."""
 
     def __init__(self, rows: dict):
         self.rows = rows
@@ -29,6 +74,39 @@ class _Chunk:
         self.todo = np.arange(len(self.frame), dtype=np.int64)    # rows whose connection is still open
         self.result: dict | None = None
         self.written = 0                                          # rows already written (a prefix)
+        self.first_frame = int(self.frame[0])
+        self.spill: tuple[_SpillFile, int] | None = None
+        self.kept: np.ndarray | None = None
+
+    def spill_to(self, spill: _SpillFile) -> None:
+        if self.result is None:
+            self.result = {}
+        names = list(self.rows)
+        arrays = [self.rows[n] for n in names] + [self.result[n] for n in sorted(self.result)]
+        self.spill = (spill, spill.write(arrays))
+        self.names = (names, sorted(self.result))
+        kept = self.todo
+        self.rows = {n: v[kept] for n, v in self.rows.items()}
+        self.result = {n: v[kept] for n, v in self.result.items()}
+        self.frame, self.conn_first = self.rows["frame"], self.rows["conn_first"]
+        self.todo = np.arange(kept.size, dtype=np.int64)
+        self.kept = kept
+
+    def read_back(self) -> None:
+        spill, offset = self.spill
+        row_names, result_names = self.names
+        arrays = spill.read(offset, len(row_names) + len(result_names))
+        rows = dict(zip(row_names, arrays[:len(row_names)]))
+        result = dict(zip(result_names, arrays[len(row_names):]))
+        kept = self.kept
+        for n, v in self.result.items():     # the kept rows' analysis, done since
+            if n not in result:
+                result[n] = np.zeros(len(rows["frame"]), v.dtype)
+            result[n][kept] = v
+        self.rows, self.result = rows, result or None
+        self.frame, self.conn_first = rows["frame"], rows["conn_first"]
+        self.todo = kept[self.todo]
+        self.spill = self.kept = None
 
 
 class SegmentStream:
@@ -47,6 +125,7 @@ class SegmentStream:
         self.ids = (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         self.rows_held = 0
         self.read_upto = 0      # one past the last frame added
+        self.spilled_rows = 0   # rows moved to a temporary file so far
 
     def add(self, rows: dict | None) -> None:
         if rows is not None and len(rows["frame"]):
@@ -77,7 +156,7 @@ class SegmentStream:
         result = analyse_assigned(rows, conn_first, self.server_ports, self.vlan_aware)
         start = 0
         for chunk, r in picks:
-            if chunk.result is None:
+            if not chunk.result:
                 chunk.result = {name: np.zeros(len(chunk.frame), values.dtype) for name, values in result.items()}
             for name, values in result.items():
                 chunk.result[name][r] = values[start:start + r.size]
@@ -130,6 +209,10 @@ class SegmentStream:
         tables = []
         while self.chunks:
             chunk = self.chunks[0]
+            if chunk.spill is not None:
+                if chunk.first_frame >= limit:
+                    break
+                chunk.read_back()
             end = int(np.searchsorted(chunk.frame, limit)) if chunk.frame[-1] >= limit else len(chunk.frame)
             if end > chunk.written:
                 tables.append(self._table(chunk, chunk.written, end))
@@ -144,6 +227,27 @@ class SegmentStream:
             self.ids = (firsts[keep], lasts[keep], ids[keep])
         for table in tables:
             self.sink(table)
+        self._spill_if_needed()
+
+    def _spill_if_needed(self) -> None:
+        in_memory = sum(len(c.frame) - c.written for c in self.chunks)
+        if in_memory <= SEGMENTS_IN_MEMORY:
+            return
+        spill = None
+        # the oldest first, the newest batch aside (its connections are mostly still open); down to three
+        # quarters of the limit, so that the next batches do not spill a few rows at a time
+        for chunk in self.chunks[:-1]:
+            if in_memory <= SEGMENTS_IN_MEMORY - SEGMENTS_IN_MEMORY // 4:
+                break
+            if chunk.spill is not None or chunk.written or len(chunk.todo) == len(chunk.frame):
+                continue
+            spill = spill or _SpillFile()
+            before = len(chunk.frame)
+            chunk.spill_to(spill)
+            in_memory -= before - len(chunk.frame)
+            self.spilled_rows += before - len(chunk.frame)
+        if spill is not None and spill.users == 0:
+            spill.file.close()
 
     def _table(self, chunk: _Chunk, start: int, end: int) -> pa.Table:
         part = slice(start, end)

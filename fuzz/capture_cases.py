@@ -42,7 +42,7 @@ import pyarrow as pa
 import zstandard
 
 import fastflow  # noqa: F401  (the package first: fuzz_capture.py imports this module under atheris's hook)
-from fastflow import datagram, pipeline, server_ports, source, tcpflows
+from fastflow import datagram, pipeline, segment_stream, server_ports, source, tcpflows
 from fastflow.decode import CaptureReader
 from fastflow.errors import FastflowError
 
@@ -191,22 +191,22 @@ def _plain(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
-def _process_vs_stream(case: dict) -> None:
+def _process_vs_stream(case: dict, timeouts: dict | None = None, **extra) -> None:
     """process() (whole capture, with the segments table) and stream_flows (with the segments streamed)
     must agree on everything: the rows of both tables, the counts, the damage, or the error."""
     try:
         with _Input(case) as path:
-            whole = pipeline.process(path, want_segments=True, **_options(case))
+            whole = pipeline.process(path, want_segments=True, idle_timeouts_s=timeouts, **_options(case))
     except FastflowError as exc:
         try:
-            _stream(case)
+            _stream(case, idle_timeouts_s=timeouts, **extra)
         except FastflowError as again:
             if type(again) is not type(exc):
                 raise AssertionError(f"process raised {exc!r}, stream_flows {again!r}") from None
             return
         raise AssertionError(f"process raised {exc!r}, stream_flows did not") from None
     segments: list[pa.Table] = []
-    tables, streamed = _stream(case, segments)
+    tables, streamed = _stream(case, segments, idle_timeouts_s=timeouts, **extra)
     got = pa.concat_tables(tables) if tables else whole.flows.slice(0, 0)
     if not _plain(got).equals(_plain(whole.flows)):
         raise AssertionError(f"stream_flows rows differ from process(): {got.num_rows} vs "
@@ -225,14 +225,17 @@ SMALL_TIMEOUTS_S = {"tcp": 1.0, "udp": 0.5, "icmp": 0.5, "other": 0.5}
 
 
 def _small_limits(case: dict) -> None:
-    """Tiny engine limits and timeouts: open connections spill to a file, finished rows wait in run files,
-    flushes after every few rows, connections expire within the capture."""
-    saved = (tcpflows.MAX_IN_MEMORY, pipeline.WAIT_IN_MEMORY, pipeline.FLUSH_ROWS)
-    tcpflows.MAX_IN_MEMORY, pipeline.WAIT_IN_MEMORY, pipeline.FLUSH_ROWS = 2, 4, 3
+    """Tiny engine limits and timeouts: open connections spill to a file, finished rows and segments wait in
+    temporary files, flushes after every few rows, connections expire within the capture; and the rows must
+    still be process()'s."""
+    saved = (tcpflows.MAX_IN_MEMORY, pipeline.WAIT_IN_MEMORY, pipeline.FLUSH_ROWS, segment_stream.SEGMENTS_IN_MEMORY)
+    (tcpflows.MAX_IN_MEMORY, pipeline.WAIT_IN_MEMORY, pipeline.FLUSH_ROWS, segment_stream.SEGMENTS_IN_MEMORY) = (
+        2, 4, 3, 5)
     try:
-        _stream(case, [], overlap=False, idle_timeouts_s=SMALL_TIMEOUTS_S)
+        _process_vs_stream(case, SMALL_TIMEOUTS_S, overlap=False)
     finally:
-        tcpflows.MAX_IN_MEMORY, pipeline.WAIT_IN_MEMORY, pipeline.FLUSH_ROWS = saved
+        (tcpflows.MAX_IN_MEMORY, pipeline.WAIT_IN_MEMORY, pipeline.FLUSH_ROWS,
+         segment_stream.SEGMENTS_IN_MEMORY) = saved
 
 
 def _reader(case: dict, path: str):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus import CAPTURES, capture_names, requires_corpus
-from fastflow import pipeline, tcpflows
+from fastflow import pipeline, segment_stream, tcpflows
 from fastflow.pipeline import process, stream_flows
 from fastflow.schema import FLOWS_SCHEMA, SEGMENTS_SCHEMA
 from fastflow import synth
@@ -128,8 +128,21 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
                    check=True, capture_output=True)
     monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
     monkeypatch.setattr(pipeline, "WAIT_IN_MEMORY", wait_in_memory)
-    if wait_in_memory == 100:     # and open connections through the spill file, in stages of up to 1024
-        monkeypatch.setattr(tcpflows, "MAX_IN_MEMORY", 50)
+    if wait_in_memory == 100:     # and open connections through the spill file, in stages of up to 1024,
+        monkeypatch.setattr(tcpflows, "MAX_IN_MEMORY", 50)     # and segments held back through theirs
+        monkeypatch.setattr(segment_stream, "SEGMENTS_IN_MEMORY", 2000)
+    segments_spilled = []
+    real_segment_spill = SegmentStream._spill_if_needed
+
+    def segment_spill_counted(self):
+        real_segment_spill(self)
+        segments_spilled.append(self.spilled_rows)
+        if wait_in_memory == 100:
+            # in memory besides the segments of connections open (at the time their batch was spilled): the
+            # limit, the batch being written and the newest one
+            waiting = sum(len(c.frame) - c.written - len(c.todo) for c in self.chunks if c.spill is None)
+            assert waiting <= 2000 + 2 * batch_size
+    monkeypatch.setattr(SegmentStream, "_spill_if_needed", segment_spill_counted)
     runs, spilled = [], []
     real_run = pipeline._RunFile
     real_spill = tcpflows.TcpFlows._spill_if_needed
@@ -161,20 +174,29 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
     if wait_in_memory == 100:     # rows really waited in run files (several per batch size)
         assert len(runs) >= 2 and sum(runs) > 1000
         assert spilled and max(spilled) > 1024
+        assert max(segments_spilled) > 1000
     else:
-        assert not runs
+        assert not runs and not any(segments_spilled)
     # the split by idle timeout and the reuse rules were exercised, not only end-of-capture finishing
     assert len(np.unique(want.column("history").to_numpy(zero_copy_only=False))) > 10
 
 
-def sequential_connections(path, n: int, gap_ns: int, arp: bool = False) -> None:
+def sequential_connections(path, n: int, gap_ns: int, arp: bool = False, long_lived: bool = False,
+                           ports: int = 40000) -> None:
     """n short TCP connections one after the other (handshake, a request, FIN from each side), gap_ns apart,
-    each on its own client port; with arp, an ARP request halfway between them (network time moves on and
-    no connection is open)."""
+    on `ports` client ports in turn (a new SYN on a port finishes the connection before it); with arp, an ARP request halfway between them (network time moves on and
+    no connection is open); with long_lived, one more connection open from the first packet to the last,
+    sending a segment now and then."""
     client, server = "10.0.0.1", "10.0.0.2"
     packets, t = [], 10**18
+
+    def ssh(seq, ack, flags, payload=b""):
+        return synth.ethernet_frame(synth.ip_packet(client, server, synth.PROTO_TCP, synth.tcp_segment(
+            client, server, 1022, 22, seq, ack, flags, payload=payload)))
+    if long_lived:
+        packets.append(synth.Packet(t - 1000, ssh(100, 0, synth.SYN)))
     for k in range(n):
-        port, c, s = 20000 + k % 40000, 1000 * k, 5000 * k + 7
+        port, c, s = 20000 + k % ports, 1000 * k, 5000 * k + 7
 
         def seg(src, dst, sp, dp, seq, ack, flags, payload=b""):
             return synth.ethernet_frame(synth.ip_packet(src, dst, synth.PROTO_TCP, synth.tcp_segment(
@@ -190,7 +212,11 @@ def sequential_connections(path, n: int, gap_ns: int, arp: bool = False) -> None
         if arp:
             packets.append(synth.Packet(t + gap_ns // 2, synth.ethernet_frame(
                 synth.arp_request(synth.MAC_CLIENT, client, server), synth.ETH_ARP)))
+        if long_lived and k % 10 == 0:
+            packets.append(synth.Packet(t + gap_ns // 2, ssh(101 + k, 0, synth.ACK | synth.PSH, b"x")))
         t += gap_ns
+    if long_lived:
+        packets.append(synth.Packet(t, ssh(101 + n, 0, synth.FIN | synth.ACK)))
     synth.write_pcap(str(path), packets, synth.LINKTYPE_ETHERNET, nanosecond=True)
 
 
@@ -220,6 +246,37 @@ def test_segments_wait_for_their_connection_not_for_the_end(tmp_path, monkeypatc
     assert set(want.column("handshake_step").to_pylist()) == {1, 2, 3, None}
     # a batch and the connections of the FLUSH_ROWS flows the writer waits for, not 21,000
     assert 0 < max(held) <= batch_size + 7 * 60
+
+
+def test_segments_behind_a_long_connection_wait_in_a_file(tmp_path, monkeypatch):
+    """One connection open from the first packet to the last holds back every segment read after its first
+    (rows go out in frame order): beyond SEGMENTS_IN_MEMORY they wait in a temporary file, all but those of
+    connections still open, and the tables are the same. The short connections use 20 client ports in turn,
+    so each finishes when its port is used again (Zeek's idle timeout, 300 s, keeps the long one open)."""
+    capture = tmp_path / "long.pcap"
+    sequential_connections(capture, 3000, 10**7, long_lived=True, ports=20)
+    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
+    monkeypatch.setattr(segment_stream, "SEGMENTS_IN_MEMORY", 1000)
+    seen = []
+    real_spill = SegmentStream._spill_if_needed
+
+    def spill_counted(self):
+        real_spill(self)
+        waiting = sum(len(c.frame) - c.written - len(c.todo) for c in self.chunks if c.spill is None)
+        in_memory = sum(len(c.frame) - c.written for c in self.chunks)
+        seen.append((self.spilled_rows, waiting, in_memory, self.rows_held))
+    monkeypatch.setattr(SegmentStream, "_spill_if_needed", spill_counted)
+    w = whole(capture, tmp_path, segments=True)[0]
+    out, _ = streamed(capture, tmp_path, batch_size=500, segments=True)
+    assert_same_table(pq.read_table(out), pq.read_table(w))
+    want = segments_of(w)
+    assert_same_table(segments_of(out), want)
+    assert want.num_rows == 21000 + 302
+    spilled, waiting, in_memory, held = map(max, zip(*seen))
+    assert held > 20000                 # everything waited for the long connection ...
+    assert spilled > 19000              # ... most of it in the file
+    assert waiting <= 1000 + 2 * 500
+    assert in_memory <= 1000 + 2 * 500 + 20 * 7 + 302
 
 
 def test_stream_failure_leaves_no_file(tmp_path):
