@@ -5,6 +5,7 @@ import csv
 import gzip
 import ipaddress
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +44,9 @@ def tshark_rows(name: str) -> list[dict]:
 def format_addr(raw: np.ndarray, version: int) -> str:
     b = bytes(raw)
     return str(ipaddress.IPv4Address(b[12:])) if version == 4 else str(ipaddress.IPv6Address(b))
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child the test interrupts with SIGINT: the terminal's default disposition. A shell
+    starts a background job (CI run with &) with SIGINT ignored, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

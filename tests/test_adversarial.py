@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from corpus import default_sigint
 from fastflow import _tcpflows, pipeline, tcpflows
 from fastflow.pipeline import stream_flows
 
@@ -666,7 +667,7 @@ def test_signal_while_writing_leaves_nothing(churn_capture, tmp_path, sig, code)
     temp_dir.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "fastflow", "process", str(churn_capture), "-o",
                              str(out_dir / "flows.parquet")], stderr=subprocess.PIPE, cwd=ROOT,
-                            env={**os.environ, "TMPDIR": str(temp_dir)})
+                            env={**os.environ, "TMPDIR": str(temp_dir)}, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from corpus import CAPTURES, requires_corpus
+from corpus import CAPTURES, default_sigint, requires_corpus
 from fastflow.batch import FRAME_BITS, META_DIR, Settings, read_dataset, run
 from fastflow.errors import UsageError
 from fastflow.pipeline import stream_flows
@@ -451,7 +451,7 @@ def test_signals_stop_the_workers_and_the_next_run_completes(tmp_path, sig, code
     common = [sys.executable, "-m", "fastflow", "batch", str(tmp_path / "in"), "-j", "2", "--idle-timeout", "1"]
     assert subprocess.run(common + ["-q", "-o", str(tmp_path / "clean")]).returncode == 0
     p = subprocess.Popen(common + ["-o", str(tmp_path / "ds")], stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=default_sigint)
     while not (tmp_path / "ds" / "flows").exists():     # the workers are writing
         assert p.poll() is None
         time.sleep(0.005)

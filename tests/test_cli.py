@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.corpus import CAPTURES, requires_corpus
+from tests.corpus import CAPTURES, default_sigint, requires_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed.pcap"
@@ -210,7 +210,7 @@ def test_filter_agrees_with_tcpdump(tmp_path, expr):
 def _interrupt(sig, code, tmp_path):
     out = tmp_path / "f.parquet"
     proc = subprocess.Popen([sys.executable, "-m", "fastflow", "process", "-", "-o", str(out)],
-                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, preexec_fn=default_sigint)
     proc.stdin.write(SEED.read_bytes()[:200])  # a capture still being written
     proc.stdin.flush()
     time.sleep(1.5)
