@@ -447,11 +447,12 @@ def process_stream(job: dict) -> dict:
                 datagram.finish()
                 tcp.finish()
                 tcp_rows = tcp.drain_packed()
+                written = 0
                 if segments is not None:
-                    _write_segments(seg_writer, segments, tcp_rows[0]["first_frame"], files, stream)
+                    written = _write_segments(seg_writer, segments, tcp_rows[0]["first_frame"], files, stream)
                 counts = _write_rows(writer, [tcp_rows], [datagram.drain()], settings, files, stream, None)
                 metadata = file_metadata({"fastflow_version": __version__, "stream": stream, "flushed": True})
-                out["flushed"] = {"flows": counts["connections"],
+                out["flushed"] = {"flows": counts["connections"], "segments": written,
                                   "outputs": sorted(writer.commit(metadata) + seg_writer.commit(metadata))}
             finally:
                 writer.discard()
@@ -561,13 +562,14 @@ def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, setti
                   segments: SegmentStream | None = None) -> list[dict]:
     """One file, or files read together (merged); returns each file's result (the outputs go with the first)."""
     results = {e["path"]: {"path": e["path"], "status": "done", "error": None, "damage": None, "outputs": [],
-                           "packets": 0, "flows": 0, "seconds": 0.0, "end_ts": None} for e in unit}
+                           "packets": 0, "flows": 0, "segments": 0, "seconds": 0.0, "end_ts": None} for e in unit}
     started = time.perf_counter()
     writer = _PartWriter(dataset, "part-" + label.format(unit[0]["seq"]), settings.compression)
     seg_writer = _PartWriter(dataset, "part-" + label.format(unit[0]["seq"]), settings.compression, "segments")
     select = None if parts == 1 else (lambda batch: packet_parts(batch, parts) == part)
     opened: list[_Opened] = []
     counts = None
+    written = 0         # segments
     try:
         for entry in unit:
             try:
@@ -583,7 +585,7 @@ def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, setti
                                                   select=select, want_segments=segments is not None):
                 if segments is not None:
                     segments.add(seg)
-                    _write_segments(seg_writer, segments, tcp_rows[0]["first_frame"], files, stream)
+                    written += _write_segments(seg_writer, segments, tcp_rows[0]["first_frame"], files, stream)
                 parts_tcp.append(tcp_rows)
                 parts_dg.append(dg)
                 if sum(len(r) for r, _ in parts_tcp) + sum(len(d["first_frame"]) for d in parts_dg) >= 1 << 16:
@@ -604,6 +606,7 @@ def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, setti
         first["outputs"] = sorted(writer.commit(metadata) + seg_writer.commit(metadata))
         _crash_point("file-written")
         first["flows"] = counts["connections"] if counts else 0
+        first["segments"] = written
     except FastflowError as exc:
         for r in results.values():
             r.update(status="failed", error=str(exc))
@@ -618,11 +621,13 @@ def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, setti
 
 
 def _write_segments(writer: _PartWriter, segments: SegmentStream, first_frames: np.ndarray,
-                    files: dict[int, str], stream: str) -> None:
-    """The segments of the connections that finished (first_frames), analysed and written."""
+                    files: dict[int, str], stream: str) -> int:
+    """The segments of the connections that finished (first_frames), analysed and written; how many."""
     finished = segments.pop_finished(first_frames)
-    if finished is not None:
-        writer.write(_segments_rows(*finished, files, stream))
+    if finished is None:
+        return 0
+    writer.write(_segments_rows(*finished, files, stream))
+    return len(finished[0]["frame"])
 
 
 def _write_rows(writer: _PartWriter, parts_tcp: list, parts_dg: list, settings: Settings, files: dict,
@@ -821,7 +826,7 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     summary = {"run_id": run_id, "dataset": dataset, "inputs_seen": len(paths), "not_captures": len(ignored),
                "processed": 0, "failed": [], "damaged": [], "young": 0, "unchanged": 0, "restarted_streams": 0,
-               "packets": 0, "bytes": 0, "flows_written": 0, "open_carried": 0, "removed_leftovers": 0,
+               "packets": 0, "bytes": 0, "flows_written": 0, "segments_written": 0, "open_carried": 0, "removed_leftovers": 0,
                "total_bytes": 0, "done_bytes": 0, "merged": []}
     with locked(dataset):
         manifest = load_manifest(dataset)
@@ -1025,13 +1030,14 @@ def _merged(results: list[dict]) -> dict:
         for mine, theirs in zip(files, r["files"]):
             mine["outputs"] = sorted(mine["outputs"] + theirs["outputs"])
             mine["flows"] += theirs["flows"]
+            mine["segments"] += theirs["segments"]
             if theirs["status"] == "failed" and mine["status"] != "failed":
                 mine.update(status="failed", error=theirs["error"])
     out["files"] = files
     out["end_ts"], out["merged"] = results[0].get("end_ts"), results[0].get("merged", [])
     flushed = [r["flushed"] for r in results if r.get("flushed")]
     if flushed:
-        out["flushed"] = {"flows": sum(f["flows"] for f in flushed),
+        out["flushed"] = {"flows": sum(f["flows"] for f in flushed), "segments": sum(f["segments"] for f in flushed),
                           "outputs": sorted(o for f in flushed for o in f["outputs"])}
     return out
 
@@ -1069,13 +1075,14 @@ def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict
         record = {"stream": stream, "seq": entry["seq"], "size": c.size, "mtime_ns": c.mtime_ns,
                   "fingerprint": c.fingerprint, "first_ts": c.first_ts, "run": job["run_id"]}
         if r is None:
-            record.update(status="failed", error=c.error, outputs=[], packets=0, flows=0)
+            record.update(status="failed", error=c.error, outputs=[], packets=0, flows=0, segments=0)
         else:
             record.update(status=r["status"], error=r["error"] or (r["damage"] if r["status"] == "damaged" else None),
-                          outputs=r["outputs"], packets=r["packets"], flows=r["flows"])
+                          outputs=r["outputs"], packets=r["packets"], flows=r["flows"], segments=r["segments"])
             summary["packets"] += r["packets"]
             summary["bytes"] += r.get("bytes", 0)
             summary["flows_written"] += r["flows"]
+            summary["segments_written"] += r["segments"]
         inputs[c.path] = record
         summary["processed"] += 1
         if record["status"] == "failed":
@@ -1098,6 +1105,7 @@ def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict
     manifest["streams"][stream] = info
     if flushed:
         summary["flows_written"] += flushed["flows"]
+        summary["segments_written"] += flushed["segments"]
     info["open"] = sum((result.get("open") or {}).values())
     save_manifest(dataset, manifest)
     _crash_point("manifest-saved")

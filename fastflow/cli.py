@@ -233,6 +233,7 @@ def _batch(args) -> int:
         print(f"{summary['dataset']}: {summary['processed']} files processed ({summary['unchanged']} unchanged, "
               f"{summary['young']} too young, {len(summary['failed'])} failed, {len(summary['damaged'])} damaged), "
               f"{summary['packets']} packets, {summary['flows_written']} connections written, "
+              + (f"{summary['segments_written']} segments written, " if args.segments else "") +
               f"{summary['open_carried']} open carried to the next run, {summary['seconds']:.2f} s", file=sys.stderr)
     return EXIT_DAMAGED if summary["failed"] or summary["damaged"] else EXIT_OK
 

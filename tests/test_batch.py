@@ -620,8 +620,9 @@ def test_segments_of_split_files_equal_process(tmp_path, jobs):
     capture = CAPTURES / "zeek__echo-connections.pcap"
     pieces = split(capture, tmp_path / "in", "-c", "3000")
     timeouts = {"tcp": 2.0}
-    batch([tmp_path / "in"], tmp_path / "ds", jobs=jobs, flush=True,
-          settings=Settings(idle_timeouts_s=timeouts, segments=True))
+    summary = batch([tmp_path / "in"], tmp_path / "ds", jobs=jobs, flush=True,
+                    settings=Settings(idle_timeouts_s=timeouts, segments=True))
+    assert summary["segments_written"] == 82582
     flows, segments = process_segments(capture, idle_timeouts_s=timeouts)
     where = pieces_of(pieces, 3000)
     want_flows = flows.set_column(flows.schema.get_field_index("source"), "source",
