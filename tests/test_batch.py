@@ -178,17 +178,24 @@ def snapshot(dataset: Path) -> dict:
             if p.is_file() and p.name != "lock"}
 
 
+def first_pieces_arrive(tmp_path: Path, count: int = 9) -> tuple[Path, list[Path], Path]:
+    """zeek__echo-connections.pcap cut by editcap into pieces of 4000 packets (tmp_path/all), the first
+    `count` of them copied into tmp_path/in: (the capture, the pieces, the in folder)."""
+    capture = CAPTURES / "zeek__echo-connections.pcap"
+    pieces = split(capture, tmp_path / "all", "-c", "4000")
+    arriving = tmp_path / "in"
+    arriving.mkdir()
+    for p in pieces[:count]:
+        shutil.copy2(p, arriving / p.name)
+    return capture, pieces, arriving
+
+
 @requires_corpus
 @needs_editcap
 @pytest.mark.parametrize("first_jobs, second_jobs", [(1, 1), (3, 2)])
 def test_incremental_runs_equal_one_run(tmp_path, first_jobs, second_jobs):
     """Also with the open connections saved by 3 parts and continued by 2 (-j 3, then -j 2)."""
-    capture = CAPTURES / "zeek__echo-connections.pcap"
-    pieces = split(capture, tmp_path / "all", "-c", "4000")
-    arriving = tmp_path / "in"
-    arriving.mkdir()
-    for p in pieces[:9]:
-        shutil.copy2(p, arriving / p.name)
+    capture, pieces, arriving = first_pieces_arrive(tmp_path)
     timeouts = {"tcp": 1.0}
     s1 = batch([arriving], tmp_path / "ds", settings=Settings(idle_timeouts_s=timeouts), jobs=first_jobs)
     assert s1["processed"] == 9 and s1["open_carried"] > 0
@@ -646,12 +653,7 @@ def test_segments_carried_across_runs_equal_one_run(tmp_path):
     """The segments of connections open at the end of a run are saved with them (by 3 parts) and finished
     by the next run (2 parts): the dataset equals one run's, and a dataset made without segments refuses
     a run with them."""
-    capture = CAPTURES / "zeek__echo-connections.pcap"
-    pieces = split(capture, tmp_path / "all", "-c", "4000")
-    arriving = tmp_path / "in"
-    arriving.mkdir()
-    for p in pieces[:9]:
-        shutil.copy2(p, arriving / p.name)
+    _, pieces, arriving = first_pieces_arrive(tmp_path)
     settings = Settings(idle_timeouts_s={"tcp": 1.0}, segments=True)
     s1 = batch([arriving], tmp_path / "ds", settings=settings, jobs=3)
     assert s1["open_carried"] > 0
