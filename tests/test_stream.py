@@ -11,10 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus import CAPTURES, capture_names, requires_corpus
-from fastflow import pipeline, segment_stream, tcpflows
+from fastflow import pipeline, segment_stream, synth, tcpflows
 from fastflow.pipeline import process, stream_flows
 from fastflow.schema import FLOWS_SCHEMA, SEGMENTS_SCHEMA
-from fastflow import synth
 from fastflow.segment_stream import SegmentStream
 from fastflow.write import ParquetStream, write_tables
 
