@@ -172,6 +172,13 @@ def dataset_rows(dataset: Path) -> pa.Table:
                      for c in t.column_names}).sort_by([("stream", "ascending"), ("conn_id", "ascending")])
 
 
+def segment_rows(dataset: Path) -> pa.Table:
+    """The dataset's segments, dictionaries decoded, in file and frame order."""
+    t = read_dataset(str(dataset), "segments").drop_columns(["date"])
+    return pa.table({c: t[c].cast(t[c].type.value_type) if pa.types.is_dictionary(t[c].type) else t[c]
+                     for c in t.column_names}).sort_by([("source", "ascending"), ("frame", "ascending")])
+
+
 def snapshot(dataset: Path) -> dict:
     """Every file of the dataset with its bytes (the lock file aside)."""
     return {str(p.relative_to(dataset)): p.read_bytes() for p in sorted(dataset.rglob("*"))
@@ -428,13 +435,15 @@ def test_dask_local_cluster_gives_the_same_dataset(tmp_path):
         summary = batch([tmp_path / "in"], tmp_path / "ds", flush=True, jobs=None,
                         scheduler=cluster.scheduler_address)
         assert summary["processed"] == len(list((tmp_path / "in").rglob("*.pcap*")))
-        # one stream, two workers: its two parts ran on the cluster
+        # one stream, two workers: its two parts ran on the cluster, with the segments table
         single = batch([tmp_path / "in" / "a"], tmp_path / "ds_a", flush=True, jobs=None,
-                       scheduler=cluster.scheduler_address)
-        assert not single["failed"]
+                       scheduler=cluster.scheduler_address, settings=Settings(segments=True))
+        assert not single["failed"] and single["segments_written"] == 82582
     assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "local"))
     assert {p.name.split("-")[3] for p in (tmp_path / "ds_a" / "flows").rglob("*.parquet")} == {"0of2", "1of2"}
     assert_same_connections(tmp_path / "ds_a", process_table(capture))
+    batch([tmp_path / "in" / "a"], tmp_path / "local_a", flush=True, jobs=1, settings=Settings(segments=True))
+    assert segment_rows(tmp_path / "ds_a").equals(segment_rows(tmp_path / "local_a"))
 
 
 def test_scheduler_that_is_not_there_is_a_usage_error(tmp_path):
@@ -662,13 +671,9 @@ def test_segments_carried_across_runs_equal_one_run(tmp_path):
     batch([arriving], tmp_path / "ds", settings=settings, jobs=2, flush=True)
     batch([arriving], tmp_path / "ds_one", settings=settings, flush=True)
 
-    def rows(dataset):
-        t = read_dataset(str(dataset), "segments").drop_columns(["date"])
-        return pa.table({c: t[c].cast(t[c].type.value_type) if pa.types.is_dictionary(t[c].type) else t[c]
-                         for c in t.column_names}).sort_by([("source", "ascending"), ("frame", "ascending")])
-    one = rows(tmp_path / "ds_one")
+    one = segment_rows(tmp_path / "ds_one")
     assert one.num_rows == 82582
-    assert rows(tmp_path / "ds").equals(one)
+    assert segment_rows(tmp_path / "ds").equals(one)
     assert dataset_rows(tmp_path / "ds").equals(dataset_rows(tmp_path / "ds_one"))
     batch([arriving], tmp_path / "ds_flows", settings=Settings(idle_timeouts_s={"tcp": 1.0}))
     with pytest.raises(UsageError, match="other analysis settings"):
