@@ -351,10 +351,6 @@ class _FlowWriter:
         False when that waits for more rows (unless force)."""
         if not force and self.waiting < self._attempt_at and not self.runs:
             return False
-        self._flush(watermark)
-        return True
-
-    def _flush(self, watermark: int) -> None:
         limit = np.uint64(watermark)
         tcp, datagram = self._take_waiting(limit)
         # a long-lived connection holds the watermark back: try again once as many more have finished
@@ -386,6 +382,7 @@ class _FlowWriter:
                     yield head
             self.runs.append(_RunFile(slices()))
             self._attempt_at = FLUSH_ROWS
+        return True
 
     def to_table(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> pa.Table:
         """Rows of both engines as one flows table in first-frame order (conn_id set when written)."""
