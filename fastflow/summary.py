@@ -266,20 +266,33 @@ def combine_flows(tcp: dict, datagram: dict) -> tuple[dict, np.ndarray]:
     Columns only TCP has are null on datagram rows. Returns the table (conn_id dense from 0) and each TCP
     connection's new conn_id, to renumber the segments."""
     n_tcp, n_dg = len(tcp["conn_id"]), len(datagram["first_frame"])
-    order = np.argsort(np.concatenate([tcp["first_frame"], datagram["first_frame"]]), kind="stable")
+    first = np.concatenate([tcp["first_frame"], datagram["first_frame"]])
+    # rows already in order (one kind only, as on a capture without UDP or ICMP) are not reordered
+    order = None if np.all(first[1:] >= first[:-1]) else np.argsort(first, kind="stable")
     out = {}
     for name, a in tcp.items():
         if name == "conn_id":
             continue
         b = datagram.get(name)
-        if b is None:
-            b = np.ma.masked_all((n_dg,) + np.shape(a)[1:], dtype=np.asarray(a).dtype)
-        if np.ma.isMaskedArray(a) or np.ma.isMaskedArray(b):
-            merged = np.ma.concatenate([np.ma.asarray(a), np.ma.asarray(b)])
+        # values and masks apart: numpy's masked concatenate and take cost more than the work itself
+        a_values = np.ma.getdata(a)
+        if b is None:   # a TCP-only column: null on the datagram rows
+            b_values = np.zeros((n_dg,) + a_values.shape[1:], a_values.dtype)
+            b_mask = np.ones(b_values.shape, bool)
         else:
-            merged = np.concatenate([a, b])
-        out[name] = merged[order]
+            b_values, b_mask = np.ma.getdata(b), (np.ma.getmaskarray(b) if np.ma.isMaskedArray(b) else None)
+        values = np.concatenate([a_values, b_values])
+        if order is not None:
+            values = values[order]
+        if b_mask is None and not np.ma.isMaskedArray(a):
+            out[name] = values
+            continue
+        mask = np.concatenate([np.ma.getmaskarray(a) if np.ma.isMaskedArray(a) else np.zeros(a_values.shape, bool),
+                               np.zeros(b_values.shape, bool) if b_mask is None else b_mask])
+        out[name] = np.ma.masked_array(values, mask if order is None else mask[order])
     out["conn_id"] = np.arange(n_tcp + n_dg, dtype=np.uint64)
+    if order is None:
+        return out, out["conn_id"][:n_tcp].copy()
     new_id = np.empty(n_tcp + n_dg, dtype=np.uint64)
     new_id[order] = out["conn_id"]
     return out, new_id[:n_tcp]
