@@ -76,6 +76,13 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
     ),
     Extension(
+        "fastflow._sha1",
+        ["ext/_sha1.pyx"],
+        include_dirs=["ext"],
+        extra_compile_args=[a for a in extra_compile if a not in cflags],
+        extra_link_args=[a for a in extra_link if a not in libs],
+    ),
+    Extension(
         "fastflow._dgram",
         ["ext/_dgram.pyx"],
         include_dirs=["ext", numpy.get_include()],

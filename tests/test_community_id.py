@@ -311,3 +311,27 @@ def test_chunking_does_not_change_results(monkeypatch):
     whole = cid.community_id(**_columns(rows))
     monkeypatch.setattr(cid, "CHUNK_ROWS", 7)
     assert cid.community_id(**_columns(rows)).tolist() == whole.tolist()
+
+
+# ---------------------------------------------------------------------------------------
+# the SHA-1 extension (ext/sha1.h) against hashlib: the x86 SHA extensions where this CPU has them, and the
+# portable code; every length where the padding changes shape (55/56 bytes: one block or two; 64: a full block)
+
+@pytest.mark.parametrize("use_sha", [None, False])
+def test_sha1_rows_match_hashlib(use_sha):
+    from fastflow import _sha1
+    rng = np.random.default_rng(7)
+    for length in [*range(0, 140), 191, 192, 1000]:
+        rows = rng.integers(0, 256, (9, length), dtype=np.uint8)
+        rows[0] = 0
+        rows[1] = 0xFF
+        digests = np.full((9, 20), 0xAA, np.uint8)
+        _sha1.sha1_rows(rows, digests, use_sha)
+        assert [bytes(d) for d in digests] == [hashlib.sha1(bytes(r)).digest() for r in rows], length
+
+
+def test_sha1_rows_checks_shapes_and_takes_no_rows():
+    from fastflow import _sha1
+    with pytest.raises(ValueError, match="expected"):
+        _sha1.sha1_rows(np.zeros((3, 40), np.uint8), np.zeros((2, 20), np.uint8))
+    _sha1.sha1_rows(np.zeros((0, 40), np.uint8), np.zeros((0, 20), np.uint8))
