@@ -100,8 +100,27 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
                    choices=("zstd", "snappy", "gzip", "brotli", "lz4", "none"), help="Parquet compression")
 
 
+def tune_process() -> None:
+    """Settings for a process that runs fastflow and nothing else, made before numpy is imported.
+    - numpy's OpenBLAS starts a thread per core that spins waiting for work; fastflow does no linear algebra.
+    - glibc hands every block above 128 KB straight back to the kernel when it is freed (the threshold grows
+      only as such blocks are freed), so each batch's arrays came back as freshly zeroed pages: page faults
+      were a quarter of a run's CPU time. Blocks up to 32 MB (glibc's ceiling) now come from the heap, and up
+      to 256 MB of free heap stays mapped. Measured in benchmarks/RESULTS.md."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            mallopt = ctypes.CDLL(None).mallopt     # glibc's (musl has one too, which ignores these)
+        except (OSError, AttributeError):
+            return
+        mallopt(-3, 32 << 20)       # M_MMAP_THRESHOLD
+        mallopt(-1, 256 << 20)      # M_TRIM_THRESHOLD
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    tune_process()
     left = "no output written"
     try:
         args = build_parser().parse_args(argv)
