@@ -729,7 +729,7 @@ def remove_unreferenced(dataset: str, manifest: dict) -> int:
     """Delete the outputs and state files a killed run left behind (named by no manifest entry)."""
     keep = _referenced(manifest)
     removed = 0
-    for top in ("flows", os.path.join(META_DIR, "state")):
+    for top in ("flows", "segments", os.path.join(META_DIR, "state")):
         for root, _, names in os.walk(os.path.join(dataset, top)):
             for name in names:
                 rel = os.path.relpath(os.path.join(root, name), dataset)
