@@ -43,6 +43,16 @@ static int ff_sha1_cpu_has_sha(void) {
     return (ebx >> 29) & 1;
 }
 
+/* four rounds with the schedule's step: cur is this group's message words, next / after / last the groups'
+ * words it feeds (sha1msg2 finishes next; sha1msg1 starts last; after takes the xor in between) */
+#define FF_SHA1_4ROUNDS(e_in, e_out, cur, next, after, last, f) \
+    e_in = _mm_sha1nexte_epu32(e_in, cur); \
+    e_out = abcd; \
+    next = _mm_sha1msg2_epu32(next, cur); \
+    abcd = _mm_sha1rnds4_epu32(abcd, e_in, f); \
+    last = _mm_sha1msg1_epu32(last, cur); \
+    after = _mm_xor_si128(after, cur);
+
 /* Intel's SHA extensions, laid out as in Intel's "New Instructions Supporting the Secure Hash Algorithm on
  * Intel Architecture Processors" (2013): the state as ABCD in one register and E in another, four rounds per
  * sha1rnds4, the message schedule by sha1msg1 / xor / sha1msg2 four words at a time. */
@@ -53,143 +63,57 @@ static void ff_sha1_block_shani(uint32_t h[5], const uint8_t *block) {
     __m128i e0 = _mm_set_epi32((int)h[4], 0, 0, 0), e1;
     __m128i abcd_save = abcd, e0_save = e0;
     __m128i m0, m1, m2, m3;
-        /* rounds 0-3 */
-        m0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 0)), byte_swap);
-        e0 = _mm_add_epi32(e0, m0);
-        e1 = abcd;
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 0);
-        /* rounds 4-7 */
-        m1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16)), byte_swap);
-        e1 = _mm_sha1nexte_epu32(e1, m1);
-        e0 = abcd;
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 0);
-        m0 = _mm_sha1msg1_epu32(m0, m1);
-        /* rounds 8-11 */
-        m2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 32)), byte_swap);
-        e0 = _mm_sha1nexte_epu32(e0, m2);
-        e1 = abcd;
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 0);
-        m1 = _mm_sha1msg1_epu32(m1, m2);
-        m0 = _mm_xor_si128(m0, m2);
-        /* rounds 12-15 */
-        m3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 48)), byte_swap);
-        e1 = _mm_sha1nexte_epu32(e1, m3);
-        e0 = abcd;
-        m0 = _mm_sha1msg2_epu32(m0, m3);
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 0);
-        m2 = _mm_sha1msg1_epu32(m2, m3);
-        m1 = _mm_xor_si128(m1, m3);
-        /* rounds 16-19 */
-        e0 = _mm_sha1nexte_epu32(e0, m0);
-        e1 = abcd;
-        m1 = _mm_sha1msg2_epu32(m1, m0);
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 0);
-        m3 = _mm_sha1msg1_epu32(m3, m0);
-        m2 = _mm_xor_si128(m2, m0);
-        /* rounds 20-23 */
-        e1 = _mm_sha1nexte_epu32(e1, m1);
-        e0 = abcd;
-        m2 = _mm_sha1msg2_epu32(m2, m1);
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 1);
-        m0 = _mm_sha1msg1_epu32(m0, m1);
-        m3 = _mm_xor_si128(m3, m1);
-        /* rounds 24-27 */
-        e0 = _mm_sha1nexte_epu32(e0, m2);
-        e1 = abcd;
-        m3 = _mm_sha1msg2_epu32(m3, m2);
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 1);
-        m1 = _mm_sha1msg1_epu32(m1, m2);
-        m0 = _mm_xor_si128(m0, m2);
-        /* rounds 28-31 */
-        e1 = _mm_sha1nexte_epu32(e1, m3);
-        e0 = abcd;
-        m0 = _mm_sha1msg2_epu32(m0, m3);
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 1);
-        m2 = _mm_sha1msg1_epu32(m2, m3);
-        m1 = _mm_xor_si128(m1, m3);
-        /* rounds 32-35 */
-        e0 = _mm_sha1nexte_epu32(e0, m0);
-        e1 = abcd;
-        m1 = _mm_sha1msg2_epu32(m1, m0);
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 1);
-        m3 = _mm_sha1msg1_epu32(m3, m0);
-        m2 = _mm_xor_si128(m2, m0);
-        /* rounds 36-39 */
-        e1 = _mm_sha1nexte_epu32(e1, m1);
-        e0 = abcd;
-        m2 = _mm_sha1msg2_epu32(m2, m1);
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 1);
-        m0 = _mm_sha1msg1_epu32(m0, m1);
-        m3 = _mm_xor_si128(m3, m1);
-        /* rounds 40-43 */
-        e0 = _mm_sha1nexte_epu32(e0, m2);
-        e1 = abcd;
-        m3 = _mm_sha1msg2_epu32(m3, m2);
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 2);
-        m1 = _mm_sha1msg1_epu32(m1, m2);
-        m0 = _mm_xor_si128(m0, m2);
-        /* rounds 44-47 */
-        e1 = _mm_sha1nexte_epu32(e1, m3);
-        e0 = abcd;
-        m0 = _mm_sha1msg2_epu32(m0, m3);
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 2);
-        m2 = _mm_sha1msg1_epu32(m2, m3);
-        m1 = _mm_xor_si128(m1, m3);
-        /* rounds 48-51 */
-        e0 = _mm_sha1nexte_epu32(e0, m0);
-        e1 = abcd;
-        m1 = _mm_sha1msg2_epu32(m1, m0);
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 2);
-        m3 = _mm_sha1msg1_epu32(m3, m0);
-        m2 = _mm_xor_si128(m2, m0);
-        /* rounds 52-55 */
-        e1 = _mm_sha1nexte_epu32(e1, m1);
-        e0 = abcd;
-        m2 = _mm_sha1msg2_epu32(m2, m1);
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 2);
-        m0 = _mm_sha1msg1_epu32(m0, m1);
-        m3 = _mm_xor_si128(m3, m1);
-        /* rounds 56-59 */
-        e0 = _mm_sha1nexte_epu32(e0, m2);
-        e1 = abcd;
-        m3 = _mm_sha1msg2_epu32(m3, m2);
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 2);
-        m1 = _mm_sha1msg1_epu32(m1, m2);
-        m0 = _mm_xor_si128(m0, m2);
-        /* rounds 60-63 */
-        e1 = _mm_sha1nexte_epu32(e1, m3);
-        e0 = abcd;
-        m0 = _mm_sha1msg2_epu32(m0, m3);
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 3);
-        m2 = _mm_sha1msg1_epu32(m2, m3);
-        m1 = _mm_xor_si128(m1, m3);
-        /* rounds 64-67 */
-        e0 = _mm_sha1nexte_epu32(e0, m0);
-        e1 = abcd;
-        m1 = _mm_sha1msg2_epu32(m1, m0);
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 3);
-        m3 = _mm_sha1msg1_epu32(m3, m0);
-        m2 = _mm_xor_si128(m2, m0);
-        /* rounds 68-71 */
-        e1 = _mm_sha1nexte_epu32(e1, m1);
-        e0 = abcd;
-        m2 = _mm_sha1msg2_epu32(m2, m1);
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 3);
-        m3 = _mm_xor_si128(m3, m1);
-        /* rounds 72-75 */
-        e0 = _mm_sha1nexte_epu32(e0, m2);
-        e1 = abcd;
-        m3 = _mm_sha1msg2_epu32(m3, m2);
-        abcd = _mm_sha1rnds4_epu32(abcd, e0, 3);
-        /* rounds 76-79 */
-        e1 = _mm_sha1nexte_epu32(e1, m3);
-        e0 = abcd;
-        abcd = _mm_sha1rnds4_epu32(abcd, e1, 3);
-        e0 = _mm_sha1nexte_epu32(e0, e0_save);
+    /* rounds 0-11, the message words loaded and byte-swapped, the schedule started */
+    m0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)block), byte_swap);
+    e0 = _mm_add_epi32(e0, m0);
+    e1 = abcd;
+    abcd = _mm_sha1rnds4_epu32(abcd, e0, 0);
+    m1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16)), byte_swap);
+    e1 = _mm_sha1nexte_epu32(e1, m1);
+    e0 = abcd;
+    abcd = _mm_sha1rnds4_epu32(abcd, e1, 0);
+    m0 = _mm_sha1msg1_epu32(m0, m1);
+    m2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 32)), byte_swap);
+    e0 = _mm_sha1nexte_epu32(e0, m2);
+    e1 = abcd;
+    abcd = _mm_sha1rnds4_epu32(abcd, e0, 0);
+    m1 = _mm_sha1msg1_epu32(m1, m2);
+    m0 = _mm_xor_si128(m0, m2);
+    m3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 48)), byte_swap);
+    /* rounds 12-67, four at a time */
+    FF_SHA1_4ROUNDS(e1, e0, m3, m0, m1, m2, 0)
+    FF_SHA1_4ROUNDS(e0, e1, m0, m1, m2, m3, 0)
+    FF_SHA1_4ROUNDS(e1, e0, m1, m2, m3, m0, 1)
+    FF_SHA1_4ROUNDS(e0, e1, m2, m3, m0, m1, 1)
+    FF_SHA1_4ROUNDS(e1, e0, m3, m0, m1, m2, 1)
+    FF_SHA1_4ROUNDS(e0, e1, m0, m1, m2, m3, 1)
+    FF_SHA1_4ROUNDS(e1, e0, m1, m2, m3, m0, 1)
+    FF_SHA1_4ROUNDS(e0, e1, m2, m3, m0, m1, 2)
+    FF_SHA1_4ROUNDS(e1, e0, m3, m0, m1, m2, 2)
+    FF_SHA1_4ROUNDS(e0, e1, m0, m1, m2, m3, 2)
+    FF_SHA1_4ROUNDS(e1, e0, m1, m2, m3, m0, 2)
+    FF_SHA1_4ROUNDS(e0, e1, m2, m3, m0, m1, 2)
+    FF_SHA1_4ROUNDS(e1, e0, m3, m0, m1, m2, 3)
+    FF_SHA1_4ROUNDS(e0, e1, m0, m1, m2, m3, 3)
+    /* rounds 68-79: the schedule's last words */
+    e1 = _mm_sha1nexte_epu32(e1, m1);
+    e0 = abcd;
+    m2 = _mm_sha1msg2_epu32(m2, m1);
+    abcd = _mm_sha1rnds4_epu32(abcd, e1, 3);
+    m3 = _mm_xor_si128(m3, m1);
+    e0 = _mm_sha1nexte_epu32(e0, m2);
+    e1 = abcd;
+    m3 = _mm_sha1msg2_epu32(m3, m2);
+    abcd = _mm_sha1rnds4_epu32(abcd, e0, 3);
+    e1 = _mm_sha1nexte_epu32(e1, m3);
+    e0 = abcd;
+    abcd = _mm_sha1rnds4_epu32(abcd, e1, 3);
+    e0 = _mm_sha1nexte_epu32(e0, e0_save);
     abcd = _mm_add_epi32(abcd, abcd_save);
     _mm_storeu_si128((__m128i *)h, _mm_shuffle_epi32(abcd, 0x1B));
     h[4] = (uint32_t)_mm_extract_epi32(e0, 3);
 }
+#undef FF_SHA1_4ROUNDS
 #else
 #define FF_SHA1_X86 0
 static int ff_sha1_cpu_has_sha(void) { return 0; }
