@@ -277,18 +277,14 @@ def combine_flows(tcp: dict, datagram: dict) -> tuple[dict, np.ndarray]:
         # values and masks apart: numpy's masked concatenate and take cost more than the work itself
         a_values = np.ma.getdata(a)
         if b is None:   # a TCP-only column: null on the datagram rows
-            b_values = np.zeros((n_dg,) + a_values.shape[1:], a_values.dtype)
-            b_mask = np.ones(b_values.shape, bool)
-        else:
-            b_values, b_mask = np.ma.getdata(b), (np.ma.getmaskarray(b) if np.ma.isMaskedArray(b) else None)
-        values = np.concatenate([a_values, b_values])
+            b = np.ma.masked_array(np.zeros((n_dg,) + a_values.shape[1:], a_values.dtype), True)
+        values = np.concatenate([a_values, np.ma.getdata(b)])
         if order is not None:
             values = values[order]
-        if b_mask is None and not np.ma.isMaskedArray(a):
+        if not (np.ma.isMaskedArray(a) or np.ma.isMaskedArray(b)):
             out[name] = values
             continue
-        mask = np.concatenate([np.ma.getmaskarray(a) if np.ma.isMaskedArray(a) else np.zeros(a_values.shape, bool),
-                               np.zeros(b_values.shape, bool) if b_mask is None else b_mask])
+        mask = np.concatenate([np.ma.getmaskarray(a), np.ma.getmaskarray(b)])
         out[name] = np.ma.masked_array(values, mask if order is None else mask[order])
     out["conn_id"] = np.arange(n_tcp + n_dg, dtype=np.uint64)
     if order is None:
