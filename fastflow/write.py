@@ -8,11 +8,13 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import OutputError
-from .schema import DELTA_COLUMNS, NO_DICTIONARY_COLUMNS
+from .schema import DELTA_COLUMNS, NO_DICTIONARY_COLUMNS, fixed_width_array
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 ROW_GROUP_ROWS = 1 << 20
@@ -113,9 +115,34 @@ def _fresh_dictionaries(table: pa.Table) -> pa.Table:
     columns = []
     for field, column in zip(table.schema, table.columns):
         if pa.types.is_dictionary(field.type):
-            column = column.cast(field.type.value_type).combine_chunks().dictionary_encode().cast(field.type)
+            column = _in_order_of_appearance(column.combine_chunks(), field.type)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=table.schema)
+
+
+def _in_order_of_appearance(column: pa.DictionaryArray, arrow_type: pa.DataType) -> pa.Array:
+    """What column.cast(value type).dictionary_encode() gives (the distinct values in order of first
+    appearance, nulls kept), from the indices: without writing out a string per row."""
+    dictionary, indices = column.dictionary, column.indices
+    if len(pc.unique(dictionary)) != len(dictionary):     # repeated values: only the strings tell
+        return column.cast(arrow_type.value_type).dictionary_encode().cast(arrow_type)
+    n = len(indices)
+    values = np.frombuffer(indices.buffers()[1], _INDEX_TYPES[indices.type], n, indices.offset)
+    null = None
+    if indices.null_count:
+        bits = np.unpackbits(np.frombuffer(indices.buffers()[0], np.uint8), bitorder="little")
+        null = bits[indices.offset:indices.offset + n] == 0
+        values = np.where(null, 0, values)     # whatever lies under a null is no index
+    used = pc.unique(indices).drop_null()           # in order of first appearance
+    used = np.frombuffer(used.buffers()[1], _INDEX_TYPES[used.type], len(used), used.offset).astype(np.int64)
+    position = np.zeros(len(dictionary), np.int64)
+    position[used] = np.arange(len(used))
+    return pa.DictionaryArray.from_arrays(fixed_width_array(position[values], arrow_type.index_type, null),
+                                          dictionary.take(fixed_width_array(used, pa.int64())))
+
+
+_INDEX_TYPES = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
+                pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64}
 
 
 class ParquetStream:

@@ -344,3 +344,29 @@ def test_empty_tables_keep_their_schema(tmp_path):
         assert table.num_rows == 0
         back = read_back(tmp_path, table)
         assert back.num_rows == 0 and back.schema.remove_metadata().equals(schema)
+
+
+def test_streamed_dictionaries_are_re_encoded_as_from_their_strings():
+    """write._in_order_of_appearance (ParquetStream's per-row-group dictionaries, from the indices) gives what
+    casting to strings and dictionary_encode() give: the same values in the same order, nulls kept, for
+    chunks with different dictionaries, slices, nulls under any index, and a dictionary with a repeated value."""
+    from fastflow.write import _in_order_of_appearance
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        arrow_type = pa.dictionary(rng.choice([pa.int8(), pa.int16(), pa.int32()]), pa.string())
+        words = [f"w{i}" for i in range(rng.integers(1, 12))]
+        chunks = []
+        for _ in range(rng.integers(1, 4)):
+            n = int(rng.integers(0, 50))
+            dictionary = list(rng.permutation(words))
+            if rng.random() < 0.2 and len(dictionary) > 1:
+                dictionary.append(dictionary[0])
+            mask = rng.random(n) < 0.2 if rng.random() < 0.5 else None
+            chunk = pa.DictionaryArray.from_arrays(
+                pa.array(rng.integers(0, len(dictionary), n), arrow_type.index_type, mask=mask),
+                pa.array(dictionary, pa.string()))
+            chunks.append(chunk.slice(1, n - 2) if rng.random() < 0.3 and n > 2 else chunk)
+        column = pa.chunked_array(chunks, arrow_type)
+        want = column.cast(pa.string()).combine_chunks().dictionary_encode().cast(arrow_type)
+        got = _in_order_of_appearance(column.combine_chunks(), arrow_type)
+        assert got.type == want.type and got.equals(want)
