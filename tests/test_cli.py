@@ -301,3 +301,18 @@ def test_out_of_memory_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert err.startswith("Error: out of memory; no output written.") and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_starts_without_numpy_and_with_one_blas_thread():
+    """fastflow/__init__ loads process() on first use, so the command line sets up the process
+    (cli.tune_process: one OpenBLAS thread) before numpy loads, and --version needs neither numpy nor pyarrow."""
+    out = subprocess.run([sys.executable, "-c", "import sys, fastflow.cli; print(sorted(sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "'numpy'" not in out and "'pyarrow'" not in out
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    code = ("import os, sys; from fastflow import cli; cli.tune_process(); import numpy; "
+            "print(os.environ['OPENBLAS_NUM_THREADS'])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=env).stdout.strip() == "1"
+    r = subprocess.run([sys.executable, "-m", "fastflow", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("fastflow ")
