@@ -135,7 +135,7 @@ def _in_order_of_appearance(column: pa.DictionaryArray, arrow_type: pa.DataType)
         values = np.where(null, 0, values)     # whatever lies under a null is no index
     used = pc.unique(indices).drop_null()           # in order of first appearance
     used = np.frombuffer(used.buffers()[1], _INDEX_TYPES[used.type], len(used), used.offset).astype(np.int64)
-    position = np.zeros(len(dictionary), np.int64)
+    position = np.zeros(max(len(dictionary), 1), np.int64)     # a slot for index 0 under nulls, if empty
     position[used] = np.arange(len(used))
     return pa.DictionaryArray.from_arrays(fixed_width_array(position[values], arrow_type.index_type, null),
                                           dictionary.take(fixed_width_array(used, pa.int64())))

@@ -370,3 +370,10 @@ def test_streamed_dictionaries_are_re_encoded_as_from_their_strings():
         want = column.cast(pa.string()).combine_chunks().dictionary_encode().cast(arrow_type)
         got = _in_order_of_appearance(column.combine_chunks(), arrow_type)
         assert got.type == want.type and got.equals(want)
+    # every row null, with an empty dictionary (a column no row of the group has, e.g. close_initiator) or not
+    arrow_type = pa.dictionary(pa.int8(), pa.string())
+    for dictionary in ([], ["orig"]):
+        column = pa.DictionaryArray.from_arrays(pa.array([None] * 5, pa.int8()), pa.array(dictionary, pa.string()))
+        want = column.cast(pa.string()).dictionary_encode().cast(arrow_type)
+        got = _in_order_of_appearance(column, arrow_type)
+        assert got.type == want.type and got.equals(want) and got.null_count == 5
