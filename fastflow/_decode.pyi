@@ -1,0 +1,29 @@
+"""ext/_decode.pyx: pcap / pcapng records decoded into columns (link, IP, TCP/UDP/ICMP headers), no GIL."""
+import numpy as np
+
+COLUMN_NAMES: tuple[str, ...]
+
+class Decoder:
+    """Incremental decoder: feed() consumes whole records from successive byte blocks."""
+    capacity: int
+    n: int
+    fmt: int
+    frames: int
+    filtered: int
+    consumed: int
+    sections: int
+    stop: int
+    stop_offset: int
+    bad_linktype: int
+    linktypes: list[int]
+    bad_length_records: int
+    bad_length_offset: int
+    def __init__(self, capacity: int = ..., filter_expr: str | None = None, verify_checksums: bool = False) -> None: ...
+    def take(self) -> dict[str, np.ndarray]: ...
+    @property
+    def status_counts(self) -> list[int]: ...
+    @property
+    def error_message(self) -> str: ...
+    def feed(self, data: bytes | memoryview | np.ndarray, eof: bool = False) -> int: ...
+
+def check_filter(expr: str, linktype: int = ...) -> str | None: ...
