@@ -256,9 +256,9 @@ def format_addresses(raw: np.ndarray, version: np.ndarray) -> pa.Array:
 # Arrow arrays are built from numpy buffers (pa.Array.from_buffers) rather than with pa.array(): that copies
 # nothing for numbers, and pa.array() imports pandas (about 0.2 s) on its first call wherever pandas is installed.
 
-_NUMPY_TYPES = {pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
-                pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
-                pa.float32(): np.float32, pa.float64(): np.float64}
+NUMPY_TYPES = {pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
+               pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
+               pa.float32(): np.float32, pa.float64(): np.float64}
 
 
 def _validity(mask, n: int):
@@ -280,7 +280,7 @@ def fixed_width_array(data, arrow_type, mask=None) -> pa.Array:
     if pa.types.is_boolean(arrow_type):
         values = pa.py_buffer(np.packbits(data.astype(bool, copy=False), bitorder="little"))
     else:
-        dtype = np.int64 if pa.types.is_timestamp(arrow_type) else _NUMPY_TYPES[arrow_type]
+        dtype = np.int64 if pa.types.is_timestamp(arrow_type) else NUMPY_TYPES[arrow_type]
         values = pa.py_buffer(np.ascontiguousarray(data, dtype=dtype))
     return pa.Array.from_buffers(arrow_type, n, [validity, values], null_count=nulls)
 
@@ -334,7 +334,7 @@ def repeated_string(text: str, n: int) -> pa.Array:
 def _category(values, names=None, mask=None, arrow_type=None) -> pa.Array:
     """Strings (or codes with their names) as a dictionary column."""
     arrow_type = arrow_type or CATEGORY
-    index_type = _NUMPY_TYPES[arrow_type.index_type]
+    index_type = NUMPY_TYPES[arrow_type.index_type]
     if names is not None:
         return pa.DictionaryArray.from_arrays(fixed_width_array(np.asarray(values).astype(index_type),
                                                                 arrow_type.index_type, mask),

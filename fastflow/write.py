@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import OutputError
-from .schema import DELTA_COLUMNS, NO_DICTIONARY_COLUMNS, fixed_width_array
+from .schema import DELTA_COLUMNS, NO_DICTIONARY_COLUMNS, NUMPY_TYPES, fixed_width_array
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 ROW_GROUP_ROWS = 1 << 20
@@ -127,22 +127,18 @@ def _in_order_of_appearance(column: pa.DictionaryArray, arrow_type: pa.DataType)
     if len(pc.unique(dictionary)) != len(dictionary):     # repeated values: only the strings tell
         return column.cast(arrow_type.value_type).dictionary_encode().cast(arrow_type)
     n = len(indices)
-    values = np.frombuffer(indices.buffers()[1], _INDEX_TYPES[indices.type], n, indices.offset)
+    values = np.frombuffer(indices.buffers()[1], NUMPY_TYPES[indices.type], n, indices.offset)
     null = None
     if indices.null_count:
         bits = np.unpackbits(np.frombuffer(indices.buffers()[0], np.uint8), bitorder="little")
         null = bits[indices.offset:indices.offset + n] == 0
         values = np.where(null, 0, values)     # whatever lies under a null is no index
     used = pc.unique(indices).drop_null()           # in order of first appearance
-    used = np.frombuffer(used.buffers()[1], _INDEX_TYPES[used.type], len(used), used.offset).astype(np.int64)
+    used = np.frombuffer(used.buffers()[1], NUMPY_TYPES[used.type], len(used), used.offset).astype(np.int64)
     position = np.zeros(max(len(dictionary), 1), np.int64)     # a slot for index 0 under nulls, if empty
     position[used] = np.arange(len(used))
     return pa.DictionaryArray.from_arrays(fixed_width_array(position[values], arrow_type.index_type, null),
                                           dictionary.take(fixed_width_array(used, pa.int64())))
-
-
-_INDEX_TYPES = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
-                pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64}
 
 
 class ParquetStream:
