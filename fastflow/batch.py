@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import fcntl
 import glob
 import hashlib
 import io
@@ -25,7 +24,6 @@ import re
 import signal
 import socket
 import struct
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +34,7 @@ import pyarrow as pa
 
 from . import __version__, tcpflows
 from .datagram import DatagramStream
+from .dataset_store import META_DIR, open_store
 from .decode import CaptureReader, Status
 from .errors import FastflowError, InputError, OutputError, UsageError
 from .pipeline import _finished, _settings, finished_flows
@@ -54,19 +53,12 @@ from .summary import summary_counts
 from .tcpflows import TcpFlows, concat_packed, packet_parts
 from .write import ParquetStream
 
-META_DIR = "_fastflow"
 MANIFEST = "manifest.json"
 FRAME_BITS = 32                 # frame numbers in the engines: the file's number in its stream << 32 | frame
 MAX_FRAMES_PER_FILE = (1 << FRAME_BITS) - 1
 STATE_MAGIC = b"FASTFLOW-STATE\n"
 CAPTURE_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
                   b"\x0a\x0d\x0d\x0a")
-
-
-class LockedError(FastflowError):
-    """Another batch run holds the dataset."""
-
-    exit_code = 75      # sysexits EX_TEMPFAIL: try again later
 
 
 @dataclass
@@ -147,7 +139,7 @@ def looks_like_capture(path: str) -> bool:
     return head[:4] in CAPTURE_MAGICS or sniff_compression(head) is not None
 
 
-def _discover_url(source: str, found: dict, ignored: list) -> None:
+def _discover_url(source: str, found: dict, ignored: list, store) -> None:
     """discover() for a URI: a file, a folder (every file below it) or a glob pattern."""
     fs, inner = url_filesystem(source)
     if fs.isdir(inner):
@@ -162,7 +154,7 @@ def _discover_url(source: str, found: dict, ignored: list) -> None:
         raise UsageError(f"{source}: no such file or folder")
     for name in sorted(names):
         url = fs.unstrip_protocol(name)
-        if any(part.startswith(".") for part in name.split("/")):
+        if any(part.startswith(".") for part in name.split("/")) or store.contains(url):
             continue
         if url == source or looks_like_capture(url):
             found[url] = None
@@ -170,13 +162,13 @@ def _discover_url(source: str, found: dict, ignored: list) -> None:
             ignored.append(url)
 
 
-def discover(sources: list[str], dataset: str) -> tuple[list[str], list[str]]:
+def discover(sources: list[str], store) -> tuple[list[str], list[str]]:
     """The input files named by sources (files, folders walked recursively, glob patterns), absolute and
     without duplicates; and the files of folders that are not captures (left alone). A named file or folder
     that does not exist is a usage error; a pattern that matches nothing is not (an archive may be empty)."""
     found: dict[str, None] = {}
     ignored: list[str] = []
-    skip = os.path.abspath(dataset)
+    skip = store.root if not store.remote else None
 
     def add_tree(folder: str) -> None:
         for root, dirs, files in os.walk(folder):
@@ -192,7 +184,7 @@ def discover(sources: list[str], dataset: str) -> tuple[list[str], list[str]]:
 
     for source in sources:
         if is_url(source):
-            _discover_url(source, found, ignored)
+            _discover_url(source, found, ignored, store)
             continue
         path = os.path.abspath(source)
         if os.path.isdir(path):
@@ -246,12 +238,13 @@ def first_packet_time(path: str) -> int | None:
 
 # --- one stream: its files through the engines, in order -------------------------------------------------
 
-def _write_state(path: str, tcp: TcpFlows, datagram: DatagramStream, network_time: int,
+def _write_state(store, rel: str, tcp: TcpFlows, datagram: DatagramStream, network_time: int,
                  segments: SegmentStream | None = None) -> None:
     """The open connections of both engines: a JSON header line, then length-prefixed snapshot blocks (and
     with segments, one block of the segments held for them, as numpy's .npz)."""
     header = {"fastflow_version": __version__, "network_time": int(network_time),
               "tcp_open": tcp.open_count, "datagram_open": datagram.open_count}
+    path = store.local_path(rel)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(STATE_MAGIC + json.dumps(header).encode() + b"\n")
@@ -268,13 +261,15 @@ def _write_state(path: str, tcp: TcpFlows, datagram: DatagramStream, network_tim
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    store.publish(rel, path)
 
 
-def _read_state(path: str, tcp: TcpFlows, datagram: DatagramStream, part: int = 0, parts: int = 1,
+def _read_state(store, rel: str, tcp: TcpFlows, datagram: DatagramStream, part: int = 0, parts: int = 1,
                 segments: SegmentStream | None = None) -> int:
     """Restore the engines (and the segments held) from a state file: the connections of part `part` of
     `parts`; returns the network time saved with it."""
-    with open(path, "rb") as f:
+    path = store.path(rel)
+    with store.open(rel) as f:
         if f.read(len(STATE_MAGIC)) != STATE_MAGIC:
             raise InputError(f"{path}: not a fastflow state file")
         header = json.loads(f.readline())
@@ -310,12 +305,12 @@ class _PartWriter:
     """A file's finished connections (or their segments), one Parquet part per UTC day of ts_start (of ts)
     in DATASET/flows (DATASET/segments), Hive style: date=YYYY-MM-DD."""
 
-    def __init__(self, dataset: str, stem: str, compression: str, table: str = "flows"):
-        self.dataset, self.stem, self.compression = dataset, stem, compression
+    def __init__(self, store, stem: str, compression: str, table: str = "flows"):
+        self.store, self.stem, self.compression = store, stem, compression
         self.table = table
         self.schema, self.time_column = ((BATCH_FLOWS_SCHEMA, "ts_start") if table == "flows"
                                          else (BATCH_SEGMENTS_SCHEMA, "ts"))
-        self.parts: dict[str, ParquetStream] = {}
+        self.parts: dict[str, tuple[str, ParquetStream]] = {}     # day -> (name in the dataset, writer)
 
     def write(self, table: pa.Table) -> None:
         # via int64: to_numpy() on a zoned timestamp column goes through pandas (0.3 s to import)
@@ -325,23 +320,24 @@ class _PartWriter:
         for k, day in enumerate(days):
             part = self.parts.get(str(day))
             if part is None:
-                folder = os.path.join(self.dataset, self.table, f"date={day}")
-                os.makedirs(folder, exist_ok=True)
-                part = self.parts[str(day)] = ParquetStream(os.path.join(folder, f"{self.stem}.parquet"),
-                                                            self.schema, self.compression)
+                rel = f"{self.table}/date={day}/{self.stem}.parquet"
+                part = self.parts[str(day)] = (rel, ParquetStream(self.store.local_path(rel), self.schema,
+                                                                  self.compression))
+            part = part[1]
             rows = np.flatnonzero(where == k)
             part.write(table if rows.size == table.num_rows else table.take(fixed_width_array(rows, pa.int64())))
 
     def commit(self, metadata: dict[bytes, bytes]) -> list[str]:
         names = []
-        for part in self.parts.values():
+        while self.parts:
+            rel, part = self.parts.popitem()[1]
             part.commit(metadata)
-            names.append(os.path.relpath(part.path, self.dataset))
-        self.parts = {}
+            self.store.publish(rel, part.path)
+            names.append(rel)
         return sorted(names)
 
     def discard(self) -> None:
-        for part in self.parts.values():
+        for _, part in self.parts.values():
             part._discard()
         self.parts = {}
 
@@ -392,7 +388,8 @@ def process_stream(job: dict) -> dict:
     starts before the previous one ended; the stream's work of this run is then started again with every
     file's time range known (a decode-only pass) and the overlapping files read together."""
     settings: Settings = job["settings"]
-    dataset, stream, run_id = job["dataset"], job["stream"], job["run_id"]
+    store = open_store(job["dataset"])
+    stream, run_id = job["stream"], job["run_id"]
     files = {int(k): v for k, v in job["all_files"].items()}     # file number -> path, the whole stream
     part, parts = job["part"], job["parts"]
     label = f"{job['stream_no']}-{{}}-{part}of{parts}-{run_id}"      # part and state file names
@@ -410,14 +407,13 @@ def process_stream(job: dict) -> dict:
             segments = SegmentStream(None, tcp_ports, settings.vlan_aware) if settings.segments else None
             tally = {"network_time": np.iinfo(np.int64).min}
             for name in job["state"]:
-                tally["network_time"] = _read_state(os.path.join(dataset, name), tcp, datagram, part, parts,
-                                                    segments)
+                tally["network_time"] = _read_state(store, name, tcp, datagram, part, parts, segments)
             end_ts = job.get("end_ts")
             units = groups if groups is not None else [[e] for e in entries]
             results: list[dict] = []
             overlap = False
             for k, unit in enumerate(units):
-                results += _process_unit(unit, dataset, stream, label, settings, tcp, datagram, tally, files,
+                results += _process_unit(unit, store, stream, label, settings, tcp, datagram, tally, files,
                                          part, parts, segments)
                 if job.get("report") is not None and part == 0 and groups is None:
                     job["report"].put((stream, sum(e["candidate"].size for e in unit)))
@@ -432,8 +428,7 @@ def process_stream(job: dict) -> dict:
             # start again: this pass's outputs go, the files are grouped by their time ranges
             for r in results:
                 for name in r["outputs"]:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(dataset, name))
+                    store.delete(name)
             tcp.close()
             groups = _overlapping(entries, settings)
         out["files"] = results
@@ -441,8 +436,8 @@ def process_stream(job: dict) -> dict:
         out["merged"] = [[e["path"] for e in g] for g in (groups or []) if len(g) > 1]
         if job["flush"]:
             # the open connections written as they are; the next run starts the stream with none open
-            writer = _PartWriter(dataset, "part-" + label.format("flush"), settings.compression)
-            seg_writer = _PartWriter(dataset, "part-" + label.format("flush"), settings.compression, "segments")
+            writer = _PartWriter(store, "part-" + label.format("flush"), settings.compression)
+            seg_writer = _PartWriter(store, "part-" + label.format("flush"), settings.compression, "segments")
             try:
                 datagram.finish()
                 tcp.finish()
@@ -458,19 +453,19 @@ def process_stream(job: dict) -> dict:
                 writer.discard()
                 seg_writer.discard()
         else:
-            state = os.path.join(META_DIR, "state", "stream-" + label.format("open") + ".state")
-            os.makedirs(os.path.join(dataset, META_DIR, "state"), exist_ok=True)
-            _write_state(os.path.join(dataset, state), tcp, datagram, tally["network_time"], segments)
+            state = f"{META_DIR}/state/stream-" + label.format("open") + ".state"
+            _write_state(store, state, tcp, datagram, tally["network_time"], segments)
             _crash_point("state-written")
             out["state"] = state
             out["open"] = {"tcp": tcp.open_count, "other": datagram.open_count}
     except FastflowError as exc:
         out["error"] = str(exc)
     except OSError as exc:
-        out["error"] = f"{exc.filename or dataset}: {exc.strerror or exc}"
+        out["error"] = f"{exc.filename or store.name}: {exc.strerror or exc}"
     finally:
         if tcp is not None:
             tcp.close()
+        store.close()
     return out
 
 
@@ -557,15 +552,15 @@ class _Merged:
             yield {c: v[order] for c, v in batch.items()}
 
 
-def _process_unit(unit: list[dict], dataset: str, stream: str, label: str, settings: Settings, tcp: TcpFlows,
+def _process_unit(unit: list[dict], store, stream: str, label: str, settings: Settings, tcp: TcpFlows,
                   datagram: DatagramStream, tally: dict, files: dict, part: int, parts: int,
                   segments: SegmentStream | None = None) -> list[dict]:
     """One file, or files read together (merged); returns each file's result (the outputs go with the first)."""
     results = {e["path"]: {"path": e["path"], "status": "done", "error": None, "damage": None, "outputs": [],
                            "packets": 0, "flows": 0, "segments": 0, "seconds": 0.0, "end_ts": None} for e in unit}
     started = time.perf_counter()
-    writer = _PartWriter(dataset, "part-" + label.format(unit[0]["seq"]), settings.compression)
-    seg_writer = _PartWriter(dataset, "part-" + label.format(unit[0]["seq"]), settings.compression, "segments")
+    writer = _PartWriter(store, "part-" + label.format(unit[0]["seq"]), settings.compression)
+    seg_writer = _PartWriter(store, "part-" + label.format(unit[0]["seq"]), settings.compression, "segments")
     select = None if parts == 1 else (lambda batch: packet_parts(batch, parts) == part)
     opened: list[_Opened] = []
     counts = None
@@ -662,58 +657,28 @@ def _add(total: dict, more: dict) -> None:
 
 # --- the dataset: lock, manifest, planning, committing ------------------------------------------------------
 
-@contextlib.contextmanager
-def locked(dataset: str):
-    """Hold the dataset's lock for the run, or raise LockedError at once."""
-    folder = os.path.join(dataset, META_DIR)
+def load_manifest(store) -> dict:
+    rel = f"{META_DIR}/{MANIFEST}"
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(os.path.join(folder, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"{dataset}: cannot write: {exc.strerror or exc}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(f"{dataset}: another fastflow batch is running on this dataset; nothing done") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def load_manifest(dataset: str) -> dict:
-    path = os.path.join(dataset, META_DIR, MANIFEST)
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
+        with store.open(rel) as f:
+            manifest = json.loads(f.read())
     except FileNotFoundError:
         return {"format": 1, "settings": None, "streams": {}, "inputs": {}}
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable manifest: {exc}") from None
+        raise InputError(f"{store.path(rel)}: unreadable manifest: {exc}") from None
     if manifest.get("format") != 1:
-        raise InputError(f"{path}: manifest format {manifest.get('format')} is not one this fastflow reads")
+        raise InputError(f"{store.path(rel)}: manifest format {manifest.get('format')} is not one this fastflow reads")
     return manifest
 
 
-def save_manifest(dataset: str, manifest: dict) -> None:
-    """Atomically: a temporary file, fsync, rename, fsync of the folder."""
-    folder = os.path.join(dataset, META_DIR)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=folder)
+def save_manifest(store, manifest: dict) -> None:
+    """Atomically (dataset_store: a renamed temporary file locally, one PUT on an object store), and only
+    while this run still holds the lock."""
+    store.check_lock()
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(folder, MANIFEST))
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        store.write_atomic(f"{META_DIR}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True).encode())
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise OutputError(f"{dataset}: cannot write the manifest: {exc.strerror or exc}") from None
+        raise OutputError(f"{store.name}: cannot write the manifest: {exc.strerror or exc}") from None
 
 
 def _referenced(manifest: dict) -> set[str]:
@@ -725,17 +690,16 @@ def _referenced(manifest: dict) -> set[str]:
     return names
 
 
-def remove_unreferenced(dataset: str, manifest: dict) -> int:
+def remove_unreferenced(store, manifest: dict) -> int:
     """Delete the outputs and state files a killed run left behind (named by no manifest entry)."""
     keep = _referenced(manifest)
     removed = 0
-    for top in ("flows", "segments", os.path.join(META_DIR, "state")):
-        for root, _, names in os.walk(os.path.join(dataset, top)):
-            for name in names:
-                rel = os.path.relpath(os.path.join(root, name), dataset)
-                if rel not in keep and (name.endswith((".parquet", ".state", ".tmp")) or name.startswith(".")):
-                    os.unlink(os.path.join(dataset, rel))
-                    removed += 1
+    for top in ("flows", "segments", f"{META_DIR}/state"):
+        for rel in list(store.files(top)):
+            name = rel.rsplit("/", 1)[-1]
+            if rel not in keep and (name.endswith((".parquet", ".state", ".tmp")) or name.startswith(".")):
+                store.delete(rel)
+                removed += 1
     return removed
 
 
@@ -815,27 +779,25 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
             raise UsageError(f"--stream-pattern: {exc}") from None
     if settings.filter_expr:
         _settings(settings.filter_expr, None, None)      # a bad filter is a usage error before anything
-    if is_url(dataset):
-        raise UsageError(f"{dataset}: the dataset must be a local path (or a shared file system's): its lock, "
-                         "renames and manifest need one")
-    paths, ignored = discover(sources, dataset)
-    dataset = os.path.abspath(dataset)
-    if os.path.exists(dataset) and not os.path.isdir(dataset):
-        raise UsageError(f"{dataset}: exists and is not a folder")
-    os.makedirs(dataset, exist_ok=True)
+    if dataset.startswith("memory://"):
+        raise UsageError(f"{dataset}: a memory:// dataset would live only as long as this process")
+    store = open_store(dataset)
+    paths, ignored = discover(sources, store)
+    store.prepare()
+    dataset = store.name
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     summary = {"run_id": run_id, "dataset": dataset, "inputs_seen": len(paths), "not_captures": len(ignored),
                "processed": 0, "failed": [], "damaged": [], "young": 0, "unchanged": 0, "restarted_streams": 0,
                "packets": 0, "bytes": 0, "flows_written": 0, "segments_written": 0, "open_carried": 0, "removed_leftovers": 0,
                "total_bytes": 0, "done_bytes": 0, "merged": []}
-    with locked(dataset):
-        manifest = load_manifest(dataset)
+    with store.locked(), contextlib.closing(store):
+        manifest = load_manifest(store)
         if manifest["settings"] is None:
             manifest["settings"] = settings.key()
         elif manifest["settings"] != settings.key():
             raise UsageError(f"{dataset}: made with other analysis settings ({json.dumps(manifest['settings'])}); "
                              "use a new dataset for these")
-        summary["removed_leftovers"] = remove_unreferenced(dataset, manifest)
+        summary["removed_leftovers"] = remove_unreferenced(store, manifest)
         by_stream, restart, young, unchanged = plan(paths, manifest, pattern, min_age_s, started)
         summary["young"], summary["unchanged"] = len(young), unchanged
         summary["total_bytes"] = sum(c.size for cands in by_stream.values() for c in cands)
@@ -870,7 +832,7 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
             pending[task["stream"]].append(result)
             if len(pending[task["stream"]]) == parts:
                 reported.pop(task["stream"], None)
-                _commit(dataset, manifest, by_name[task["stream"]], _merged(pending.pop(task["stream"])), summary,
+                _commit(store, manifest, by_name[task["stream"]], _merged(pending.pop(task["stream"])), summary,
                         progress)
 
         if client is not None:
@@ -898,7 +860,7 @@ def run(sources: list[str], dataset: str, *, settings: Settings, jobs: int | Non
                 manager.shutdown()
         if client is not None:
             client.close()
-        save_manifest(dataset, manifest)        # touched-only files' new mtimes
+        save_manifest(store, manifest)        # touched-only files' new mtimes
         summary["open_carried"] = sum(info.get("open", 0) for info in manifest["streams"].values())
     summary["seconds"] = time.time() - started
     summary["packets_per_second"] = summary["packets"] / summary["seconds"] if summary["seconds"] else 0.0
@@ -1042,7 +1004,7 @@ def _merged(results: list[dict]) -> dict:
     return out
 
 
-def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict,
+def _commit(store, manifest: dict, job: dict, result: dict, summary: dict,
             progress: Callable[[int, int | None], None] | None) -> None:
     """Record one stream's results in the manifest (rewritten atomically), then delete what they replace."""
     stream = job["stream"]
@@ -1107,13 +1069,12 @@ def _commit(dataset: str, manifest: dict, job: dict, result: dict, summary: dict
         summary["flows_written"] += flushed["flows"]
         summary["segments_written"] += flushed["segments"]
     info["open"] = sum((result.get("open") or {}).values())
-    save_manifest(dataset, manifest)
+    save_manifest(store, manifest)
     _crash_point("manifest-saved")
     if progress:
         progress(summary["done_bytes"], summary["total_bytes"])
     for name in obsolete - _referenced(manifest):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(dataset, name))
+        store.delete(name)
 
 
 def read_dataset(dataset: str, table: str = "flows") -> pa.Table:
@@ -1121,7 +1082,9 @@ def read_dataset(dataset: str, table: str = "flows") -> pa.Table:
     Hive partitioning."""
     import pyarrow.dataset as ds
 
-    folder = os.path.join(dataset, table)
-    if not os.path.isdir(folder):
+    store = open_store(str(dataset))
+    fs, root = store.filesystem()
+    folder = f"{root}/{table}"
+    if not (fs.isdir(folder) if fs is not None else os.path.isdir(folder)):
         return (BATCH_FLOWS_SCHEMA if table == "flows" else BATCH_SEGMENTS_SCHEMA).empty_table()
-    return ds.dataset(folder, format="parquet", partitioning="hive", schema=None).to_table()
+    return ds.dataset(folder, format="parquet", partitioning="hive", schema=None, filesystem=fs).to_table()

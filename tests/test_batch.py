@@ -597,9 +597,13 @@ def test_inputs_by_uri_give_the_same_dataset(tmp_path):
         memory.rm("/fastflow-test", recursive=True)
 
 
-def test_a_dataset_uri_is_refused(tmp_path):
-    r = cli("batch", tmp_path, "-o", "s3://bucket/flows")
-    assert r.returncode == 2 and "must be a local path" in r.stderr
+def test_a_dataset_uri_that_cannot_hold_a_dataset_is_a_usage_error(tmp_path):
+    """(Datasets on an object store: tests/test_batch_s3.py.)"""
+    pytest.importorskip("fsspec", reason="fsspec (fastflow[dask]) is not installed")
+    for uri, message in [("memory://bucket/flows", "would live only as long as this process"),
+                         ("nosuchscheme://bucket/flows", "Protocol not known")]:
+        r = cli("batch", tmp_path, "-o", uri)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
 
 
 @requires_corpus
