@@ -240,11 +240,14 @@ class ObjectStore:
             rel = f"{META_DIR}/lock.{top}"
             try:
                 held = json.loads(self.fs.cat_file(self._full(rel)))
-                age = time.time() - _modified(self.fs.info(self._full(rel)))
+                modified = _modified(self.fs.info(self._full(rel)))
+                # stale by this machine's clock: confirmed on the store's clock before it is taken over
+                stale = held.get("released") or (_local_now() - modified >= lease
+                                                  and self._store_now() - modified >= lease)
             except FileNotFoundError:       # released and replaced meanwhile: someone else is starting
                 raise LockedError(f"{self.name}: another fastflow batch is starting on this dataset; "
                                   "nothing done") from None
-            if not held.get("released") and age < lease:
+            if not stale:
                 raise LockedError(f"{self.name}: another fastflow batch is running on this dataset "
                                   f"({held.get('host')}, pid {held.get('pid')}); nothing done (a lock left by a "
                                   f"killed run is taken over after {lease:.0f} s)")
@@ -281,6 +284,16 @@ class ObjectStore:
                 self.fs.pipe_file(self._full(f"{META_DIR}/lock.{mine}"), self._lock_body(released=True))
             self._generation = None
 
+    def _store_now(self) -> float:
+        """The store's clock: the modification time it gives an object written now (the lock's age is
+        measured on the clock that stamped it, whatever this machine's clock says)."""
+        probe = self._full(f"{META_DIR}/clock")
+        try:
+            self.fs.pipe_file(probe, b"")
+            return _modified(self.fs.info(probe))
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"{self.name}: cannot write: {exc}") from None
+
     def check_lock(self) -> None:
         if self._generation is not None and self._generations()[-1:] != [self._generation]:
             raise LockedError(f"{self.name}: this run lost the dataset's lock (not refreshed for a whole lease) "
@@ -293,6 +306,10 @@ class ObjectStore:
 
     def filesystem(self):
         return self.fs, self.root
+
+
+def _local_now() -> float:
+    return time.time()
 
 
 def _modified(info: dict) -> float:

@@ -205,3 +205,21 @@ def test_dask_cluster_reads_and_writes_the_bucket(tmp_path, bucket):
                                               for p in (tmp_path / "in").rglob("*.pcap*")}
     provenance = ["source", "last_source", "stream"]
     assert got.drop_columns(provenance).equals(local.drop_columns(provenance))
+
+
+def test_a_lock_is_stale_only_by_the_store_clock_too(bucket, monkeypatch):
+    """A machine whose clock runs an hour ahead does not take a live lock: the store's own clock decides."""
+    import fastflow.dataset_store as dataset_store
+
+    fs, url = bucket
+    root = url.removeprefix("s3://")
+    fs.pipe_file(f"{root}/{META_DIR}/lock.1", json.dumps({"host": "elsewhere", "pid": 1, "time": 0}).encode())
+    monkeypatch.setenv("FASTFLOW_LOCK_LEASE_S", "60")
+    monkeypatch.setattr(dataset_store, "_local_now", lambda: time.time() + 3600)
+    with pytest.raises(LockedError, match="elsewhere"), open_store(url).locked():
+        pass
+    monkeypatch.setattr(dataset_store, "_local_now", time.time)
+    monkeypatch.setenv("FASTFLOW_LOCK_LEASE_S", "1")
+    time.sleep(2.5)         # now stale by both clocks (S3 times are whole seconds)
+    with open_store(url).locked():
+        assert [n.rsplit("/", 1)[1] for n in fs.find(f"{root}/{META_DIR}") if "/lock." in n] == ["lock.2"]
