@@ -31,8 +31,8 @@ from fastflow.batch import META_DIR, Settings
 from fastflow.dataset_store import LockedError, open_store
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs (pip install 's3fs>=2025.7') is not installed")
-moto_server = pytest.importorskip("moto.server", reason="moto's S3 server (pip install 'moto[server]') is not "
-                                                         "installed")
+moto_server = pytest.importorskip("moto.server", reason="moto's S3 server (pip install 'moto[s3]' flask "
+                                                         "flask-cors) is not installed")
 
 
 @pytest.fixture(scope="module")
