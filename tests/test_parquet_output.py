@@ -306,6 +306,24 @@ def test_writer_layout(tmp_path, result):
     assert parquet_options(result.segments.schema, "none")["compression"] is None
 
 
+def test_flows_writer_layout(tmp_path, result):
+    """The flows: ids, frames and event times as deltas; Community IDs and durations (near unique) without a
+    dictionary; the categories and counters with one. Read back equal."""
+    path = tmp_path / "flows.parquet"
+    write_tables([(str(path), result.flows)])
+    meta = pq.ParquetFile(path).metadata
+    chunks = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i)
+              for i in range(meta.num_columns)}
+    for name in ("conn_id", "first_frame", "last_frame", "ts_start", "ts_end", "syn_ts", "synack_ts",
+                 "handshake_ack_ts", "fin1_ts", "fin2_ts", "rst_ts"):
+        assert "DELTA_BINARY_PACKED" in chunks[name].encodings and not chunks[name].has_dictionary_page, name
+    for name in ("community_id", "duration", "orig_isn", "resp_isn"):
+        assert not chunks[name].has_dictionary_page, name
+    for name in ("orig_h", "resp_p", "conn_state", "history", "orig_pkts", "irtt"):
+        assert chunks[name].has_dictionary_page, name
+    assert pq.read_table(path).equals(result.flows)
+
+
 def test_large_table_spans_row_groups(tmp_path):
     n = (1 << 20) + 5
     table = pa.table({"frame": pa.array(np.arange(1, n + 1, dtype=np.uint64)),
