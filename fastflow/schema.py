@@ -130,13 +130,13 @@ BATCH_SEGMENTS_SCHEMA = pa.schema([pa.field(n, t, nullable=n in SEGMENTS_NULLABL
 # How fastflow.write lays the columns out in Parquet (the figures behind each choice are in
 # benchmarks/parquet_write.py and benchmarks/RESULTS.md): sorted or slowly growing integers as deltas
 # (DELTA_BINARY_PACKED: a few bits a value, no dictionary to build; the flows' event times too, close to
-# ts_start); columns of near-unique values without a dictionary (it never pays: ISNs, Community IDs,
-# durations); every other column with a dictionary (Parquet falls back to plain values where it outgrows
-# 1 MB). String columns are written without min/max statistics: comparing every string costs more than the
-# statistics can prune.
+# ts_start); columns of random 32-bit values without a dictionary (it never pays); every other column with a
+# dictionary (Parquet falls back to plain values where it outgrows 1 MB; Community IDs and durations repeat in
+# real traffic, where clients reuse ports, and are smaller and faster to write with one there). String
+# columns are written without min/max statistics: comparing every string costs more than they can prune.
 DELTA_COLUMNS = frozenset({"frame", "ts", "conn_id", "ts_start", "first_frame", "last_frame", "ts_end", "syn_ts",
                            "synack_ts", "handshake_ack_ts", "fin1_ts", "fin2_ts", "rst_ts"})
-NO_DICTIONARY_COLUMNS = frozenset({"seq", "ack", "orig_isn", "resp_isn", "community_id", "duration"})
+NO_DICTIONARY_COLUMNS = frozenset({"seq", "ack", "orig_isn", "resp_isn"})
 
 # tcpdump's flag letters, in the order it prints them (print-tcp.c tcp_flag_values)
 _TCPDUMP_FLAGS = ((0x001, "F"), (0x002, "S"), (0x004, "R"), (0x008, "P"), (0x010, "."), (0x020, "U"),

@@ -307,8 +307,8 @@ def test_writer_layout(tmp_path, result):
 
 
 def test_flows_writer_layout(tmp_path, result):
-    """The flows: ids, frames and event times as deltas; Community IDs and durations (near unique) without a
-    dictionary; the categories and counters with one. Read back equal."""
+    """The flows: ids, frames and event times as deltas; ISNs without a dictionary; the rest with one. Read
+    back equal."""
     path = tmp_path / "flows.parquet"
     write_tables([(str(path), result.flows)])
     meta = pq.ParquetFile(path).metadata
@@ -317,9 +317,9 @@ def test_flows_writer_layout(tmp_path, result):
     for name in ("conn_id", "first_frame", "last_frame", "ts_start", "ts_end", "syn_ts", "synack_ts",
                  "handshake_ack_ts", "fin1_ts", "fin2_ts", "rst_ts"):
         assert "DELTA_BINARY_PACKED" in chunks[name].encodings and not chunks[name].has_dictionary_page, name
-    for name in ("community_id", "duration", "orig_isn", "resp_isn"):
+    for name in ("orig_isn", "resp_isn"):
         assert not chunks[name].has_dictionary_page, name
-    for name in ("orig_h", "resp_p", "conn_state", "history", "orig_pkts", "irtt"):
+    for name in ("orig_h", "resp_p", "conn_state", "history", "orig_pkts", "irtt", "community_id", "duration"):
         assert chunks[name].has_dictionary_page, name
     assert pq.read_table(path).equals(result.flows)
 
