@@ -7,8 +7,8 @@ file boundaries exactly as if the stream were one capture; the connections still
 saved with the dataset (the engines' snapshots) and continued by the next run. Streams run in parallel worker
 processes (-j). docs/batch.md describes the dataset, the manifest and the guarantees.
 
-Crash safety: every file goes in under a temporary name and is renamed into place; the manifest (rewritten
-atomically) is the only record of which outputs and which saved state belong to the dataset, and a run first
+Crash safety: every file goes in whole (a temporary name renamed into place; on an object store, an upload:
+dataset_store.py); the manifest (rewritten atomically) is the only record of which outputs and which saved state belong to the dataset, and a run first
 removes whatever a killed run left that the manifest does not name."""
 from __future__ import annotations
 
