@@ -237,7 +237,10 @@ def test_capture_expanding_to_gigabytes_is_streamed(kind, adversarial_dir, tmp_p
     unit = connections_unit()
     repeats = int((16 if HEAVY else EXPANSION_GIB[kind]) * GiB) // len(unit)
     capture = repeated_stream(adversarial_dir / f"expanding.pcap.{kind}", kind, pcap_header(), unit, repeats)
-    assert os.path.getsize(capture) < 16 << 20 and 24 + repeats * len(unit) > 2 * GiB
+    # a small file that expands hugely: past the 2 GiB limit, and at least 500 times its size (deflate cannot
+    # pass 1032:1, so a fixed 16 MiB bound failed gzip's 16 GiB heavy case before anything ran)
+    expanded = 24 + repeats * len(unit)
+    assert expanded > 2 * GiB and os.path.getsize(capture) * 500 < expanded
     out, summary = tmp_path / "flows.parquet", tmp_path / "summary.json"
     code, err, peak_rss, _ = run_limited(["process", capture, "-o", out, "-q", "--summary-json", summary])
     assert code == 0 and err == "", err
