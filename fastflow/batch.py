@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from . import __version__, tcpflows
 from .datagram import DatagramStream
-from .dataset_store import META_DIR, open_store
+from .dataset_store import META_DIR, modified_time, open_store
 from .decode import CaptureReader, Status
 from .errors import FastflowError, InputError, OutputError, UsageError
 from .pipeline import _finished, _settings, finished_flows
@@ -115,10 +115,8 @@ def _stat(path: str) -> tuple[int, int | None]:
         return st.st_size, st.st_mtime_ns
     fs, inner = url_filesystem(path)
     info = fs.info(inner)
-    stamp = info.get("mtime", info.get("LastModified", info.get("last_modified", info.get("created"))))
-    if hasattr(stamp, "timestamp"):
-        stamp = stamp.timestamp()
-    return int(info["size"]), None if stamp is None else int(float(stamp) * 1e9)
+    stamp = modified_time(info)
+    return int(info["size"]), None if stamp is None else int(stamp * 1e9)
 
 
 def _exists(path: str) -> bool:

@@ -312,15 +312,23 @@ def _local_now() -> float:
     return time.time()
 
 
-def _modified(info: dict) -> float:
-    """An object's modification time (s since the epoch) from an fsspec info() dict."""
+def modified_time(info: dict) -> float | None:
+    """An object's modification time (s since the epoch) from an fsspec info() dict; None where the
+    filesystem keeps none."""
     stamp = info.get("mtime", info.get("LastModified", info.get("last_modified", info.get("updated",
                                                                                          info.get("created")))))
+    if stamp is None:
+        return None
     if hasattr(stamp, "timestamp"):
         return stamp.timestamp()
     if isinstance(stamp, str):
         from datetime import datetime
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    if stamp is None:
-        return time.time()      # no time kept: the lock counts as fresh (only a released lock is taken)
     return float(stamp)
+
+
+def _modified(info: dict) -> float:
+    """modified_time(); a filesystem that keeps none makes every lock look fresh (only a released lock is
+    taken)."""
+    stamp = modified_time(info)
+    return _local_now() if stamp is None else stamp
