@@ -221,9 +221,16 @@ class ObjectStore:
     # refreshing it for a whole lease).
 
     def _generations(self) -> list[int]:
+        # one level only: check_lock() runs before every manifest write, and _fastflow/state/ can hold many
+        folder = self._full(META_DIR)
+        self.fs.invalidate_cache(folder)
+        try:
+            names = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
         found = []
-        for rel in self.files(META_DIR):
-            name = rel.rsplit("/", 1)[-1]
+        for name in names:
+            name = name.rstrip("/").rsplit("/", 1)[-1]
             if name.startswith("lock.") and name[5:].isdigit():
                 found.append(int(name[5:]))
         return sorted(found)
