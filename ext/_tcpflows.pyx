@@ -1445,8 +1445,17 @@ cdef class Engine:
             self.finish_next = 0
         order = self.finish_order
         end = min(self.finish_next + max_rows, len(order))
-        chosen = order[self.finish_next:end]
+        portion = order[self.finish_next:end]
         self.finish_next = end
+        # the rows are sorted by first frame when drained, so the records can be read in any order: the
+        # spilled ones by their place in the file, which makes the reads sequential (in first-frame order
+        # they hop between the stretches written by successive spills, one pread per record)
+        cold = portion < 0
+        if cold.any():
+            offsets = np.full(len(portion), -1, dtype=np.int64)
+            offsets[cold] = self._cold_offsets(COLD_BASE - portion[cold])
+            portion = portion[np.argsort(offsets, kind="stable")]
+        chosen = np.ascontiguousarray(portion)
         self.reserve_rows(end)
         with nogil:
             for i in range(chosen.shape[0]):
@@ -1464,6 +1473,14 @@ cdef class Engine:
                 self.min_first = NO_FRAME
             self.min_first_known = True
         return status
+
+    def _cold_offsets(self, const int64_t[::1] which):
+        out = np.empty(which.shape[0], dtype=np.int64)
+        cdef int64_t[::1] o = out
+        cdef Py_ssize_t i
+        for i in range(which.shape[0]):
+            o[i] = self.cold[which[i]].offset
+        return out
 
     def _open_entries_by_first_frame(self):
         cdef Py_ssize_t i, count = 0

@@ -192,6 +192,13 @@ def _take(flows: dict, rows) -> dict:
     return {name: take_rows(col, rows) for name, col in flows.items()}
 
 
+def _sorted_flows(flows: dict) -> dict:
+    first = flows["first_frame"]
+    if len(first) > 1 and np.any(first[1:] < first[:-1]):
+        return _take(flows, np.argsort(first, kind="stable"))
+    return flows
+
+
 #: finished rows waiting in memory for an older connection to finish before they go to a sorted run file
 WAIT_IN_MEMORY = 1 << 20
 
@@ -295,8 +302,10 @@ class _FlowWriter:
         self.source = source
         self.seed = community_id_seed
         self.empty = empty          # zero rows of each engine, as templates
-        self.tcp: list[tuple[np.ndarray, bytes, np.ndarray]] = []   # packed rows, their text, written
-        self.datagram: list[dict] = []
+        # waiting parts, each with the smallest first frame of its rows not written yet: a part that starts at or
+        # after the watermark is passed over without looking at its rows
+        self.tcp: list[tuple[np.ndarray, bytes, np.ndarray, int]] = []   # packed rows, their text, written, low
+        self.datagram: list[tuple[dict, int]] = []
         self.runs: list[_RunFile] = []
         self.waiting = 0
         self.next_conn_id = 0
@@ -305,47 +314,52 @@ class _FlowWriter:
 
     def add(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> None:
         if len(tcp[0]):
-            self.tcp.append((tcp[0], tcp[1], np.zeros(len(tcp[0]), bool)))
+            self.tcp.append((tcp[0], tcp[1], np.zeros(len(tcp[0]), bool), int(tcp[0]["first_frame"].min())))
         if len(datagram["first_frame"]):
-            self.datagram.append(datagram)
+            self.datagram.append((datagram, int(datagram["first_frame"].min())))
         self.waiting += len(tcp[0]) + len(datagram["first_frame"])
 
     def _take_waiting(self, limit: np.uint64) -> tuple[tuple[np.ndarray, bytes], dict]:
         """The waiting rows that started before limit (all of them for 2**64 - 1), sorted, out of memory."""
         ready_tcp, kept_tcp = [], []
-        for rows, text, written in self.tcp:
-            ready = np.flatnonzero((rows["first_frame"] < limit) & ~written)
-            if ready.size:
-                # a part ready whole is taken as it is: copies here are what the peak memory is made of
-                ready_tcp.append((rows, text) if ready.size == len(rows) else take_packed(rows, text, ready))
-                written[ready] = True
+        for part in self.tcp:
+            rows, text, written, low = part
+            if low >= limit:
+                kept_tcp.append(part)
+                continue
+            first = rows["first_frame"]
+            ready = np.flatnonzero((first < limit) & ~written)
+            # a part ready whole is taken as it is: copies here are what the peak memory is made of
+            ready_tcp.append((rows, text) if ready.size == len(rows) else take_packed(rows, text, ready))
+            written[ready] = True
             left = np.flatnonzero(~written)
             if left.size == 0:
                 continue
             if 2 * left.size < len(rows):   # compact once half of a part is written
                 rows, written = take_packed(rows, text, left)[0], np.zeros(left.size, bool)
-            kept_tcp.append((rows, text, written))
-        ready_dg, kept_dg = [], []
-        for flows in self.datagram:
-            early = flows["first_frame"] < limit
-            if early.all():
-                ready_dg.append(flows)
-            elif early.any():
-                ready_dg.append(_take(flows, early))
-                kept_dg.append(_take(flows, ~early))
-            else:
-                kept_dg.append(flows)
+                first = rows["first_frame"]
+            kept_tcp.append((rows, text, written, int(first[~written].min())))
+        # the datagram parts that hold ready rows become one part sorted by first frame, split at the limit: its
+        # rest is a slice, split again by the next flushes without a copy
+        mixed = [flows for flows, low in self.datagram if low < limit]
+        kept_dg = [part for part in self.datagram if part[1] >= limit]
+        ready_dg = []
+        if mixed:
+            flows = _sorted_flows(_concat_flows(mixed))
+            k = int(np.searchsorted(flows["first_frame"], limit))
+            ready_dg.append(_take(flows, slice(0, k)))
+            if k < len(flows["first_frame"]):
+                kept_dg.append((_take(flows, slice(k, None)), int(flows["first_frame"][k])))
         self.tcp, self.datagram = kept_tcp, kept_dg
-        self.waiting = (sum(len(w) - int(np.count_nonzero(w)) for _, _, w in kept_tcp)
-                        + sum(len(f["first_frame"]) for f in kept_dg))
+        self.waiting = (sum(len(w) - int(np.count_nonzero(w)) for _, _, w, _ in kept_tcp)
+                        + sum(len(f["first_frame"]) for f, _ in kept_dg))
         tcp = concat_packed(ready_tcp) if ready_tcp else self.empty[0]
         del ready_tcp
         datagram = _concat_flows(ready_dg) if ready_dg else self.empty[1]
         first = tcp[0]["first_frame"]
         if len(first) > 1 and np.any(first[1:] < first[:-1]):
             tcp = take_packed(*tcp, np.argsort(first, kind="stable"))
-        datagram = _take(datagram, np.argsort(datagram["first_frame"], kind="stable"))
-        return tcp, datagram
+        return tcp, _sorted_flows(datagram)
 
     def flush(self, watermark: int, force: bool = False) -> bool:
         """Write the waiting flows that started before `watermark` (the first frame of the oldest open one);

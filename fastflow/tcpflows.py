@@ -13,6 +13,7 @@ import numpy as np
 from . import _tcpflows
 from .decode import Status
 from .errors import OutputError
+from .schema import take_rows
 from .flows import DEFAULT_IDLE_TIMEOUT_NS
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, is_likely_server_port
 from .summary import CLOSE_VALUES, HANDSHAKE_VALUES
@@ -142,7 +143,7 @@ class TcpFlows:
         first frame) and their history text; rows_to_flows() converts them."""
         rows, text = self._engine.drain()
         if len(rows) > 1:
-            rows = _opaque(rows)[np.argsort(rows["first_frame"], kind="stable")].view(rows.dtype)
+            rows = np.take(_opaque(rows), np.argsort(rows["first_frame"], kind="stable")).view(rows.dtype)
         return rows, text
 
 
@@ -175,7 +176,7 @@ def _opaque(rows: np.ndarray) -> np.ndarray:
 
 def take_packed(rows: np.ndarray, text: bytes, which) -> tuple[np.ndarray, bytes]:
     """Some of the packed rows; their history offsets still point into `text`, which is shared."""
-    return _opaque(rows)[which].view(rows.dtype), text
+    return take_rows(_opaque(rows), which).view(rows.dtype), text
 
 
 def _gathered_history(rows: np.ndarray, text: bytes) -> tuple[bytes, np.ndarray]:
