@@ -41,10 +41,10 @@ on the same file in the same run.
 Stages, in a child process after every round, medians over --runs, with the child's peak RSS (ru_maxrss):
 - the flows path, what `fastflow process F -o flows.parquet` runs: fastflow.pipeline.stream_flows(F,
   ParquetStream(out, FLOWS_SCHEMA).write, overlap=...), its Result.stats["seconds"] (decode = read + decode
-  and connections = the streaming engines, timed in the background thread when overlap=True, alongside
-  tables; tables = Arrow tables of finished flows + ParquetStream.write, in the main thread; total), plus
-  ParquetStream.commit() timed as write; overlap=True on 1 core and on 2 cores, and overlap=False on 2 cores
-  (what the background thread buys);
+  and connections = the streaming engines, each timed in its own thread when overlap=True, alongside
+  tables; tables = Arrow tables of finished flows + ParquetStream.write, in the main thread, which hands
+  whole row groups to the writer's thread; total), plus ParquetStream.commit() timed as write; overlap=True
+  on 1 core and on 2 cores, and overlap=False on 2 cores (what the decoder's and engines' threads buy);
 - the --segments path: the whole-capture fastflow.process(F, want_segments=True) on 1 and 2 cores, its
   Result.stats["seconds"] (decode; connections = connections, Zeek state, handshake/teardown tags, UDP/ICMP
   flows, Community IDs; tables), plus pyarrow.parquet.write_table of result.flows and result.segments.
@@ -891,13 +891,15 @@ FLOWS_STAGES_CAPTION = (
     "Stages of the **flows path** (what `fastflow process F -o flows.parquet` runs): `stream_flows(F, "
     "ParquetStream(...).write, overlap=...)` then `ParquetStream.commit()`, in one child process, medians of "
     "{n} runs. Result.stats[\"seconds\"]: decode = read + decode, connections = the streaming TCP and "
-    "UDP/ICMP engines (state, Zeek history, tags, expiry); with overlap=True both run in the background "
-    "thread and are timed there, alongside tables, so total is less than their sum (on 1 core the two "
-    "threads share the CPU, and each figure includes time the other held it); tables = Arrow tables of the "
-    "finished flows + ParquetStream.write of the full row groups, in the main thread; total = stream_flows "
-    "wall time; write = ParquetStream.commit() (last row group, footer, fsync, rename), not in total. "
+    "UDP/ICMP engines (state, Zeek history, tags, expiry); with overlap=True the decoder and the engines run "
+    "in threads of their own and are timed there, alongside tables, so total is less than their sum (on 1 "
+    "core the threads share the CPU, and each figure includes time another held it); tables = Arrow tables "
+    "of the finished flows + ParquetStream.write, in the main thread (whole row groups are encoded and "
+    "written by the ParquetStream's own thread meanwhile); total = stream_flows wall time; write = "
+    "ParquetStream.commit() (waiting for that thread, last row group, footer, fsync, rename), not in total. "
     "Peak RSS = the child's ru_maxrss (largest over the runs). Rows: overlap=True (the default, what the CLI "
-    "runs) on 1 and 2 cores, and overlap=False (everything in one thread) on 2 cores:")
+    "runs) on 1 and 2 cores, and overlap=False (decoder and engines in the main thread; the Parquet writer "
+    "keeps its thread) on 2 cores:")
 SEGMENTS_STAGES_CAPTION = (
     "Stages of the **--segments path** (what `fastflow process F -o flows.parquet --segments S` runs): the "
     "whole-capture `fastflow.process(F, want_segments=True)` in one child process, medians of {n} runs "
@@ -939,8 +941,8 @@ def render_speedups(b: dict, rows: list[dict]) -> list[str]:
                   _stage_row("2 (`taskset -c 0,1`), overlap=True", two, keys),
                   _stage_row("2 (`taskset -c 0,1`), overlap=False", two_inline, keys),
                   _ratio_row("speedup, 2 cores vs 1 (overlap=True)", one, two, keys),
-                  _ratio_row("gain of the background thread on 2 cores (overlap=False / True)", two_inline,
-                             two, keys)]
+                  _ratio_row("gain of the decoder's and engines' threads on 2 cores (overlap=False / True)",
+                             two_inline, two, keys)]
     one, two = med.get(("segments", False, 1)), med.get(("segments", False, 2))
     if one and two:
         keys = [k for k in one if k != "rss_mb"]

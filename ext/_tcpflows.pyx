@@ -1177,8 +1177,8 @@ cdef class Engine:
                        const uint16_t *tcp_flags, const uint16_t *window, const uint32_t *payload_len,
                        const uint32_t *claimed_len, const uint32_t *ip_len, const uint16_t *mss,
                        const int16_t *wscale, const uint8_t *sack_ok, const uint8_t *pflags,
-                       uint64_t *conn_first) noexcept nogil:
-        cdef Py_ssize_t i
+                       const int64_t *rows, uint64_t *conn_first) noexcept nogil:
+        cdef Py_ssize_t i, j
         cdef Key key
         cdef int status
         # the hashes first, so that the table slot and the record of a segment a few rows ahead can be
@@ -1186,12 +1186,13 @@ cdef class Engine:
         cdef uint64_t *hashes = <uint64_t *>malloc(n * sizeof(uint64_t))
         if hashes == NULL:
             return ST_NO_MEMORY
-        for i in range(n):
+        for j in range(n):
+            i = rows[j] if rows != NULL else j
             make_key(&key, src + 16 * i, dst + 16 * i, sport[i], dport[i], vlan[i] if self.vlan_aware else 0)
-            hashes[i] = key_hash(&key, self.hash_seed)
+            hashes[j] = key_hash(&key, self.hash_seed)
         status = self.feed_hashed(n, hashes, frame, ts, now, vlan, ip_version, src, dst, sport, dport, seq, ack,
                                   tcp_flags, window, payload_len, claimed_len, ip_len, mss, wscale, sack_ok, pflags,
-                                  conn_first)
+                                  rows, conn_first)
         free(hashes)
         return status
 
@@ -1201,8 +1202,9 @@ cdef class Engine:
                          const uint32_t *ack, const uint16_t *tcp_flags, const uint16_t *window,
                          const uint32_t *payload_len, const uint32_t *claimed_len, const uint32_t *ip_len,
                          const uint16_t *mss, const int16_t *wscale, const uint8_t *sack_ok,
-                         const uint8_t *pflags, uint64_t *conn_first) noexcept nogil:
-        cdef Py_ssize_t i, pos
+                         const uint8_t *pflags, const int64_t *rows, uint64_t *conn_first) noexcept nogil:
+        """Segment j is row rows[j] of the columns (row j when rows is NULL); hashes and conn_first go by j."""
+        cdef Py_ssize_t i, j, pos
         cdef Key key
         cdef uint64_t h
         cdef bint a_is_src, pure_syn, synack, new_conn, new_epoch, same_isn, bad
@@ -1210,11 +1212,12 @@ cdef class Engine:
         cdef int64_t slot, ahead
         cdef int k, o, status
         cdef Flow *f
-        for i in range(n):
-            if i + PREFETCH_TABLE < n:
-                __builtin_prefetch(&self.table[hashes[i + PREFETCH_TABLE] & self.table_mask])
-            if i + PREFETCH_RECORD < n:
-                ahead = self.table[hashes[i + PREFETCH_RECORD] & self.table_mask]
+        for j in range(n):
+            i = rows[j] if rows != NULL else j
+            if j + PREFETCH_TABLE < n:
+                __builtin_prefetch(&self.table[hashes[j + PREFETCH_TABLE] & self.table_mask])
+            if j + PREFETCH_RECORD < n:
+                ahead = self.table[hashes[j + PREFETCH_RECORD] & self.table_mask]
                 if ahead >= 0:     # the record spans ten cache lines; these hold what every segment touches
                     __builtin_prefetch(&self.pool[ahead])
                     __builtin_prefetch(&self.pool[ahead].zc)
@@ -1223,7 +1226,7 @@ cdef class Engine:
             sp = sport[i]
             dp = dport[i]
             a_is_src = make_key(&key, src + 16 * i, dst + 16 * i, sp, dp, vlan[i] if self.vlan_aware else 0)
-            h = hashes[i]
+            h = hashes[j]
             flags = tcp_flags[i]
             pure_syn = (flags & SYN) != 0 and (flags & ACK) == 0
             synack = (flags & SYN) != 0 and (flags & ACK) != 0
@@ -1272,7 +1275,7 @@ cdef class Engine:
             if new_conn:
                 self.start_connection(f, a_is_src, frame[i], ts[i], sp, dp, ip_version[i], vlan[i], flags)
             if conn_first != NULL:
-                conn_first[i] = f.first_frame
+                conn_first[j] = f.first_frame
 
             # the pair
             if ts[i] > f.seen_max:
@@ -1332,11 +1335,15 @@ cdef class Engine:
             zeek_step(f, k, flags, seq[i], ack[i], claimed_len[i], window[i], ts[i], bad)
         return ST_OK
 
-    def feed(self, dict seg, conn_first=None):
+    def feed(self, dict seg, conn_first=None, rows=None):
         """Feed TCP segments (decoder columns, frame order, with network_time); returns a status code.
-        conn_first: a uint64 array of the same length, or None; gets each segment's connection (the frame
-        of its first segment), for the segments table (pipeline.py analyses those once it has finished)."""
+        rows: int64 indices (increasing) of the segments among the columns' rows, or None for every row.
+        conn_first: a uint64 array with a slot per segment, or None; gets each segment's connection (the
+        frame of its first segment), for the segments table (pipeline.py analyses those once it has finished)."""
         cdef Py_ssize_t n = seg["frame"].shape[0]
+        cdef Py_ssize_t n_rows = n, j
+        cdef const int64_t[::1] row_index
+        cdef const int64_t *rows_ptr = NULL
         cdef const uint64_t[::1] frame = seg["frame"]
         cdef const int64_t[::1] ts = seg["ts"]
         cdef const int64_t[::1] now = seg["network_time"]
@@ -1365,22 +1372,32 @@ cdef class Engine:
                      "pflags"):
             if seg[name].shape[0] != n:
                 raise ValueError("feed: column lengths disagree")
-        if n == 0:
+        if rows is not None:
+            row_index = rows
+            n_rows = row_index.shape[0]
+            # in range and increasing (frame order), checked here: the loop reads the columns without bounds
+            # checks
+            for j in range(n_rows):
+                if row_index[j] >= n or row_index[j] < (row_index[j - 1] + 1 if j else 0):
+                    raise ValueError("feed: rows must be increasing indices of the columns' rows")
+            if n_rows:
+                rows_ptr = &row_index[0]
+        if n_rows == 0:
             return ST_OK
         if src.shape[1] != 16 or dst.shape[1] != 16:
             raise ValueError("feed: addresses must be 16 bytes")
         if conn_first is not None:
             first_out = conn_first
-            if first_out.shape[0] != n:
+            if first_out.shape[0] != n_rows:
                 raise ValueError("feed: conn_first has the wrong length")
             first_ptr = &first_out[0]
-        self.reserve_rows(n)
+        self.reserve_rows(n_rows)
         self.finish_order = None
         with nogil:
-            status = self.feed_rows(n, &frame[0], &ts[0], &now[0], &vlan[0], &ip_version[0], &src[0, 0],
+            status = self.feed_rows(n_rows, &frame[0], &ts[0], &now[0], &vlan[0], &ip_version[0], &src[0, 0],
                                     &dst[0, 0], &sport[0], &dport[0], &seq[0], &ack[0], &flags[0], &window[0],
                                     &payload_len[0], &claimed_len[0], &ip_len[0], &mss[0], &wscale[0],
-                                    &sack_ok[0], &pflags[0], first_ptr)
+                                    &sack_ok[0], &pflags[0], rows_ptr, first_ptr)
         return status
 
     cdef int expire_flows(self, int64_t now, bint everything) noexcept nogil:
@@ -1456,7 +1473,7 @@ cdef class Engine:
             offsets[cold] = self._cold_offsets(COLD_BASE - portion[cold])
             portion = portion[np.argsort(offsets, kind="stable")]
         chosen = np.ascontiguousarray(portion)
-        self.reserve_rows(end)
+        self.reserve_rows(chosen.shape[0])
         with nogil:
             for i in range(chosen.shape[0]):
                 entry = chosen[i]

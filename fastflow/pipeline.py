@@ -440,7 +440,7 @@ def _add_counts(total: dict, more: dict) -> None:
 
 def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, tally: dict, seconds: dict,
               finish: bool = True, frame_high: int = 0, select: Callable[[dict], np.ndarray] | None = None,
-              want_segments: bool = False):
+              want_segments: bool = False, decode_ahead: bool = False):
     """Decode, feed the engines; yield (TCP rows, datagram flows, watermark, last, segments) after each batch
     and at the end, where every connection finishes, the TCP ones oldest first and a portion at a time (a capture
     that ends with a million open connections is then written without holding all their rows).
@@ -449,14 +449,14 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
     picks the rows the engines get (batch.py: one part of a stream), network time still counting every
     packet; network time starts from, and ends in, tally["network_time"] when given. With want_segments,
     segments is the batch's TCP rows (SEGMENT_INPUT_COLUMNS) with each one's connection in "conn_first"
-    (else None)."""
+    (else None). decode_ahead: decode in a thread of its own, a batch ahead of the engines."""
     network_time = tally.get("network_time", np.iinfo(np.int64).min)
-    batches = reader.batches()
+    batches = _timed(reader.batches(), seconds, "decode")
+    if decode_ahead:
+        batches = _in_background(batches, ahead=1, name="fastflow-decode")
     while True:
-        t0 = time.perf_counter()
         batch = next(batches, None)
         t1 = time.perf_counter()
-        seconds["decode"] += t1 - t0
         if batch is None:
             break
         network_time = add_network_time(batch, network_time)
@@ -472,16 +472,14 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         tally["tcp_segments"] += rows.size
         segments = None
         if rows.size:
-            if rows.size == status.size:    # all TCP: no copy
-                segments = {name: batch[name] for name in SEGMENT_INPUT_COLUMNS}
-            else:
-                segments = {name: take_rows(batch[name], rows) for name in SEGMENT_INPUT_COLUMNS}
-            conn_first = np.empty(rows.size, np.uint64) if want_segments else None
-            tcp.feed(segments, conn_first)
-            if want_segments:
-                segments["conn_first"] = conn_first
-            else:
-                segments = None
+            every = rows.size == status.size
+            if want_segments:   # the segments table keeps the segments' rows
+                segments = {name: batch[name] if every else take_rows(batch[name], rows)
+                            for name in SEGMENT_INPUT_COLUMNS}
+                segments["conn_first"] = np.empty(rows.size, np.uint64)
+                tcp.feed(segments, segments["conn_first"])
+            else:               # the engine reads them in place
+                tcp.feed(batch, rows=None if every else rows)
         rows = np.flatnonzero(np.isin(status, DATAGRAM_STATUSES) & valid)
         if rows.size:
             datagram.feed({name: take_rows(batch[name], rows) for name in DATAGRAM_INPUT_COLUMNS})
@@ -506,33 +504,45 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
             return
 
 
-def _in_background(items, depth: int = 2):
-    """Run a generator in a thread, `depth` items ahead of the caller: decoding and the engines (which
-    release the GIL) overlap with building and writing the tables. Its exceptions reach the caller; the
-    caller stopping (an error, SIGINT) stops it."""
-    results: queue.Queue = queue.Queue(depth)
+def _timed(items, seconds: dict, key: str):
+    """The items, the time taken to make each added to seconds[key]."""
+    while True:
+        t0 = time.perf_counter()
+        item = next(items, None)
+        seconds[key] += time.perf_counter() - t0
+        if item is None:
+            return
+        yield item
+        del item    # before making the next one: a decoded batch is tens of MB
+
+
+def _in_background(items, ahead: int, name: str):
+    """Run a generator in a thread, at most `ahead` items beyond the one the caller holds: decoding and the
+    engines (which release the GIL) overlap with what the caller does. An item is made only once an earlier
+    one is let go (the caller asks for the next), so no more than ahead + 1 are alive at once: decoded
+    batches are tens of MB. Its exceptions reach the caller; the caller stopping (an error, SIGINT) stops it."""
+    results: queue.Queue = queue.Queue()
+    room = threading.Semaphore(ahead + 1)
     stop = threading.Event()
     done = object()
 
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                results.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def work():
         try:
-            for item in items:
-                if not put((True, item)):
+            while True:
+                while not room.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
                     return
-            put((True, done))
+                item = next(items, done)
+                results.put((True, item))
+                if item is done:
+                    return
+                del item
         except BaseException as exc:   # handed to the caller, which raises it
-            put((False, exc))
+            results.put((False, exc))
 
-    worker = threading.Thread(target=work, name="fastflow-decode", daemon=True)
+    worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
     try:
         while True:
@@ -542,6 +552,8 @@ def _in_background(items, depth: int = 2):
             if item is done:
                 return
             yield item
+            del item
+            room.release()
     finally:
         stop.set()
         worker.join()
@@ -570,9 +582,12 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
     with Source(path) as source:
         reader = CaptureReader(source, filter_expr=filter_expr, batch_size=batch_size,
                                verify_checksums=verify_checksums)
-        items = _finished(reader, tcp, datagram, tally, seconds, want_segments=segments is not None)
+        items = _finished(reader, tcp, datagram, tally, seconds, want_segments=segments is not None,
+                          decode_ahead=overlap)
         try:
-            for tcp_rows, datagram_flows_, watermark, last, seg in (_in_background(items) if overlap else items):
+            if overlap:
+                items = _in_background(items, ahead=2, name="fastflow-engines")
+            for tcp_rows, datagram_flows_, watermark, last, seg in items:
                 t0 = time.perf_counter()
                 if segments is not None:
                     segments.add(seg)

@@ -100,13 +100,17 @@ class TcpFlows:
     def min_open_first_frame(self) -> int:
         return self._engine.min_open_first_frame()
 
-    def feed(self, seg: dict, conn_first: np.ndarray | None = None) -> None:
-        """conn_first (uint64, one per segment) gets each segment's connection: its first frame."""
+    def feed(self, seg: dict, conn_first: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+        """Feed the segments: every row of seg's columns, or those at `rows` (increasing indices; the columns
+        are not gathered). conn_first (uint64, one per segment) gets each segment's connection: its first
+        frame."""
         cols = {}
         for name in INPUT_COLUMNS:
             a = np.ascontiguousarray(seg[name], dtype=_DTYPES[name])
             cols[name] = a.reshape(-1, 16) if name in ("src", "dst") else a
-        _check(self._engine.feed(cols, conn_first))
+        if rows is not None:
+            rows = np.ascontiguousarray(rows, dtype=np.int64)
+        _check(self._engine.feed(cols, conn_first, rows))
 
     def expire(self, network_time: int) -> None:
         """Finish what no later packet can join, then move the records idle longest out of memory if more

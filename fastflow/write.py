@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+import queue
 import tempfile
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -143,7 +145,11 @@ def _in_order_of_appearance(column: pa.DictionaryArray, arrow_type: pa.DataType)
 
 class ParquetStream:
     """One Parquet file written table by table, for outputs too large to hold: to a temporary file beside
-    the target, renamed into place by commit(); leaving the context without commit() removes it."""
+    the target, renamed into place by commit(); leaving the context without commit() removes it.
+
+    Whole row groups are encoded and written in a thread of the stream's own (pyarrow releases the GIL), so
+    the caller builds its next tables meanwhile; a set of groups is handed over once the previous one is
+    written. An error there is raised by the next write() or by commit()."""
 
     def __init__(self, path: str, schema: pa.Schema, compression: str = "zstd",
                  row_group_rows: int = STREAM_ROW_GROUP_ROWS):
@@ -153,6 +159,9 @@ class ParquetStream:
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._groups: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
         options = parquet_options(schema, compression)
         del options["row_group_size"]
         folder = os.path.dirname(os.path.abspath(path))
@@ -173,34 +182,63 @@ class ParquetStream:
         return False
 
     def write(self, table: pa.Table) -> None:
+        if self._error is not None:
+            raise self._error
         if not table.num_rows:
             return
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        if self._pending_rows >= self.row_group_rows:
-            self._write_groups(final=False)
-
-    def _write_groups(self, final: bool) -> None:
+        if self._pending_rows < self.row_group_rows:
+            return
         table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
-        size = self.row_group_rows
-        whole = (table.num_rows // size) * size
-        cut = table.num_rows if final else whole
-        try:
-            for start in range(0, cut, size):
-                self._writer.write_table(_fresh_dictionaries(table.slice(start, min(size, cut - start))),
-                                         row_group_size=size)
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
-        self.rows += cut
-        rest = table.slice(cut)
+        whole = (table.num_rows // self.row_group_rows) * self.row_group_rows
+        rest = table.slice(whole)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
+        self.rows += whole
+        if self._thread is None:
+            self._groups = queue.Queue(1)
+            self._thread = threading.Thread(target=self._write_in_background, name="fastflow-parquet", daemon=True)
+            self._thread.start()
+        self._groups.join()     # one set of groups at a time: the thread's copy and encoders are tens of MB
+        self._groups.put(table.slice(0, whole))
+
+    def _write_in_background(self) -> None:
+        while (table := self._groups.get()) is not None:
+            if self._error is None:     # after an error the rest is dropped: the caller raises it
+                try:
+                    self._write_groups(table)
+                except BaseException as exc:
+                    self._error = exc
+            del table
+            self._groups.task_done()
+
+    def _write_groups(self, table: pa.Table) -> None:
+        size = self.row_group_rows
+        try:
+            for start in range(0, table.num_rows, size):
+                self._writer.write_table(_fresh_dictionaries(table.slice(start, size)), row_group_size=size)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+
+    def _join(self) -> None:
+        """Wait until the groups handed over are written."""
+        if self._thread is not None:
+            self._groups.put(None)
+            self._thread.join()
+            self._thread = self._groups = None
 
     def commit(self, metadata: dict[bytes, bytes] | None = None) -> None:
         """Write what is left and the footer, then rename the file into place."""
+        self._join()
+        if self._error is not None:
+            raise self._error
         try:
             if self._pending_rows:
-                self._write_groups(final=True)
+                table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+                self._write_groups(table)
+                self.rows += table.num_rows
+                self._pending, self._pending_rows = [], 0
             metadata = metadata or {}
             # what ParquetWriter stores itself (ARROW:schema, base64 of the IPC schema), with our keys in it,
             # so that readers see them as the schema's metadata as for write_tables' files
@@ -220,6 +258,7 @@ class ParquetStream:
             raise OutputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
 
     def _discard(self) -> None:
+        self._join()
         for close in (getattr(self, "_writer", None), getattr(self, "_sink", None)):
             if close is not None:
                 try:
