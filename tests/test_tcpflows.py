@@ -178,6 +178,40 @@ def test_random_segments_stream_to_the_same_flows(seed):
                           f"seed {seed} chunk {chunk} in memory {limit}")
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_segments_read_in_place_among_other_rows(seed):
+    """feed(batch, rows=...) (the pipeline's batches mix TCP with other packets) reads only those rows, in place:
+    the same flows as the segments fed alone, whatever the other rows hold."""
+    rng = np.random.default_rng(100 + seed)
+    seg = random_segments(rng, 600)
+    n = len(seg["frame"])
+    _, ref = analyse(seg, 300 * SECOND)
+    # other rows (junk values: another key, other flags) between the segments, before and after them
+    slots = np.sort(rng.choice(3 * n, n, replace=False))
+    mixed = {}
+    for name, values in seg.items():
+        junk = np.frombuffer(rng.bytes(3 * n * values[:1].nbytes), values.dtype).reshape((3 * n,) + values.shape[1:])
+        junk = junk.copy()
+        junk[slots] = values
+        mixed[name] = junk
+    for chunk in (1, 37, 3 * n):
+        engine = TcpFlows(300 * SECOND, max_in_memory=8 if chunk == 37 else None)
+        parts = []
+        for start in range(0, 3 * n, chunk):
+            part = {k: v[start:start + chunk] for k, v in mixed.items()}
+            rows = np.flatnonzero((slots >= start) & (slots < start + chunk))
+            engine.feed(part, rows=slots[rows] - start)
+            parts.append(engine.drain())
+        engine.finish()
+        parts.append(engine.drain())
+        assert_same_flows(ref, concat_flows(parts), f"seed {seed} chunk {chunk}")
+    engine = TcpFlows(300 * SECOND)
+    for bad in ([1, 1], [2, 1], [-1], [3 * n]):
+        with pytest.raises(ValueError, match="increasing indices"):
+            engine.feed(mixed, rows=np.array(bad))
+    assert engine.open_count == 0
+
+
 def test_random_segments_really_split_expire_and_flip():
     """The soups above are not vacuous: they hold idle splits, reuse splits and late (SYN-ACK-first) flips."""
     rng = np.random.default_rng(0)
