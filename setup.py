@@ -83,6 +83,14 @@ extensions = [
         extra_link_args=[a for a in extra_link if a not in libs],
     ),
     Extension(
+        "fastflow._address_text",
+        ["ext/_address_text.pyx"],
+        include_dirs=["ext", numpy.get_include()],
+        extra_compile_args=[a for a in extra_compile if a not in cflags],
+        extra_link_args=[a for a in extra_link if a not in libs],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+    ),
+    Extension(
         "fastflow._dgram",
         ["ext/_dgram.pyx"],
         include_dirs=["ext", numpy.get_include()],

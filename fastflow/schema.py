@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
+from ._address_text import address_text
 from .tagging import TAG_NAMES
 from .tcpstate import ANALYSIS_TAGS
 
@@ -158,97 +159,17 @@ TCPDUMP_FLAG_NAMES = _tcpdump_flag_names()
 # addresses of all the columns given are found at once by Arrow's hash table, formatted with numpy (dotted quad, or
 # RFC 5952 IPv6 as Python's ipaddress prints it), and each column is then a take() of that text.
 
-_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
-_DECIMAL = np.array([list(f"{i:<3}".encode()) for i in range(256)], np.uint8)  # 3 characters, space padded
-_DECIMAL_LEN = np.array([len(str(i)) for i in range(256)], np.int64)
-_MAPPED_PREFIX = np.frombuffer(bytes(10) + b"\xff\xff", np.uint8)
-
-
-def _strings(cells: np.ndarray, keep: np.ndarray) -> pa.Array:
-    """One string per row of cells (rows, ..., characters): the kept characters in order."""
-    lengths = keep.reshape(len(keep), keep[0].size if len(keep) else 0).sum(axis=1)
-    offsets = np.zeros(len(keep) + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    data = np.ascontiguousarray(cells[keep])
-    return pa.Array.from_buffers(pa.string(), len(keep), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-
-def _format_ipv4(keys: np.ndarray) -> pa.Array:
-    """(k, 16) addresses to dotted quads of their last 4 bytes."""
-    octets = keys[:, 12:16]
-    cells = np.full((len(keys), 4, 4), ord("."), np.uint8)
-    cells[:, :, :3] = _DECIMAL[octets]
-    keep = np.ones(cells.shape, bool)
-    keep[:, :, :3] = np.arange(3) < _DECIMAL_LEN[octets][:, :, None]
-    keep[:, 3, 3] = False  # no dot after the last octet
-    return _strings(cells, keep)
-
-
-def _format_ipv6(keys: np.ndarray) -> pa.Array:
-    """(k, 16) addresses to RFC 5952 text, as Python 3.11's ipaddress.IPv6Address prints them: lower-case hex
-    groups without leading zeros, the first longest run of two or more zero groups as '::'."""
-    k = len(keys)
-    groups = keys.astype(np.uint16).reshape(k, 8, 2)
-    groups = (groups[:, :, 0] << 8) | groups[:, :, 1]
-    # run[:, j]: zero groups starting at j
-    run = np.zeros((k, 9), np.int8)
-    zero = groups == 0
-    for j in range(7, -1, -1):
-        run[:, j] = np.where(zero[:, j], run[:, j + 1] + 1, 0)
-    best_len = run[:, :8].max(axis=1)
-    best_start = run[:, :8].argmax(axis=1)  # the first of the longest runs
-    best_len[best_len < 2] = 0  # a single zero group is written as 0
-    j = np.arange(8)
-    in_run = (j >= best_start[:, None]) & (j < (best_start + best_len)[:, None])
-    run_start = (j == best_start[:, None]) & (best_len > 0)[:, None]
-    # each group: two ':' written only where the '::' starts (the second when it starts the address),
-    # four hex digits (leading zeros dropped), its ':' separator
-    cells = np.full((k, 8, 7), ord(":"), np.uint8)
-    for d in range(4):
-        cells[:, :, 2 + d] = _DIGITS[(groups >> (4 * (3 - d))) & 0xF]
-    digits = 1 + (groups >= 0x10).astype(np.int8) + (groups >= 0x100) + (groups >= 0x1000)
-    keep = np.empty(cells.shape, bool)
-    keep[:, :, 0] = run_start
-    keep[:, :, 1] = run_start & (best_start == 0)[:, None]
-    keep[:, :, 2:6] = (np.arange(4) >= 4 - digits[:, :, None]) & ~in_run[:, :, None]
-    keep[:, :, 6] = ~in_run & (j < 7)
-    return _strings(cells, keep)
-
-
-def _format_keys(keys: np.ndarray, as_ipv4: np.ndarray) -> pa.Array:
-    """(k, 16) addresses to text, IPv4 where as_ipv4, in the order given."""
-    texts = pa.concat_arrays([_format_ipv4(keys[as_ipv4]), _format_ipv6(keys[~as_ipv4])])
-    position = np.empty(len(keys), np.int64)
-    position[np.flatnonzero(as_ipv4)] = np.arange(np.count_nonzero(as_ipv4))
-    position[np.flatnonzero(~as_ipv4)] = np.arange(np.count_nonzero(as_ipv4), len(keys))
-    return texts.take(fixed_width_array(position, pa.int64()))
-
-
 def address_columns(raws: list[np.ndarray], version: np.ndarray) -> list[pa.Array]:
     """Address columns of the same rows (16 bytes each, IPv4 mapped; version 4 or 6 per row) to strings:
-    version 4 rows as dotted IPv4, the others as RFC 5952 IPv6. Each distinct address is formatted once."""
+    version 4 rows as dotted IPv4, the others as RFC 5952 IPv6 (ext/_address_text.pyx)."""
     n = len(version)
-    if n == 0:
-        return [string_array(np.zeros(0, "S1")) for _ in raws]
-    raw = [np.ascontiguousarray(r, dtype=np.uint8).reshape(n, 16) for r in raws]
-    raw = raw[0] if len(raw) == 1 else np.concatenate(raw)
-    encoded = pa.Array.from_buffers(pa.binary(16), len(raw), [None, pa.py_buffer(raw)]).dictionary_encode()
-    dictionary = encoded.dictionary
-    keys = np.frombuffer(dictionary.buffers()[1], np.uint8, 16 * len(dictionary),
-                         16 * dictionary.offset).reshape(-1, 16)
-    mapped = (keys[:, :12] == _MAPPED_PREFIX).all(axis=1)
-    indices = encoded.indices   # read from its buffer: Array.to_numpy() would import pandas when it is installed
-    index = np.frombuffer(indices.buffers()[1], np.int32, len(indices), 4 * indices.offset).astype(np.int64)
-    texts = _format_keys(keys, mapped)
-    # rows whose version disagrees with the prefix (an IPv6 packet carrying an IPv4-mapped address) get the
-    # other formatting, as extra dictionary entries
-    differs = np.tile(version == 4, len(raws)) != mapped[index]
-    if differs.any():
-        extra = np.unique(index[differs])
-        texts = pa.concat_arrays([texts, _format_keys(keys[extra], ~mapped[extra])])
-        index = index.copy()
-        index[differs] = len(keys) + np.searchsorted(extra, index[differs])
-    return [texts.take(fixed_width_array(index[i * n:(i + 1) * n], pa.int64())) for i in range(len(raws))]
+    as_ipv4 = np.ascontiguousarray(np.asarray(version) == 4).view(np.uint8)
+    out = []
+    for raw in raws:
+        raw = np.ascontiguousarray(raw, dtype=np.uint8).reshape(n, 16)
+        offsets, data = address_text(raw, as_ipv4)
+        out.append(pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]))
+    return out
 
 
 def format_addresses(raw: np.ndarray, version: np.ndarray) -> pa.Array:
@@ -317,14 +238,18 @@ def string_array(values, mask=None) -> pa.Array:
         if mask is not None:
             data[np.asarray(mask, bool)] = None
         return pa.array(data, pa.string())
-    cells = np.ascontiguousarray(raw).view(np.uint8).reshape(n, raw.dtype.itemsize)
+    width = raw.dtype.itemsize
+    cells = np.ascontiguousarray(raw).view(np.uint8).reshape(n, width)
     lengths = np.char.str_len(raw).astype(np.int64) if n else np.zeros(0, np.int64)
     validity, nulls = _validity(mask, n)
     if nulls:
         lengths[np.asarray(mask, bool)] = 0
-    offsets = np.zeros(n + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    data = cells[np.arange(raw.dtype.itemsize) < lengths[:, None]] if raw.dtype.itemsize else np.zeros(0, np.uint8)
+    if not nulls and width and np.all(lengths == width):    # every string fills its cell (Community IDs)
+        offsets, data = np.arange(0, (n + 1) * width, width, dtype=np.int32), cells.reshape(-1)
+    else:
+        offsets = np.zeros(n + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        data = cells[np.arange(width) < lengths[:, None]] if width else np.zeros(0, np.uint8)
     return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
                                  null_count=nulls)
 
