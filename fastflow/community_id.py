@@ -67,8 +67,11 @@ def community_id(
     orig_p: np.ndarray,
     resp_p: np.ndarray,
     seed: int = 0,
+    as_bytes: bool = False,
 ) -> np.ndarray:
-    """Community ID v1 strings, one per row, as a numpy str array (U30) like "1:wCb3OG7yAFWelaUydu0D+125CLM=".
+    """Community ID v1 strings, one per row, as a numpy str array (U30) like "1:wCb3OG7yAFWelaUydu0D+125CLM=";
+    with as_bytes, as ASCII bytes (S30: what the flows table is built from, without the round trip through
+    four-byte characters).
 
     orig_addr, resp_addr: uint8 [n, 16]; IPv4 as IPv4-mapped IPv6 (only the last 4 bytes are used for IPv4).
     ip_version: 4 or 6 per row; decides 4- or 16-byte address encoding.
@@ -104,7 +107,7 @@ def community_id(
     if bad.any():
         raise ValueError(f"ip_version must be 4 or 6; row {int(np.argmax(bad))} has {ip_version[bad][0]}")
 
-    out = np.empty(n, dtype=f"U{ID_LEN}")
+    out = np.empty(n, dtype=f"S{ID_LEN}" if as_bytes else f"U{ID_LEN}")
     seed_bytes = np.frombuffer(int(seed).to_bytes(2, "big"), dtype=np.uint8)
     for start in range(0, n, CHUNK_ROWS):
         rows = slice(start, min(start + CHUNK_ROWS, n))
@@ -193,7 +196,7 @@ def _sha1_rows(records: np.ndarray) -> np.ndarray:
 
 
 def _render(digests: np.ndarray) -> np.ndarray:
-    """The ID strings ("1:" + base64) of the digests, with one base64 call for all rows."""
+    """The ID strings ("1:" + base64) of the digests as ASCII bytes (S30), with one base64 call for all rows."""
     n = len(digests)
     # 21 bytes per row encode to exactly 28 characters with no carry between rows; the extra zero byte only
     # fills the last character, which for a 20-byte digest is the padding '='.
@@ -204,4 +207,4 @@ def _render(digests: np.ndarray) -> np.ndarray:
     text[:, :len(PREFIX)] = np.frombuffer(PREFIX.encode(), dtype=np.uint8)
     text[:, len(PREFIX):ID_LEN - 1] = encoded[:, :27]
     text[:, ID_LEN - 1] = ord("=")
-    return text.view(f"S{ID_LEN}").ravel().astype(f"U{ID_LEN}")
+    return text.view(f"S{ID_LEN}").ravel()

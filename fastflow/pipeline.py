@@ -426,7 +426,8 @@ def finished_flows(tcp: tuple[np.ndarray, bytes], datagram: dict, seed: int) -> 
     Community ID included."""
     flows, _ = combine_flows(rows_to_flows(*tcp), datagram)
     flows["community_id"] = community_id(flows["orig_addr"], flows["resp_addr"], flows["ip_version"],
-                                         flows["ip_proto"], flows["orig_p"], flows["resp_p"], seed=seed)
+                                         flows["ip_proto"], flows["orig_p"], flows["resp_p"], seed=seed,
+                                         as_bytes=True)
     return flows
 
 

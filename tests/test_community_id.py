@@ -335,3 +335,12 @@ def test_sha1_rows_checks_shapes_and_takes_no_rows():
     with pytest.raises(ValueError, match="expected"):
         _sha1.sha1_rows(np.zeros((3, 40), np.uint8), np.zeros((2, 20), np.uint8))
     _sha1.sha1_rows(np.zeros((0, 40), np.uint8), np.zeros((0, 20), np.uint8))
+
+
+def test_as_bytes_gives_the_same_ids():
+    """as_bytes (what the flows table is built from) holds the same IDs as ASCII bytes."""
+    rows = _random_rows(np.random.default_rng(8), 300)
+    text = cid.community_id(**_columns(rows), seed=3)
+    raw = cid.community_id(**_columns(rows), seed=3, as_bytes=True)
+    assert raw.dtype == np.dtype("S30")
+    assert [b.decode() for b in raw.tolist()] == text.tolist()
