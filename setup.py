@@ -50,54 +50,21 @@ if sanitize:
     extra_compile += san
     extra_link += san
 
-extensions = [
-    Extension(
-        "fastflow._decode",
-        ["ext/_decode.pyx"],
-        include_dirs=["ext", numpy.get_include()],
-        extra_compile_args=extra_compile,
-        extra_link_args=extra_link,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-    ),
-    Extension(
-        "fastflow._tcpstate",
-        ["ext/_tcpstate.pyx"],
-        include_dirs=["ext", numpy.get_include()],
-        extra_compile_args=[a for a in extra_compile if a not in cflags],
-        extra_link_args=[a for a in extra_link if a not in libs],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-    ),
-    Extension(
-        "fastflow._tcpflows",
-        ["ext/_tcpflows.pyx"],
-        include_dirs=["ext", numpy.get_include()],
-        extra_compile_args=[a for a in extra_compile if a not in cflags],
-        extra_link_args=[a for a in extra_link if a not in libs],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-    ),
-    Extension(
-        "fastflow._sha1",
-        ["ext/_sha1.pyx"],
-        include_dirs=["ext"],
-        extra_compile_args=[a for a in extra_compile if a not in cflags],
-        extra_link_args=[a for a in extra_link if a not in libs],
-    ),
-    Extension(
-        "fastflow._address_text",
-        ["ext/_address_text.pyx"],
-        include_dirs=["ext", numpy.get_include()],
-        extra_compile_args=[a for a in extra_compile if a not in cflags],
-        extra_link_args=[a for a in extra_link if a not in libs],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-    ),
-    Extension(
-        "fastflow._dgram",
-        ["ext/_dgram.pyx"],
-        include_dirs=["ext", numpy.get_include()],
-        extra_compile_args=[a for a in extra_compile if a not in cflags],
-        extra_link_args=[a for a in extra_link if a not in libs],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-    ),
-]
+
+def extension(name: str, pcap: bool = False, numpy_headers: bool = True) -> Extension:
+    """fastflow.NAME from ext/NAME.pyx. Only the decoder links libpcap (its BPF filters); numpy_headers for
+    the modules that cimport numpy."""
+    return Extension(
+        f"fastflow.{name}",
+        [f"ext/{name}.pyx"],
+        include_dirs=["ext", numpy.get_include()] if numpy_headers else ["ext"],
+        extra_compile_args=extra_compile if pcap else [a for a in extra_compile if a not in cflags],
+        extra_link_args=extra_link if pcap else [a for a in extra_link if a not in libs],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")] if numpy_headers else [],
+    )
+
+
+extensions = [extension("_decode", pcap=True), extension("_tcpstate"), extension("_tcpflows"), extension("_dgram"),
+              extension("_sha1", numpy_headers=False), extension("_address_text", numpy_headers=False)]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, include_path=["ext"]))
