@@ -159,6 +159,9 @@ TCPDUMP_FLAG_NAMES = _tcpdump_flag_names()
 # addresses of all the columns given are found at once by Arrow's hash table, formatted with numpy (dotted quad, or
 # RFC 5952 IPv6 as Python's ipaddress prints it), and each column is then a take() of that text.
 
+ADDRESS_TEXT_ROWS = 1 << 22
+
+
 def address_columns(raws: list[np.ndarray], version: np.ndarray) -> list[pa.Array]:
     """Address columns of the same rows (16 bytes each, IPv4 mapped; version 4 or 6 per row) to strings:
     version 4 rows as dotted IPv4, the others as RFC 5952 IPv6 (ext/_address_text.pyx)."""
@@ -167,8 +170,14 @@ def address_columns(raws: list[np.ndarray], version: np.ndarray) -> list[pa.Arra
     out = []
     for raw in raws:
         raw = np.ascontiguousarray(raw, dtype=np.uint8).reshape(n, 16)
-        offsets, data = address_text(raw, as_ipv4)
-        out.append(pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]))
+        parts = []
+        # in parts: address_text sizes its buffer for the longest text of every row, and int32 offsets
+        for start in range(0, max(n, 1), ADDRESS_TEXT_ROWS):
+            rows = slice(start, start + ADDRESS_TEXT_ROWS)
+            offsets, data = address_text(raw[rows], as_ipv4[rows])
+            parts.append(pa.Array.from_buffers(pa.string(), len(offsets) - 1,
+                                               [None, pa.py_buffer(offsets), pa.py_buffer(data)]))
+        out.append(parts[0] if len(parts) == 1 else pa.concat_arrays(parts))
     return out
 
 

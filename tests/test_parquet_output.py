@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fastflow import schema as schema_module
 from fastflow import synth
 from fastflow.pipeline import process
 from fastflow.schema import (FLOWS_SCHEMA, SEGMENTS_NULLABLE, SEGMENTS_SCHEMA, TCPDUMP_FLAG_NAMES,
@@ -395,3 +396,15 @@ def test_streamed_dictionaries_are_re_encoded_as_from_their_strings():
         want = column.cast(pa.string()).dictionary_encode().cast(arrow_type)
         got = _in_order_of_appearance(column, arrow_type)
         assert got.type == want.type and got.equals(want) and got.null_count == 5
+
+
+def test_address_columns_in_parts(monkeypatch):
+    """Columns longer than one address_text call are formatted in parts: the same strings."""
+    rng = random.Random(11)
+    n = 1000
+    version = np.array([rng.choice((4, 6)) for _ in range(n)], np.uint8)
+    raw = [MAPPED + rng.getrandbits(32).to_bytes(4, "big") if v == 4 else random_ipv6(rng) for v in version]
+    whole = address_columns([as_rows(raw)], version)[0]
+    monkeypatch.setattr(schema_module, "ADDRESS_TEXT_ROWS", 7)
+    parts = address_columns([as_rows(raw)], version)[0]
+    assert parts.to_pylist() == whole.to_pylist() == [expected_text(a, int(v)) for a, v in zip(raw, version)]
