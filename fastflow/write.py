@@ -112,12 +112,16 @@ STREAM_ROW_GROUP_ROWS = 1 << 17
 
 
 def _fresh_dictionaries(table: pa.Table) -> pa.Table:
-    """Dictionary columns re-encoded from their values: a dictionary's order otherwise follows how the rows
-    were cut into tables, and the file's bytes with it."""
+    """The row group's columns each in one piece, dictionary columns re-encoded from their values: the file's
+    bytes otherwise follow how the rows were cut into tables (a dictionary's order; and the writer checks its
+    page and dictionary size limits batch by batch within each chunk, so where a column gives up its
+    dictionary, or a page ends, moves with the chunks)."""
     columns = []
     for field, column in zip(table.schema, table.columns):
         if pa.types.is_dictionary(field.type):
             column = _in_order_of_appearance(column.combine_chunks(), field.type)
+        elif column.num_chunks > 1:
+            column = column.combine_chunks()
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=table.schema)
 
