@@ -1689,6 +1689,36 @@ def packet_parts(const uint8_t[:, ::1] src not None, const uint8_t[:, ::1] dst n
     return out
 
 
+def history_buffers(const int64_t[::1] starts not None, const int64_t[::1] lengths not None,
+                    const uint8_t[::1] text not None):
+    """The histories at text[starts[i]:starts[i] + lengths[i]], one after the other, as an Arrow string
+    column's buffers: (int32 offsets, n + 1; data). Raises ValueError for a slice outside text or a total
+    past 2 GiB (an Arrow string column's limit)."""
+    cdef Py_ssize_t n = starts.shape[0], i, total = 0, size = text.shape[0]
+    if lengths.shape[0] != n:
+        raise ValueError("history_buffers: column lengths disagree")
+    for i in range(n):
+        if starts[i] < 0 or lengths[i] < 0 or starts[i] > size - lengths[i]:
+            raise ValueError("history_buffers: a history lies outside the text")
+        total += lengths[i]
+    if total > 0x7FFFFFFF:
+        raise ValueError("history_buffers: more than 2 GiB of histories")
+    offsets = np.empty(n + 1, dtype=np.int32)
+    data = np.empty(total, dtype=np.uint8)
+    cdef int32_t[::1] o = offsets
+    cdef uint8_t *out = <uint8_t *>cnp.PyArray_DATA(data)
+    cdef const uint8_t *src = &text[0] if size else NULL
+    cdef int32_t at = 0
+    with nogil:
+        for i in range(n):
+            o[i] = at
+            if lengths[i]:
+                memcpy(out + at, src + starts[i], lengths[i])
+            at += <int32_t>lengths[i]
+        o[n] = at
+    return offsets, data
+
+
 cdef Row _probe
 cdef Py_ssize_t _base = <Py_ssize_t>&_probe
 

@@ -4,6 +4,7 @@ Decoded batches are reduced at once to the TCP rows and the columns the connecti
 per-packet columns of a batch are freed before the next one is decoded."""
 from __future__ import annotations
 
+import os
 import queue
 import tempfile
 import threading
@@ -33,8 +34,10 @@ from .source import Source
 from .summary import analyse, combine_flows, summary_counts
 from .tcpflows import (
     NO_OPEN_CONNECTION,
+    PartedTcpFlows,
     TcpFlows,
     concat_packed,
+    packet_parts,
     rows_to_flows,
     take_packed,
 )
@@ -452,7 +455,10 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
     segments is the batch's TCP rows (SEGMENT_INPUT_COLUMNS) with each one's connection in "conn_first"
     (else None). decode_ahead: decode in a thread of its own, a batch ahead of the engines."""
     network_time = tally.get("network_time", np.iinfo(np.int64).min)
-    batches = _timed(reader.batches(), seconds, "decode")
+    batches = reader.batches()
+    if isinstance(tcp, PartedTcpFlows):     # each packet's engine, found in the decoder's thread
+        batches = _with_tcp_parts(batches, tcp.parts)
+    batches = _timed(batches, seconds, "decode")
     if decode_ahead:
         batches = _in_background(batches, ahead=1, name="fastflow-decode")
     while True:
@@ -503,6 +509,26 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         yield item
         if low == NO_OPEN_CONNECTION:
             return
+
+
+def _with_tcp_parts(batches, parts: int):
+    """The batches, each with "tcp_part": every packet's part for PartedTcpFlows."""
+    for batch in batches:
+        batch["tcp_part"] = packet_parts(batch, parts)
+        yield batch
+        del batch
+
+
+def engine_parts(overlap: bool) -> int:
+    """How many TCP engines stream_flows runs side by side: one per core it may use, up to two (the decoder
+    and the main thread share the rest; see benchmarks/RESULTS.md), one without overlap."""
+    if not overlap:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
 
 
 def _timed(items, seconds: dict, key: str):
@@ -564,16 +590,22 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
                  idle_timeouts_s: dict | None = None, batch_size: int = 1 << 18, community_id_seed: int = 0,
                  vlan_aware: bool = False, server_ports: tuple | None = None, verify_checksums: bool = False,
                  progress: Callable[[int, int | None], None] | None = None, overlap: bool = True,
-                 segments_sink: Callable[[pa.Table], None] | None = None) -> Result:
+                 segments_sink: Callable[[pa.Table], None] | None = None, tcp_parts: int | None = None) -> Result:
     """process() streaming, in memory bounded by the open connections: batches are decoded, fed to the
     streaming engines (tcpflows.py, datagram.DatagramStream), and the flows of finished connections go to
     ``sink`` as Arrow tables, in conn_id order, the same rows process() gives. segments_sink, when given,
     gets the segments table's rows the same way (segment_stream.py), in frame order.
     overlap: decode and run the engines in a second thread while this one writes (same output).
+    tcp_parts: TCP engines run side by side (PartedTcpFlows; same output), by default engine_parts(overlap).
     Returns a Result whose flows and segments are None."""
     started = time.perf_counter()
     timeouts_ns, tcp_ports, udp_ports = _settings(filter_expr, idle_timeouts_s, server_ports)
-    tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, vlan_aware, max_in_memory=tcpflows.MAX_IN_MEMORY)
+    tcp_parts = engine_parts(overlap) if tcp_parts is None else tcp_parts
+    if tcp_parts > 1:
+        tcp = PartedTcpFlows(tcp_parts, timeouts_ns["tcp"], tcp_ports, vlan_aware,
+                             max_in_memory=tcpflows.MAX_IN_MEMORY)
+    else:
+        tcp = TcpFlows(timeouts_ns["tcp"], tcp_ports, vlan_aware, max_in_memory=tcpflows.MAX_IN_MEMORY)
     datagram = DatagramStream(timeouts_ns, udp_ports, vlan_aware)
     segments = None if segments_sink is None else SegmentStream(segments_sink, tcp_ports, vlan_aware)
     out = _FlowWriter(sink, path, community_id_seed, (tcp.drain_packed(), datagram.drain()),

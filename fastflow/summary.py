@@ -35,6 +35,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from .decode import PFlag
 from .flows import (
@@ -47,6 +48,7 @@ from .flows import (
     first_in_group,
     last_before,
 )
+from .schema import string_array
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP
 from .tagging import SEGMENT_COLUMNS, tag_segments
 from .tcpstate import ANALYSIS_TAGS, CONN_STATES, history_strings, tcp_state
@@ -274,6 +276,9 @@ def combine_flows(tcp: dict, datagram: dict) -> tuple[dict, np.ndarray]:
         if name == "conn_id":
             continue
         b = datagram.get(name)
+        if isinstance(a, pa.Array) or isinstance(b, pa.Array):    # the streaming engine's histories
+            out[name] = _combined_arrow(a, b, n_dg, order)
+            continue
         # values and masks apart: numpy's masked concatenate and take cost more than the work itself
         a_values = np.ma.getdata(a)
         if b is None:   # a TCP-only column: null on the datagram rows
@@ -292,6 +297,20 @@ def combine_flows(tcp: dict, datagram: dict) -> tuple[dict, np.ndarray]:
     new_id = np.empty(n_tcp + n_dg, dtype=np.uint64)
     new_id[order] = out["conn_id"]
     return out, new_id[:n_tcp]
+
+
+def _combined_arrow(a, b, n_dg: int, order) -> pa.Array:
+    """combine_flows for a column that one side holds as an Arrow array (strings on the other side)."""
+    parts = []
+    for values in (a, b):
+        if values is None:
+            values = pa.nulls(n_dg, parts[0].type)
+        elif not isinstance(values, pa.Array):
+            values = string_array(np.ma.getdata(values), np.ma.getmaskarray(values) if np.ma.isMaskedArray(values)
+                                  else None)
+        parts.append(values)
+    joined = pa.concat_arrays(parts) if len(parts[1]) else parts[0]
+    return joined if order is None else joined.take(pa.array(order))
 
 
 def analyse(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,

@@ -7,8 +7,10 @@ and turns its packed rows into summary.py's column dict.
 from __future__ import annotations
 
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 
 from . import _tcpflows
 from .decode import Status
@@ -17,7 +19,7 @@ from .schema import take_rows
 from .flows import DEFAULT_IDLE_TIMEOUT_NS
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, is_likely_server_port
 from .summary import CLOSE_VALUES, HANDSHAKE_VALUES
-from .tcpstate import CONN_STATES, history_strings
+from .tcpstate import CONN_STATES
 
 #: the decoder columns the engine reads (contiguous arrays; src/dst as (n, 16) uint8)
 INPUT_COLUMNS = ("frame", "ts", "network_time", "vlan", "ip_version", "src", "dst", "sport", "dport", "seq", "ack",
@@ -145,10 +147,106 @@ class TcpFlows:
     def drain_packed(self) -> tuple[np.ndarray, bytes]:
         """drain() before the conversion: the engine's rows (ROW_DTYPE, about 300 bytes each, ordered by
         first frame) and their history text; rows_to_flows() converts them."""
-        rows, text = self._engine.drain()
-        if len(rows) > 1:
-            rows = np.take(_opaque(rows), np.argsort(rows["first_frame"], kind="stable")).view(rows.dtype)
-        return rows, text
+        return _by_first_frame(*self._engine.drain())
+
+
+def _by_first_frame(rows: np.ndarray, text: bytes) -> tuple[np.ndarray, bytes]:
+    first = rows["first_frame"]
+    if len(rows) > 1 and np.any(first[1:] < first[:-1]):
+        rows = np.take(_opaque(rows), np.argsort(rows["first_frame"], kind="stable")).view(rows.dtype)
+    return rows, text
+
+
+class PartedTcpFlows:
+    """TcpFlows' interface over several engines, each holding the connections of one part of the key space
+    (packet_parts: every packet of an address/port pair goes to the same part), fed side by side in threads
+    (the engines release the GIL). Each connection lives whole in one engine, so the rows are the same as one
+    engine's, merged in first-frame order; the spill limit is shared out between the parts. feed() reads
+    seg["tcp_part"] (packet_parts of the same rows, computed ahead by the decoder's thread) when present."""
+
+    def __init__(self, parts: int, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,
+                 server_ports=ZEEK_LIKELY_SERVER_PORTS_TCP, vlan_aware: bool = False,
+                 max_in_memory: int | None = MAX_IN_MEMORY):
+        if parts < 2:
+            raise ValueError("PartedTcpFlows: two parts at least (use TcpFlows)")
+        share = None if max_in_memory is None else max(1, max_in_memory // parts)
+        self.parts = parts
+        self._engines = [TcpFlows(idle_timeout_ns, server_ports, vlan_aware, share) for _ in range(parts)]
+        self._pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="fastflow-tcp-part")
+
+    def _each(self, work) -> list:
+        """work(i, engine) for every part: the first in this thread, the others in the pool's."""
+        futures = [self._pool.submit(work, i, engine) for i, engine in enumerate(self._engines) if i]
+        try:
+            results = [work(0, self._engines[0])]
+            for future in futures:
+                results.append(future.result())
+        finally:
+            for future in futures:      # none left running on an engine once an error is raised
+                future.cancel()
+                if not future.cancelled():
+                    future.exception()
+        return results
+
+    @property
+    def spilled(self) -> int:
+        return sum(engine.spilled for engine in self._engines)
+
+    @property
+    def spill_bytes(self) -> int:
+        return sum(engine.spill_bytes for engine in self._engines)
+
+    @property
+    def open_count(self) -> int:
+        return sum(engine.open_count for engine in self._engines)
+
+    def min_open_first_frame(self) -> int:
+        return min(engine.min_open_first_frame() for engine in self._engines)
+
+    def feed(self, seg: dict, conn_first: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+        """TcpFlows.feed, each segment to its part's engine."""
+        part = seg.get("tcp_part")
+        if part is None:
+            part = packet_parts({**seg, "status": np.zeros(len(seg["frame"]), np.uint8)}, self.parts)
+        if rows is None:
+            picked = [np.flatnonzero(part == i) for i in range(self.parts)]
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            of_rows = part[rows]
+            picked = [rows[of_rows == i] for i in range(self.parts)]
+        if conn_first is None:
+            self._each(lambda i, engine: engine.feed(seg, rows=picked[i]))
+            return
+        # conn_first has a slot per segment fed: each engine fills its own, put back in place after
+        slots = [np.flatnonzero(part == i) if rows is None else np.flatnonzero(of_rows == i)
+                 for i in range(self.parts)]
+        firsts = [np.empty(len(index), np.uint64) for index in picked]
+        self._each(lambda i, engine: engine.feed(seg, firsts[i], rows=picked[i]))
+        for i in range(self.parts):
+            conn_first[slots[i]] = firsts[i]
+
+    def expire(self, network_time: int) -> None:
+        self._each(lambda i, engine: engine.expire(network_time))
+
+    def finish(self, max_rows: int = -1) -> None:
+        """Finish the open connections, each part's oldest first, at most max_rows of them (all when
+        negative), shared between the parts."""
+        share = max_rows if max_rows < 0 else max(1, -(-max_rows // self.parts))
+        self._each(lambda i, engine: engine.finish(share))
+
+    def close(self) -> None:
+        for engine in self._engines:
+            engine.close()
+        self._pool.shutdown(wait=True)
+
+    def drain(self) -> dict:
+        return rows_to_flows(*self.drain_packed())
+
+    def drain_packed(self) -> tuple[np.ndarray, bytes]:
+        # the engines' rows as they come, sorted once: a connection's first frame is its own, so the order
+        # is the one engine's
+        parts = [engine._engine.drain() for engine in self._engines]
+        return _by_first_frame(*concat_packed([part for part in parts if len(part[0])] or parts[:1]))
 
 
 def packet_parts(pk: dict, parts: int) -> np.ndarray:
@@ -183,22 +281,18 @@ def take_packed(rows: np.ndarray, text: bytes, which) -> tuple[np.ndarray, bytes
     return take_rows(_opaque(rows), which).view(rows.dtype), text
 
 
-def _gathered_history(rows: np.ndarray, text: bytes) -> tuple[bytes, np.ndarray]:
-    """The rows' histories one after the other, and their offsets (n + 1)."""
-    starts, lengths = rows["hist_offset"], rows["hist_len"]
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    data = np.frombuffer(text, dtype=np.uint8)
-    if len(rows) and offsets[-1]:
-        data = data[np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])]
-    else:
-        data = data[:0]
-    return data.tobytes(), offsets
+def _history_column(rows: np.ndarray, text: bytes) -> pa.Array:
+    """The rows' histories as an Arrow string column, gathered in C from the text the engine wrote them to
+    (in its own order): no Python or numpy string per row."""
+    offsets, data = _tcpflows.history_buffers(np.ascontiguousarray(rows["hist_offset"]),
+                                              np.ascontiguousarray(rows["hist_len"]),
+                                              np.frombuffer(text, dtype=np.uint8))
+    return pa.Array.from_buffers(pa.string(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def rows_to_flows(r: np.ndarray, text: bytes) -> dict:
-    """The engine's packed rows as summary.summarize's columns; conn_id numbers these rows only (the
-    pipeline numbers all flows once it knows their order)."""
+    """The engine's packed rows as summary.summarize's columns, history as an Arrow string array (not a
+    numpy one); conn_id numbers these rows only (the pipeline numbers all flows once it knows their order)."""
     n = len(r)
     out = {"conn_id": np.arange(n, dtype=np.uint64)}
     out["ts_start"] = r["ts_start"].copy()
@@ -252,9 +346,7 @@ def rows_to_flows(r: np.ndarray, text: bytes) -> dict:
     out["teardown_segments"] = _masked(teardown.copy(), teardown > 0)
 
     out["conn_state"] = np.asarray(CONN_STATES)[r["conn_state"]]
-    # histories were written in the engine's order: gather them in the rows' order
-    data, offsets = _gathered_history(r, text)
-    out["history"] = history_strings({"history_data": data, "history_offsets": offsets})
+    out["history"] = _history_column(r, text)
     out["orig_retransmissions"] = r["orig_retransmissions"].copy()
     out["resp_retransmissions"] = r["resp_retransmissions"].copy()
     out["first_frame"] = r["first_frame"].copy()

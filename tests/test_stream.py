@@ -71,18 +71,22 @@ def test_corpus_streams_the_same_table(name, tmp_path):
             streamed(path, tmp_path)
         return
     want = pq.read_table(w)
-    for batch_size in (7, 1000, 1 << 18):
-        s, sres = streamed(path, tmp_path, batch_size=batch_size, name=f"s{batch_size}.parquet")
+    # tcp_parts: the TCP connections shared out among engines fed side by side (PartedTcpFlows)
+    for batch_size, tcp_parts in ((7, 1), (1000, 1), (1 << 18, 1), (7, 3), (1 << 18, 2)):
+        s, sres = streamed(path, tmp_path, batch_size=batch_size, name=f"s{batch_size}-{tcp_parts}.parquet",
+                           tcp_parts=tcp_parts)
         got = pq.read_table(s)
-        assert_same_table(got, want, f"{name}: batch size {batch_size}")
+        assert_same_table(got, want, f"{name}: batch size {batch_size}, {tcp_parts} TCP engines")
         assert sres.stats["counts"] == wres.stats["counts"]
         assert sres.stats["damage"] == wres.stats["damage"]
     # the segments table, streamed: each segment analysed once its connection has finished
     w, wres = whole(path, tmp_path, name="ws.parquet", segments=True)
-    for batch_size in (7, 1 << 18):
-        s, sres = streamed(path, tmp_path, batch_size=batch_size, name=f"ss{batch_size}.parquet", segments=True)
-        assert_same_table(pq.read_table(s), pq.read_table(w), f"{name}: flows with segments, batch {batch_size}")
-        assert_same_table(segments_of(s), segments_of(w), f"{name}: segments, batch size {batch_size}")
+    for batch_size, tcp_parts in ((7, 1), (1 << 18, 1), (7, 2)):
+        s, sres = streamed(path, tmp_path, batch_size=batch_size, name=f"ss{batch_size}-{tcp_parts}.parquet",
+                           segments=True, tcp_parts=tcp_parts)
+        label = f"batch size {batch_size}, {tcp_parts} TCP engines"
+        assert_same_table(pq.read_table(s), pq.read_table(w), f"{name}: flows with segments, {label}")
+        assert_same_table(segments_of(s), segments_of(w), f"{name}: segments, {label}")
         assert sres.stats["counts"] == wres.stats["counts"]
         assert sres.stats["damage"] == wres.stats["damage"]
 
@@ -116,8 +120,9 @@ def test_short_timeouts_and_options_stream_the_same(tmp_path):
 @pytest.mark.parametrize("wait_in_memory", [1 << 20, 100])
 def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monkeypatch, wait_in_memory):
     """A generated capture of many interleaved connections: rows equal the whole-capture path's, and the
-    file's bytes do not depend on the batch size (row groups have a fixed length), also when flushes happen
-    often, the watermark holds rows back, and (wait_in_memory 100) the rows held back go to run files."""
+    file's bytes do not depend on the batch size (row groups have a fixed length) nor on how many TCP engines
+    share the connections (tables cut differently), also when flushes happen often, the watermark holds rows
+    back, and (wait_in_memory 100) the rows held back go to run files."""
     import subprocess
     import sys
     from pathlib import Path
@@ -160,9 +165,12 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
     want, want_segments = pq.read_table(w), segments_of(w)
     files = []
     # batch size 1 flushes after every packet: with run files that is slow, and 97 covers small batches
-    for batch_size in ((1, 333, 1 << 18) if wait_in_memory > 100 else (97, 1 << 18)):
+    runs_of = ((1, 1), (333, 1), (1 << 18, 1), (333, 2), (1 << 18, 3)) if wait_in_memory > 100 else \
+        ((97, 1), (1 << 18, 1), (97, 2), (1 << 18, 3))
+    for batch_size, tcp_parts in runs_of:
         out, _ = streamed(capture, tmp_path, batch_size=batch_size, row_group_rows=500, segments=True,
-                          name=f"s{batch_size}.parquet", idle_timeouts_s={"tcp": 0.05})
+                          name=f"s{batch_size}-{tcp_parts}.parquet", idle_timeouts_s={"tcp": 0.05},
+                          tcp_parts=tcp_parts)
         got = pq.read_table(out)
         assert_same_table(got, want)
         assert_same_table(segments_of(out), want_segments)

@@ -11,7 +11,7 @@ from corpus import CAPTURES, capture_names, decode_all, requires_corpus
 from fastflow.decode import PFlag, Status
 from fastflow.pipeline import SEGMENT_INPUT_COLUMNS, add_network_time
 from fastflow.summary import analyse
-from fastflow.tcpflows import NO_OPEN_CONNECTION, TcpFlows
+from fastflow.tcpflows import NO_OPEN_CONNECTION, PartedTcpFlows, TcpFlows, packet_parts
 
 SECOND = 10**9
 
@@ -210,6 +210,53 @@ def test_segments_read_in_place_among_other_rows(seed):
         with pytest.raises(ValueError, match="increasing indices"):
             engine.feed(mixed, rows=np.array(bad))
     assert engine.open_count == 0
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_engines_side_by_side_give_one_engines_rows(parts):
+    """PartedTcpFlows (the connections shared out by key among engines fed in threads) gives one engine's
+    rows in the same order, each segment's connection (conn_first) in its place, with rows read in place,
+    spilling, expiry, and end-of-capture portions; an engine's error in a pool thread reaches the caller."""
+    rng = np.random.default_rng(40 + parts)
+    seg = random_segments(rng, 1500)
+    n = len(seg["frame"])
+    status = np.where(rng.random(n) < 0.8, Status.TCP, Status.UDP).astype(np.uint8)
+    batch = {**seg, "status": status}
+    tcp_rows = np.flatnonzero(status == Status.TCP)
+    seen = {}
+    for label, make in (("one", lambda: TcpFlows(5 * SECOND, max_in_memory=6)),
+                        ("parted", lambda: PartedTcpFlows(parts, 5 * SECOND, max_in_memory=6))):
+        for with_part in (False, True):
+            engine = make()
+            rows_out, firsts = [], []
+            for start in range(0, n, 97):
+                part = {k: v[start:start + 97] for k, v in batch.items()}
+                if with_part:    # computed ahead, as the pipeline's decoder thread does
+                    part["tcp_part"] = packet_parts(part, parts)
+                rows = tcp_rows[(tcp_rows >= start) & (tcp_rows < start + 97)] - start
+                conn_first = np.empty(len(rows), np.uint64)
+                engine.feed(part, conn_first, rows=rows)
+                firsts.append(conn_first)
+                engine.expire(int(part["network_time"][-1]))
+                rows_out.append(engine.drain_packed())
+            assert engine.open_count > 0
+            while engine.open_count:
+                engine.finish(5)
+                rows_out.append(engine.drain_packed())
+            assert engine.min_open_first_frame() == NO_OPEN_CONNECTION
+            engine.close()
+            drained = np.concatenate([r for r, _ in rows_out])
+            seen[label, with_part] = (drained["first_frame"], drained["last_frame"], drained["orig_pkts"],
+                                      np.concatenate(firsts))
+    want = seen["one", False]
+    assert len(want[0]) > 100
+    for key, got in seen.items():
+        for a, b in zip(want, got):
+            assert np.array_equal(a, b), key
+    engine = PartedTcpFlows(parts, 5 * SECOND)
+    with pytest.raises(ValueError, match="increasing indices"):
+        engine.feed(batch, rows=np.array([0, 0, 1, 1, 2, 2, 3, 3]))
+    engine.close()
 
 
 def test_random_segments_really_split_expire_and_flip():
