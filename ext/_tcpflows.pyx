@@ -579,6 +579,10 @@ cdef class Engine:
     cdef bint min_first_known
     cdef object finish_order
     cdef Py_ssize_t finish_next
+    # finish() releases the open connections straight from its order, without the table and the heap (the
+    # lookups, probe shifts and heap sifts cost more than finishing the record); index_open() lists the rest
+    # again before anything else needs them
+    cdef bint unindexed
 
     def __cinit__(self, int64_t timeout_ns, const uint8_t[::1] server_port not None, bint vlan_aware):
         cdef Py_ssize_t i
@@ -950,9 +954,9 @@ cdef class Engine:
         """Spill the records of the open connections idle longest until at most `keep` stay in memory;
         returns a status code."""
         cdef Py_ssize_t n_hot = self.n_open - self.n_cold, i, k = 0
-        cdef int status
-        if n_hot <= keep:
-            return ST_OK
+        cdef int status = self.indexed()
+        if status != ST_OK or n_hot <= keep:
+            return status
         self.finish_order = None
         seen = np.empty(n_hot, dtype=np.int64)
         slots = np.empty(n_hot, dtype=np.int64)
@@ -1166,6 +1170,58 @@ cdef class Engine:
         self.n_rows += 1
         free_flow_memory(f)
         return ST_OK
+
+    cdef int release_unindexed(self, int64_t entry) noexcept nogil:
+        """Finish an open connection while the table and heap do not list them (finish())."""
+        cdef int status
+        if entry >= 0:
+            status = self.finish_connection(&self.pool[entry])
+            self.free_slot(entry)
+        else:
+            status = self.read_cold(COLD_BASE - entry, &self.scratch)
+            if status != ST_OK:
+                return status
+            status = self.finish_connection(&self.scratch)
+            self.free_cold(COLD_BASE - entry)
+        self.n_open -= 1
+        return status
+
+    cdef void clear_index(self) noexcept nogil:
+        cdef uint64_t i
+        for i in range(self.table_mask + 1):
+            self.table[i] = EMPTY
+        self.heap_len = 0
+
+    cdef int index_open(self) noexcept nogil:
+        """The table and the heap again list every open connection (after finish() left them)."""
+        cdef Py_ssize_t i, pos
+        cdef int64_t entry
+        self.clear_index()
+        self.unindexed = False
+        for i in range(self.pool_top + self.cold_top):
+            if i < self.pool_top:
+                if not self.pool[i].used:
+                    continue
+                entry = i
+            else:
+                if self.cold[i - self.pool_top].offset < 0:
+                    continue
+                entry = COLD_BASE - (i - self.pool_top)
+            pos = self.find(self.entry_key(entry), self.entry_hash(entry))
+            if self.heap_push(entry, self.entry_seen_max(entry)) != ST_OK:
+                return ST_NO_MEMORY
+            self.table[pos] = entry
+            self.tags[pos] = <uint32_t>self.entry_hash(entry)
+        return ST_OK
+
+    cdef int indexed(self):
+        """index_open() if finish() left the table and heap; a status code."""
+        cdef int status = ST_OK
+        if self.unindexed:
+            self.finish_order = None
+            with nogil:
+                status = self.index_open()
+        return status
 
     cdef int release(self, Py_ssize_t table_pos) noexcept nogil:
         """Finish the flow at table_pos and give its record back."""
@@ -1406,6 +1462,9 @@ cdef class Engine:
             if first_out.shape[0] != n_rows:
                 raise ValueError("feed: conn_first has the wrong length")
             first_ptr = &first_out[0]
+        status = self.indexed()
+        if status != ST_OK:
+            return status
         self.reserve_rows(n_rows)
         self.finish_order = None
         with nogil:
@@ -1445,7 +1504,9 @@ cdef class Engine:
 
     def expire(self, int64_t now):
         """Finish the connections no packet at network time >= now can join; returns a status code."""
-        cdef int status
+        cdef int status = self.indexed()
+        if status != ST_OK:
+            return status
         self.reserve_rows(self.n_open)
         self.finish_order = None
         with nogil:
@@ -1460,7 +1521,7 @@ cdef class Engine:
         cdef Py_ssize_t i, count, pos, end
         cdef int64_t entry
         cdef int64_t[::1] chosen
-        if (max_rows < 0 or max_rows >= self.n_open) and self.n_cold == 0:
+        if (max_rows < 0 or max_rows >= self.n_open) and self.n_cold == 0 and not self.unindexed:
             self.reserve_rows(self.n_open)
             with nogil:
                 status = self.expire_flows(0, True)
@@ -1475,6 +1536,9 @@ cdef class Engine:
         if self.finish_order is None:
             self.finish_order = self._open_entries_by_first_frame()
             self.finish_next = 0
+            # from here on connections only finish, in this order: the table and heap are let go
+            self.clear_index()
+            self.unindexed = True
         order = self.finish_order
         end = min(self.finish_next + max_rows, len(order))
         portion = order[self.finish_next:end]
@@ -1491,11 +1555,11 @@ cdef class Engine:
         self.reserve_rows(chosen.shape[0])
         with nogil:
             for i in range(chosen.shape[0]):
-                entry = chosen[i]
-                pos = self.find(self.entry_key(entry), self.entry_hash(entry))
-                status = self.release(pos)
+                status = self.release_unindexed(chosen[i])
                 if status != ST_OK:
                     break
+            if self.n_open == 0:
+                self.unindexed = False
         if status == ST_OK:
             # the oldest open connection is the next one in the order
             if self.finish_next < len(order):
@@ -1591,6 +1655,9 @@ cdef class Engine:
         cdef Alt alt
         cdef size_t hist_bytes, deferred_bytes, alt_at
         cdef bint has_alt
+        cdef int status = self.indexed()
+        if status != ST_OK:
+            return status
         while at < n:
             if n - at < <Py_ssize_t>sizeof(Flow):
                 raise ValueError("snapshot block: truncated record")

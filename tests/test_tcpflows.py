@@ -259,6 +259,50 @@ def test_engines_side_by_side_give_one_engines_rows(parts):
     engine.close()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_feeding_again_after_a_partial_finish(seed):
+    """finish() lets the hash table and the expiry heap go while it finishes connections in its own order;
+    feeding again after a partial finish lists the rest again: their packets join them, expiry and spilling
+    work, and the rows are those of an engine that never finished early, given the same packets (those of
+    the address/port pairs finished early left out after that point, since they would start new ones)."""
+    rng = np.random.default_rng(500 + seed)
+    seg = random_segments(rng, 1200)
+    n = len(seg["frame"])
+    half = n // 2
+    limit = [None, 2][seed % 2]
+
+    def run(columns, partial):
+        engine = TcpFlows(5 * SECOND, max_in_memory=limit)
+        parts, early = [], None
+        for start in range(0, len(columns["frame"]), 50):
+            if partial and early is None and start >= half:
+                engine.finish(2)
+                early = engine.drain()
+                parts.append(early)
+            part = {k: v[start:start + 50] for k, v in columns.items()}
+            engine.feed(part)
+            engine.expire(int(part["network_time"][-1]))
+            parts.append(engine.drain())
+        engine.finish()
+        parts.append(engine.drain())
+        return concat_flows(parts), early
+
+    def pair(addr_a, port_a, addr_b, port_b):
+        return frozenset([(bytes(addr_a), int(port_a)), (bytes(addr_b), int(port_b))])
+
+    _, early = run(seg, partial=True)
+    assert len(early["first_frame"]) > 0
+    finished = {pair(*row) for row in zip(early["orig_addr"], early["orig_p"], early["resp_addr"], early["resp_p"])}
+    gone = np.array([i >= half and pair(seg["src"][i], seg["sport"][i], seg["dst"][i], seg["dport"][i]) in finished
+                     for i in range(n)])
+    assert gone.any()
+    kept = {k: v[~gone] for k, v in seg.items()}
+    want, _ = run(kept, partial=False)
+    got, early = run(kept, partial=True)
+    assert len(early["first_frame"]) == 2 and len(got["first_frame"]) > 100
+    assert_same_flows({**want, "conn_id": want["first_frame"]}, got, f"seed {seed}")
+
+
 def test_random_segments_really_split_expire_and_flip():
     """The soups above are not vacuous: they hold idle splits, reuse splits and late (SYN-ACK-first) flips."""
     rng = np.random.default_rng(0)
