@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+from collections import deque
 import tempfile
 import threading
 import time
@@ -457,10 +458,13 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
     network_time = tally.get("network_time", np.iinfo(np.int64).min)
     batches = reader.batches()
     if isinstance(tcp, PartedTcpFlows):     # each packet's engine, found in the decoder's thread
-        batches = _with_tcp_parts(batches, tcp.parts)
+        batches = _with_tcp_parts(batches, tcp.parts, split=select is None and not want_segments)
     batches = _timed(batches, seconds, "decode")
     if decode_ahead:
         batches = _in_background(batches, ahead=1, name="fastflow-decode")
+    # each batch's TCP rows come from tcp.collect() tcp.lag batches later (PartedTcpFlows: the other engines
+    # work on meanwhile); the items still come out in batch order
+    pending: deque = deque()
     while True:
         batch = next(batches, None)
         t1 = time.perf_counter()
@@ -478,25 +482,25 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         rows = np.flatnonzero((status == Status.TCP) & valid)
         tally["tcp_segments"] += rows.size
         segments = None
-        if rows.size:
-            every = rows.size == status.size
-            if want_segments:   # the segments table keeps the segments' rows
-                segments = {name: batch[name] if every else take_rows(batch[name], rows)
-                            for name in SEGMENT_INPUT_COLUMNS}
-                segments["conn_first"] = np.empty(rows.size, np.uint64)
-                tcp.feed(segments, segments["conn_first"])
-            else:               # the engine reads them in place
-                tcp.feed(batch, rows=None if every else rows)
+        every = rows.size == status.size
+        if want_segments and rows.size:     # the segments table keeps the segments' rows
+            segments = {name: batch[name] if every else take_rows(batch[name], rows) for name in SEGMENT_INPUT_COLUMNS}
+            segments["conn_first"] = np.empty(rows.size, np.uint64)
+            stepped = tcp.step(segments, network_time, segments["conn_first"])
+        else:               # the engine reads them in place
+            stepped = tcp.step(batch, network_time, rows=None if every else rows)
         rows = np.flatnonzero(np.isin(status, DATAGRAM_STATUSES) & valid)
         if rows.size:
             datagram.feed({name: take_rows(batch[name], rows) for name in DATAGRAM_INPUT_COLUMNS})
         del batch
-        tcp.expire(network_time)
         datagram.expire(network_time)
-        item = (tcp.drain_packed(), datagram.drain(),
-                min(tcp.min_open_first_frame(), datagram.min_open_first_frame()), False, segments)
+        pending.append((stepped, datagram.drain(), datagram.min_open_first_frame(), segments))
+        del stepped, segments
         seconds["connections"] += time.perf_counter() - t1
-        yield item
+        while len(pending) > tcp.lag:
+            yield _collected(tcp, pending.popleft(), seconds)
+    while pending:
+        yield _collected(tcp, pending.popleft(), seconds)
     if not finish:
         return
     datagram.finish()
@@ -511,12 +515,25 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
             return
 
 
-def _with_tcp_parts(batches, parts: int):
-    """The batches, each with "tcp_part": every packet's part for PartedTcpFlows."""
+def _collected(tcp, waiting: tuple, seconds: dict) -> tuple:
+    """A batch's item, once the TCP engines are done with it."""
+    t0 = time.perf_counter()
+    stepped, datagram_rows, datagram_low, segments = waiting
+    tcp_rows, tcp_low = tcp.collect(stepped)
+    seconds["connections"] += time.perf_counter() - t0
+    return tcp_rows, datagram_rows, min(tcp_low, datagram_low), False, segments
+
+
+def _with_tcp_parts(batches, parts: int, split: bool):
+    """The batches, each with "tcp_part": every packet's part for PartedTcpFlows; with split, also
+    "tcp_part_rows": the TCP rows _finished() feeds (right IP checksum), split by part."""
     for batch in batches:
-        batch["tcp_part"] = packet_parts(batch, parts)
+        part = batch["tcp_part"] = packet_parts(batch, parts)
+        if split:
+            tcp = (batch["status"] == Status.TCP) & ((batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0)
+            batch["tcp_part_rows"] = [np.flatnonzero(tcp & (part == i)) for i in range(parts)]
         yield batch
-        del batch
+        del batch, part
 
 
 def engine_parts(overlap: bool) -> int:

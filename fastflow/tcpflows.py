@@ -114,6 +114,22 @@ class TcpFlows:
             rows = np.ascontiguousarray(rows, dtype=np.int64)
         _check(self._engine.feed(cols, conn_first, rows))
 
+    #: steps whose rows collect() may leave for later: none, this engine works in the caller's thread
+    lag = 0
+
+    def step(self, seg: dict, network_time: int, conn_first: np.ndarray | None = None,
+             rows: np.ndarray | None = None):
+        """One batch: feed(), expire(network_time), then the rows finished and the oldest open connection's
+        first frame, as collect(step) gives them."""
+        self.feed(seg, conn_first, rows)
+        self.expire(network_time)
+        return self.drain_packed(), self.min_open_first_frame()
+
+    @staticmethod
+    def collect(stepped) -> tuple[tuple[np.ndarray, bytes], int]:
+        """A step's (packed rows, min_open_first_frame())."""
+        return stepped
+
     def expire(self, network_time: int) -> None:
         """Finish what no later packet can join, then move the records idle longest out of memory if more
         than max_in_memory connections are open."""
@@ -160,9 +176,17 @@ def _by_first_frame(rows: np.ndarray, text: bytes) -> tuple[np.ndarray, bytes]:
 class PartedTcpFlows:
     """TcpFlows' interface over several engines, each holding the connections of one part of the key space
     (packet_parts: every packet of an address/port pair goes to the same part), fed side by side in threads
-    (the engines release the GIL). Each connection lives whole in one engine, so the rows are the same as one
-    engine's, merged in first-frame order; the spill limit is shared out between the parts. feed() reads
-    seg["tcp_part"] (packet_parts of the same rows, computed ahead by the decoder's thread) when present."""
+    (the engines release the GIL): the first in the caller's, each other in a thread of its own. Each
+    connection lives whole in one engine, so the rows are the same as one engine's, merged in first-frame
+    order; the spill limit is shared out between the parts. feed() and step() read seg["tcp_part"]
+    (packet_parts of the same rows) when present, and seg["tcp_part_rows"] (the rows to feed, split by part)
+    instead of rows: the pipeline's decoder thread computes both ahead.
+
+    step() does not wait for the other engines: collect() of a step waits, and the caller collects each step
+    one step later (lag), so that an engine that fell behind on one batch (the threads share the cores with
+    the decoder) catches up during the next instead of holding the others at every batch."""
+
+    lag = 1
 
     def __init__(self, parts: int, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,
                  server_ports=ZEEK_LIKELY_SERVER_PORTS_TCP, vlan_aware: bool = False,
@@ -172,21 +196,32 @@ class PartedTcpFlows:
         share = None if max_in_memory is None else max(1, max_in_memory // parts)
         self.parts = parts
         self._engines = [TcpFlows(idle_timeout_ns, server_ports, vlan_aware, share) for _ in range(parts)]
-        self._pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="fastflow-tcp-part")
+        # one thread per engine past the first: an engine's work runs in order, one batch after the other
+        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"fastflow-tcp-part{i}") for i in range(1, parts)]
 
-    def _each(self, work) -> list:
-        """work(i, engine) for every part: the first in this thread, the others in the pool's."""
-        futures = [self._pool.submit(work, i, engine) for i, engine in enumerate(self._engines) if i]
+    def _submit(self, work) -> list:
+        """work(i, engine) for every part past the first, each in its engine's thread: their futures."""
+        return [thread.submit(work, i + 1, self._engines[i + 1]) for i, thread in enumerate(self._threads)]
+
+    @staticmethod
+    def _results(futures) -> list:
         try:
-            results = [work(0, self._engines[0])]
-            for future in futures:
-                results.append(future.result())
+            return [future.result() for future in futures]
         finally:
             for future in futures:      # none left running on an engine once an error is raised
                 future.cancel()
                 if not future.cancelled():
                     future.exception()
-        return results
+
+    def _each(self, work) -> list:
+        """work(i, engine) for every part: the first in this thread, the others in theirs; waits for all."""
+        futures = self._submit(work)
+        try:
+            first = work(0, self._engines[0])
+        except BaseException:
+            self._results(futures)
+            raise
+        return [first] + self._results(futures)
 
     @property
     def spilled(self) -> int:
@@ -203,27 +238,60 @@ class PartedTcpFlows:
     def min_open_first_frame(self) -> int:
         return min(engine.min_open_first_frame() for engine in self._engines)
 
-    def feed(self, seg: dict, conn_first: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
-        """TcpFlows.feed, each segment to its part's engine."""
+    def _picked(self, seg: dict, rows: np.ndarray | None):
+        """Each part's rows of seg, and where they are among the rows fed (None: split ahead)."""
+        if seg.get("tcp_part_rows") is not None:     # the rows fed, split ahead by the decoder's thread
+            return seg["tcp_part_rows"], None
         part = seg.get("tcp_part")
         if part is None:
             part = packet_parts({**seg, "status": np.zeros(len(seg["frame"]), np.uint8)}, self.parts)
         if rows is None:
-            picked = [np.flatnonzero(part == i) for i in range(self.parts)]
-        else:
-            rows = np.asarray(rows, dtype=np.int64)
-            of_rows = part[rows]
-            picked = [rows[of_rows == i] for i in range(self.parts)]
-        if conn_first is None:
-            self._each(lambda i, engine: engine.feed(seg, rows=picked[i]))
-            return
-        # conn_first has a slot per segment fed: each engine fills its own, put back in place after
-        slots = [np.flatnonzero(part == i) if rows is None else np.flatnonzero(of_rows == i)
-                 for i in range(self.parts)]
-        firsts = [np.empty(len(index), np.uint64) for index in picked]
-        self._each(lambda i, engine: engine.feed(seg, firsts[i], rows=picked[i]))
-        for i in range(self.parts):
-            conn_first[slots[i]] = firsts[i]
+            slots = [np.flatnonzero(part == i) for i in range(self.parts)]
+            return slots, slots
+        rows = np.asarray(rows, dtype=np.int64)
+        of_rows = part[rows]
+        slots = [np.flatnonzero(of_rows == i) for i in range(self.parts)]
+        return [rows[index] for index in slots], slots
+
+    def feed(self, seg: dict, conn_first: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+        """TcpFlows.feed, each segment to its part's engine."""
+        self.collect(self.step(seg, None, conn_first, rows))
+
+    def step(self, seg: dict, network_time: int | None, conn_first: np.ndarray | None = None,
+             rows: np.ndarray | None = None):
+        """TcpFlows.step in every engine (feed only when network_time is None); the first engine's runs now,
+        the others' in their threads: collect() waits for them."""
+        picked, slots = self._picked(seg, rows)
+        if conn_first is not None and slots is None:
+            raise ValueError("PartedTcpFlows.step: conn_first needs the rows split here")
+        # conn_first has a slot per segment fed: each engine fills its own, put back in place by collect()
+        firsts = None if conn_first is None else [np.empty(len(index), np.uint64) for index in picked]
+
+        def work(i, engine):
+            engine.feed(seg, None if firsts is None else firsts[i], rows=picked[i])
+            if network_time is None:
+                return None
+            engine.expire(network_time)
+            return engine._engine.drain(), engine.min_open_first_frame()
+        futures = self._submit(work)
+        try:
+            first = work(0, self._engines[0])
+        except BaseException:
+            self._results(futures)
+            raise
+        return first, futures, conn_first, slots, firsts
+
+    def collect(self, stepped) -> tuple[tuple[np.ndarray, bytes], int] | None:
+        first, futures, conn_first, slots, firsts = stepped
+        results = [first] + self._results(futures)
+        if conn_first is not None:
+            for i in range(self.parts):
+                conn_first[slots[i]] = firsts[i]
+        if first is None:
+            return None
+        drained = [rows for rows, _ in results]
+        rows = _by_first_frame(*concat_packed([part for part in drained if len(part[0])] or drained[:1]))
+        return rows, min(low for _, low in results)
 
     def expire(self, network_time: int) -> None:
         self._each(lambda i, engine: engine.expire(network_time))
@@ -235,9 +303,10 @@ class PartedTcpFlows:
         self._each(lambda i, engine: engine.finish(share))
 
     def close(self) -> None:
+        for thread in self._threads:    # its work done before the engine's spill file goes
+            thread.shutdown(wait=True)
         for engine in self._engines:
             engine.close()
-        self._pool.shutdown(wait=True)
 
     def drain(self) -> dict:
         return rows_to_flows(*self.drain_packed())
