@@ -20,6 +20,8 @@ from .schema import DELTA_COLUMNS, NO_DICTIONARY_COLUMNS, NUMPY_TYPES, fixed_wid
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 ROW_GROUP_ROWS = 1 << 20
+#: ParquetStream's page and dictionary size limits: beyond any row group's (pages end by row count)
+STREAM_PAGE_BYTES = 1 << 30
 ZSTD_LEVEL = 1  # level 3 measured about 15 % slower for files 0.7 % smaller (benchmarks/parquet_write.py)
 
 
@@ -112,16 +114,12 @@ STREAM_ROW_GROUP_ROWS = 1 << 17
 
 
 def _fresh_dictionaries(table: pa.Table) -> pa.Table:
-    """The row group's columns each in one piece, dictionary columns re-encoded from their values: the file's
-    bytes otherwise follow how the rows were cut into tables (a dictionary's order; and the writer checks its
-    page and dictionary size limits batch by batch within each chunk, so where a column gives up its
-    dictionary, or a page ends, moves with the chunks)."""
+    """Dictionary columns re-encoded from their values: a dictionary's order otherwise follows how the rows
+    were cut into tables, and the file's bytes with it."""
     columns = []
     for field, column in zip(table.schema, table.columns):
         if pa.types.is_dictionary(field.type):
             column = _in_order_of_appearance(column.combine_chunks(), field.type)
-        elif column.num_chunks > 1:
-            column = column.combine_chunks()
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=table.schema)
 
@@ -168,6 +166,12 @@ class ParquetStream:
         self._error: BaseException | None = None
         options = parquet_options(schema, compression)
         del options["row_group_size"]
+        # the file's bytes follow the rows alone, not how they were cut into tables: the writer checks its
+        # page and dictionary size limits batch by batch within each table chunk, so where a page ended or a
+        # column gave up its dictionary moved with the chunks. Pages now end by row count only (one per row
+        # group and column), and a dictionary holds a whole row group's values.
+        options.update(max_rows_per_page=row_group_rows, data_page_size=STREAM_PAGE_BYTES,
+                       dictionary_pagesize_limit=STREAM_PAGE_BYTES)
         folder = os.path.dirname(os.path.abspath(path))
         try:
             fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
