@@ -272,6 +272,10 @@ def combine_flows(tcp: dict, datagram: dict) -> tuple[dict, np.ndarray]:
     # rows already in order (one kind only, as on a capture without UDP or ICMP) are not reordered
     order = None if np.all(first[1:] >= first[:-1]) else np.argsort(first, kind="stable")
     out = {}
+    if n_dg == 0 and order is None:     # TCP rows alone, in order (most of a capture's end): as they are
+        out = {name: a for name, a in tcp.items() if name != "conn_id"}
+        out["conn_id"] = np.arange(n_tcp, dtype=np.uint64)
+        return out, out["conn_id"].copy()
     for name, a in tcp.items():
         if name == "conn_id":
             continue
