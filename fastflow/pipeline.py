@@ -458,7 +458,7 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
     network_time = tally.get("network_time", np.iinfo(np.int64).min)
     batches = reader.batches()
     if isinstance(tcp, PartedTcpFlows):     # each packet's engine, found in the decoder's thread
-        batches = _with_tcp_parts(batches, tcp.parts, split=select is None and not want_segments)
+        batches = _with_tcp_parts(batches, tcp, split=select is None and not want_segments)
     batches = _timed(batches, seconds, "decode")
     if decode_ahead:
         batches = _in_background(batches, ahead=1, name="fastflow-decode")
@@ -524,16 +524,18 @@ def _collected(tcp, waiting: tuple, seconds: dict) -> tuple:
     return tcp_rows, datagram_rows, min(tcp_low, datagram_low), False, segments
 
 
-def _with_tcp_parts(batches, parts: int, split: bool):
-    """The batches, each with "tcp_part": every packet's part for PartedTcpFlows; with split, also
-    "tcp_part_rows": the TCP rows _finished() feeds (right IP checksum), split by part."""
+def _with_tcp_parts(batches, engines: PartedTcpFlows, split: bool):
+    """The batches, once the engines have split, each with "tcp_part": every packet's part; with split,
+    also "tcp_part_rows": the TCP rows _finished() feeds (right IP checksum), split by part."""
     for batch in batches:
-        part = batch["tcp_part"] = packet_parts(batch, parts)
-        if split:
-            tcp = (batch["status"] == Status.TCP) & ((batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0)
-            batch["tcp_part_rows"] = [np.flatnonzero(tcp & (part == i)) for i in range(parts)]
+        if engines.split:   # read as the batch is made: the batches made before find their parts then
+            part = batch["tcp_part"] = packet_parts(batch, engines.parts)
+            if split:
+                tcp = (batch["status"] == Status.TCP) & ((batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0)
+                batch["tcp_part_rows"] = [np.flatnonzero(tcp & (part == i)) for i in range(engines.parts)]
+            del part
         yield batch
-        del batch, part
+        del batch
 
 
 def engine_parts(overlap: bool) -> int:

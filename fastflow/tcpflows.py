@@ -36,6 +36,11 @@ NO_OPEN_CONNECTION = 2**64 - 1
 #: (their records come back when a packet arrives or when they finish). 262,144 records are about 170 MB.
 MAX_IN_MEMORY = 1 << 18
 
+#: open connections beyond which PartedTcpFlows shares them out among its engines: their records (43 MB) are
+#: past the CPU's caches. Captures of short connections stay below (the real 1 M-packet capture of
+#: benchmarks/RESULTS.md peaks at 14,112 open), where two engines cost CPU time and gained nothing.
+SPLIT_AT = 1 << 16
+
 
 def _masked(values, present):
     return np.ma.masked_array(values, mask=~np.asarray(present, dtype=bool))
@@ -180,24 +185,58 @@ class PartedTcpFlows:
     connection lives whole in one engine, so the rows are the same as one engine's, merged in first-frame
     order; the spill limit is shared out between the parts. feed() and step() read seg["tcp_part"]
     (packet_parts of the same rows) when present, and seg["tcp_part_rows"] (the rows to feed, split by part)
-    instead of rows: the pipeline's decoder thread computes both ahead.
+    instead of rows: the pipeline's decoder thread computes both ahead once `split`.
+
+    It starts as one engine, and splits (its open connections shared out through snapshot_blocks() and
+    restore()) once more than split_at connections are open: below that the engine's records stay in the
+    CPU's caches and it is not what a run waits for (a capture of short connections), while the split and
+    the threads cost CPU time.
 
     step() does not wait for the other engines: collect() of a step waits, and the caller collects each step
     one step later (lag), so that an engine that fell behind on one batch (the threads share the cores with
     the decoder) catches up during the next instead of holding the others at every batch."""
 
-    lag = 1
-
     def __init__(self, parts: int, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,
                  server_ports=ZEEK_LIKELY_SERVER_PORTS_TCP, vlan_aware: bool = False,
-                 max_in_memory: int | None = MAX_IN_MEMORY):
+                 max_in_memory: int | None = MAX_IN_MEMORY, split_at: int | None = None):
         if parts < 2:
             raise ValueError("PartedTcpFlows: two parts at least (use TcpFlows)")
-        share = None if max_in_memory is None else max(1, max_in_memory // parts)
         self.parts = parts
-        self._engines = [TcpFlows(idle_timeout_ns, server_ports, vlan_aware, share) for _ in range(parts)]
+        self.split_at = SPLIT_AT if split_at is None else split_at
+        self._settings = (idle_timeout_ns, server_ports, vlan_aware)
+        self._max_in_memory = max_in_memory
+        self._engines = [TcpFlows(*self._settings, max_in_memory)]
+        self._threads: list[ThreadPoolExecutor] = []
+        self._held: list[tuple[np.ndarray, bytes]] = []     # rows finished before the split, not drained yet
+        self.split = False
+        if self.split_at <= 0:
+            self._split()
+
+    @property
+    def lag(self) -> int:
+        return 1 if self.split else 0
+
+    def _split(self) -> None:
+        """One engine's open connections shared out among `parts` engines, each with a thread past the
+        first."""
+        old = self._engines[0]
+        self._held.append(old._engine.drain())
+        share = None if self._max_in_memory is None else max(1, self._max_in_memory // self.parts)
+        engines = [TcpFlows(*self._settings, share) for _ in range(self.parts)]
+        try:
+            for block in old.snapshot_blocks():
+                for i, engine in enumerate(engines):
+                    engine.restore_blocks([block], i, self.parts)
+        except BaseException:
+            for engine in engines:
+                engine.close()
+            raise
+        old.close()
+        self._engines = engines
         # one thread per engine past the first: an engine's work runs in order, one batch after the other
-        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"fastflow-tcp-part{i}") for i in range(1, parts)]
+        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"fastflow-tcp-part{i}")
+                         for i in range(1, self.parts)]
+        self.split = True
 
     def _submit(self, work) -> list:
         """work(i, engine) for every part past the first, each in its engine's thread: their futures."""
@@ -261,6 +300,14 @@ class PartedTcpFlows:
              rows: np.ndarray | None = None):
         """TcpFlows.step in every engine (feed only when network_time is None); the first engine's runs now,
         the others' in their threads: collect() waits for them."""
+        if not self.split and self._engines[0].open_count > self.split_at:
+            self._split()
+        if not self.split:
+            engine = self._engines[0]
+            if network_time is None:
+                engine.feed(seg, conn_first, rows)
+                return None
+            return engine.step(seg, network_time, conn_first, rows)
         picked, slots = self._picked(seg, rows)
         if conn_first is not None and slots is None:
             raise ValueError("PartedTcpFlows.step: conn_first needs the rows split here")
@@ -282,6 +329,8 @@ class PartedTcpFlows:
         return first, futures, conn_first, slots, firsts
 
     def collect(self, stepped) -> tuple[tuple[np.ndarray, bytes], int] | None:
+        if stepped is None or len(stepped) == 2:    # made by one engine: as it is, after the rows held
+            return stepped if stepped is None else (self._with_held([stepped[0]]), stepped[1])
         first, futures, conn_first, slots, firsts = stepped
         results = [first] + self._results(futures)
         if conn_first is not None:
@@ -289,9 +338,15 @@ class PartedTcpFlows:
                 conn_first[slots[i]] = firsts[i]
         if first is None:
             return None
-        drained = [rows for rows, _ in results]
-        rows = _by_first_frame(*concat_packed([part for part in drained if len(part[0])] or drained[:1]))
-        return rows, min(low for _, low in results)
+        return self._with_held([rows for rows, _ in results]), min(low for _, low in results)
+
+    def _with_held(self, drained: list) -> tuple[np.ndarray, bytes]:
+        """Drained rows (and those held since the split) as one part, sorted by first frame."""
+        drained = self._held + drained
+        self._held = []
+        if len(drained) == 1:
+            return _by_first_frame(*drained[0])
+        return _by_first_frame(*concat_packed([part for part in drained if len(part[0])] or drained[:1]))
 
     def expire(self, network_time: int) -> None:
         self._each(lambda i, engine: engine.expire(network_time))
@@ -299,7 +354,7 @@ class PartedTcpFlows:
     def finish(self, max_rows: int = -1) -> None:
         """Finish the open connections, each part's oldest first, at most max_rows of them (all when
         negative), shared between the parts."""
-        share = max_rows if max_rows < 0 else max(1, -(-max_rows // self.parts))
+        share = max_rows if max_rows < 0 else max(1, -(-max_rows // len(self._engines)))
         self._each(lambda i, engine: engine.finish(share))
 
     def close(self) -> None:
@@ -314,8 +369,7 @@ class PartedTcpFlows:
     def drain_packed(self) -> tuple[np.ndarray, bytes]:
         # the engines' rows as they come, sorted once: a connection's first frame is its own, so the order
         # is the one engine's
-        parts = [engine._engine.drain() for engine in self._engines]
-        return _by_first_frame(*concat_packed([part for part in parts if len(part[0])] or parts[:1]))
+        return self._with_held([engine._engine.drain() for engine in self._engines])
 
 
 def packet_parts(pk: dict, parts: int) -> np.ndarray:

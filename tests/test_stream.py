@@ -62,7 +62,7 @@ def segments_of(flows_file):
 
 @requires_corpus
 @pytest.mark.parametrize("name", capture_names())
-def test_corpus_streams_the_same_table(name, tmp_path):
+def test_corpus_streams_the_same_table(name, tmp_path, monkeypatch):
     path = CAPTURES / name
     try:
         w, wres = whole(path, tmp_path)
@@ -71,8 +71,10 @@ def test_corpus_streams_the_same_table(name, tmp_path):
             streamed(path, tmp_path)
         return
     want = pq.read_table(w)
-    # tcp_parts: the TCP connections shared out among engines fed side by side (PartedTcpFlows)
-    for batch_size, tcp_parts in ((7, 1), (1000, 1), (1 << 18, 1), (7, 3), (1 << 18, 2)):
+    # tcp_parts: the TCP connections shared out among engines fed side by side (PartedTcpFlows), from the
+    # start (split_at 0) or once that many are open
+    for batch_size, tcp_parts, split_at in ((7, 1, 0), (1000, 1, 0), (1 << 18, 1, 0), (7, 3, 2), (1 << 18, 2, 0)):
+        monkeypatch.setattr(tcpflows, "SPLIT_AT", split_at)
         s, sres = streamed(path, tmp_path, batch_size=batch_size, name=f"s{batch_size}-{tcp_parts}.parquet",
                            tcp_parts=tcp_parts)
         got = pq.read_table(s)
@@ -81,6 +83,7 @@ def test_corpus_streams_the_same_table(name, tmp_path):
         assert sres.stats["damage"] == wres.stats["damage"]
     # the segments table, streamed: each segment analysed once its connection has finished
     w, wres = whole(path, tmp_path, name="ws.parquet", segments=True)
+    monkeypatch.setattr(tcpflows, "SPLIT_AT", 3)
     for batch_size, tcp_parts in ((7, 1), (1 << 18, 1), (7, 2)):
         s, sres = streamed(path, tmp_path, batch_size=batch_size, name=f"ss{batch_size}-{tcp_parts}.parquet",
                            segments=True, tcp_parts=tcp_parts)
@@ -165,6 +168,15 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
     want, want_segments = pq.read_table(w), segments_of(w)
     files = []
     # batch size 1 flushes after every packet: with run files that is slow, and 97 covers small batches
+    # two or three TCP engines once 20 connections are open (mid-stream, while spilling with the limit of 50)
+    monkeypatch.setattr(tcpflows, "SPLIT_AT", 20)
+    splits = []
+    real_split = tcpflows.PartedTcpFlows._split
+
+    def split_counted(self):
+        splits.append(self.open_count)
+        real_split(self)
+    monkeypatch.setattr(tcpflows.PartedTcpFlows, "_split", split_counted)
     runs_of = ((1, 1), (333, 1), (1 << 18, 1), (333, 2), (1 << 18, 3)) if wait_in_memory > 100 else \
         ((97, 1), (1 << 18, 1), (97, 2), (1 << 18, 3))
     for batch_size, tcp_parts in runs_of:
@@ -176,6 +188,7 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
         assert_same_table(segments_of(out), want_segments)
         files.append((out.read_bytes(), out.with_name(f"seg-{out.name}").read_bytes()))
     assert len(set(files)) == 1
+    assert splits and min(splits) > 20     # the parted runs of several batches split, connections open
     assert pq.ParquetFile(out).metadata.num_row_groups == -(-want.num_rows // 500)
     assert want.num_rows > 1000
     if wait_in_memory == 100:     # rows really waited in run files (several per batch size)

@@ -212,11 +212,12 @@ def test_segments_read_in_place_among_other_rows(seed):
     assert engine.open_count == 0
 
 
-@pytest.mark.parametrize("parts", [2, 3])
-def test_engines_side_by_side_give_one_engines_rows(parts):
-    """PartedTcpFlows (the connections shared out by key among engines fed in threads) gives one engine's
-    rows in the same order, each segment's connection (conn_first) in its place, with rows read in place,
-    spilling, expiry, and end-of-capture portions; an engine's error in a pool thread reaches the caller."""
+@pytest.mark.parametrize("parts, split_at", [(2, 0), (3, 0), (2, 3), (3, 5)])
+def test_engines_side_by_side_give_one_engines_rows(parts, split_at):
+    """PartedTcpFlows (the connections shared out by key among engines fed in threads, from the start or
+    once split_at are open) gives one engine's rows in the same order, each segment's connection
+    (conn_first) in its place, with rows read in place, spilling, expiry, and end-of-capture portions; an
+    engine's error in another thread reaches the caller."""
     rng = np.random.default_rng(40 + parts)
     seg = random_segments(rng, 1500)
     n = len(seg["frame"])
@@ -225,7 +226,7 @@ def test_engines_side_by_side_give_one_engines_rows(parts):
     tcp_rows = np.flatnonzero(status == Status.TCP)
     seen = {}
     for label, make in (("one", lambda: TcpFlows(5 * SECOND, max_in_memory=6)),
-                        ("parted", lambda: PartedTcpFlows(parts, 5 * SECOND, max_in_memory=6))):
+                        ("parted", lambda: PartedTcpFlows(parts, 5 * SECOND, max_in_memory=6, split_at=split_at))):
         for with_part in (False, True):
             engine = make()
             rows_out, firsts = [], []
@@ -240,6 +241,7 @@ def test_engines_side_by_side_give_one_engines_rows(parts):
                 engine.expire(int(part["network_time"][-1]))
                 rows_out.append(engine.drain_packed())
             assert engine.open_count > 0
+            assert label == "one" or engine.split
             while engine.open_count:
                 engine.finish(5)
                 rows_out.append(engine.drain_packed())
@@ -253,7 +255,7 @@ def test_engines_side_by_side_give_one_engines_rows(parts):
     for key, got in seen.items():
         for a, b in zip(want, got):
             assert np.array_equal(a, b), key
-    engine = PartedTcpFlows(parts, 5 * SECOND)
+    engine = PartedTcpFlows(parts, 5 * SECOND, split_at=0)
     with pytest.raises(ValueError, match="increasing indices"):
         engine.feed(batch, rows=np.array([0, 0, 1, 1, 2, 2, 3, 3]))
     engine.close()
