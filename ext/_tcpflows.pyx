@@ -1171,8 +1171,9 @@ cdef class Engine:
         free_flow_memory(f)
         return ST_OK
 
-    cdef int release_unindexed(self, int64_t entry) noexcept nogil:
-        """Finish an open connection while the table and heap do not list them (finish())."""
+    cdef int finish_entry(self, int64_t entry) noexcept nogil:
+        """Finish an open connection's record and give it back; its table place and heap entry are the
+        caller's (release(), or none while finish() has let the table and heap go)."""
         cdef int status
         if entry >= 0:
             status = self.finish_connection(&self.pool[entry])
@@ -1226,19 +1227,12 @@ cdef class Engine:
     cdef int release(self, Py_ssize_t table_pos) noexcept nogil:
         """Finish the flow at table_pos and give its record back."""
         cdef int64_t entry = self.table[table_pos]
+        cdef Py_ssize_t was_open = self.n_open
         cdef int status
         self.heap_remove(self.pool[entry].heap_pos if entry >= 0 else self.cold[COLD_BASE - entry].heap_pos)
-        if entry >= 0:
-            status = self.finish_connection(&self.pool[entry])
-            self.free_slot(entry)
-        else:
-            status = self.read_cold(COLD_BASE - entry, &self.scratch)
-            if status != ST_OK:
-                return status
-            status = self.finish_connection(&self.scratch)
-            self.free_cold(COLD_BASE - entry)
-        self.remove_at(table_pos)
-        self.n_open -= 1
+        status = self.finish_entry(entry)
+        if self.n_open < was_open:      # given back (a spilled record that cannot be read back stays)
+            self.remove_at(table_pos)
         return status
 
     cdef int feed_rows(self, Py_ssize_t n, const uint64_t *frame, const int64_t *ts, const int64_t *now,
@@ -1555,7 +1549,7 @@ cdef class Engine:
         self.reserve_rows(chosen.shape[0])
         with nogil:
             for i in range(chosen.shape[0]):
-                status = self.release_unindexed(chosen[i])
+                status = self.finish_entry(chosen[i])
                 if status != ST_OK:
                     break
             if self.n_open == 0:

@@ -238,9 +238,15 @@ class PartedTcpFlows:
                          for i in range(1, self.parts)]
         self.split = True
 
-    def _submit(self, work) -> list:
-        """work(i, engine) for every part past the first, each in its engine's thread: their futures."""
-        return [thread.submit(work, i + 1, self._engines[i + 1]) for i, thread in enumerate(self._threads)]
+    def _start(self, work) -> tuple:
+        """work(i, engine) for every part: the first's result now (in this thread), the others' futures
+        (each in its engine's thread)."""
+        futures = [thread.submit(work, i + 1, self._engines[i + 1]) for i, thread in enumerate(self._threads)]
+        try:
+            return work(0, self._engines[0]), futures
+        except BaseException:
+            self._results(futures)
+            raise
 
     @staticmethod
     def _results(futures) -> list:
@@ -253,13 +259,8 @@ class PartedTcpFlows:
                     future.exception()
 
     def _each(self, work) -> list:
-        """work(i, engine) for every part: the first in this thread, the others in theirs; waits for all."""
-        futures = self._submit(work)
-        try:
-            first = work(0, self._engines[0])
-        except BaseException:
-            self._results(futures)
-            raise
+        """work(i, engine) for every part, as _start(), waiting for all."""
+        first, futures = self._start(work)
         return [first] + self._results(futures)
 
     @property
@@ -320,12 +321,7 @@ class PartedTcpFlows:
                 return None
             engine.expire(network_time)
             return engine._engine.drain(), engine.min_open_first_frame()
-        futures = self._submit(work)
-        try:
-            first = work(0, self._engines[0])
-        except BaseException:
-            self._results(futures)
-            raise
+        first, futures = self._start(work)
         return first, futures, conn_first, slots, firsts
 
     def collect(self, stepped) -> tuple[tuple[np.ndarray, bytes], int] | None:
