@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 import queue
-from collections import deque
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -484,7 +484,8 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         segments = None
         every = rows.size == status.size
         if want_segments and rows.size:     # the segments table keeps the segments' rows
-            segments = {name: batch[name] if every else take_rows(batch[name], rows) for name in SEGMENT_INPUT_COLUMNS}
+            segments = {name: batch[name] if every else take_rows(batch[name], rows)
+                        for name in SEGMENT_INPUT_COLUMNS}
             segments["conn_first"] = np.empty(rows.size, np.uint64)
             stepped = tcp.step(segments, network_time, segments["conn_first"])
         else:               # the engine reads them in place
