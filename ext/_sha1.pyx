@@ -35,24 +35,22 @@ def sha1_rows(const uint8_t[:, ::1] rows, uint8_t[:, ::1] digests, use_sha=None)
 cdef const char *BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
-cdef inline bint has_ports(uint8_t proto) noexcept nogil:
-    # TCP, UDP, SCTP, ICMP, ICMPv6 hash ports (ICMP: type and code)
-    return proto == 6 or proto == 17 or proto == 132 or proto == 1 or proto == 58
-
-
 def community_ids(const uint8_t[:, ::1] orig_addr not None, const uint8_t[:, ::1] resp_addr not None,
                   const uint8_t[::1] ip_version not None, const uint8_t[::1] ip_proto not None,
                   const uint16_t[::1] orig_p not None, const uint16_t[::1] resp_p not None,
                   const int32_t[::1] icmp4_counterpart not None, const int32_t[::1] icmp6_counterpart not None,
-                  uint16_t seed, uint8_t[:, ::1] out not None, use_sha=None):
+                  const uint8_t[::1] port_protos not None, uint16_t seed, uint8_t[:, ::1] out not None,
+                  use_sha=None):
     """out[i] = the Community ID v1 text of row i ("1:" + base64 of the SHA-1, 30 ASCII bytes), the whole
     spec per row in C (fastflow/community_id.py has the rules and checks the arguments: ip_version 4 or 6,
     addresses 16 bytes with IPv4 in the last 4). icmp*_counterpart: 65,536 entries, the request/reply type
-    of each ICMP type, -1 for one-way types."""
+    of each ICMP type, -1 for one-way types; port_protos: 256 entries, 1 for the protocols whose ports are
+    hashed."""
     cdef Py_ssize_t n = ip_version.shape[0], i
     if (orig_addr.shape[0] != n or resp_addr.shape[0] != n or ip_proto.shape[0] != n or orig_p.shape[0] != n
             or resp_p.shape[0] != n or out.shape[0] != n or orig_addr.shape[1] != 16 or resp_addr.shape[1] != 16
-            or out.shape[1] != 30 or icmp4_counterpart.shape[0] != 65536 or icmp6_counterpart.shape[0] != 65536):
+            or out.shape[1] != 30 or icmp4_counterpart.shape[0] != 65536 or icmp6_counterpart.shape[0] != 65536
+            or port_protos.shape[0] != 256):
         raise ValueError("community_ids: shapes disagree")
     cdef int sha = HAVE_SHA_EXTENSIONS if use_sha is None else (bool(use_sha) and HAVE_SHA_EXTENSIONS)
     cdef uint8_t record[40]
@@ -78,7 +76,7 @@ def community_ids(const uint8_t[:, ::1] orig_addr not None, const uint8_t[:, ::1
                     dport = <uint16_t>counterpart
                 else:
                     one_way = True
-            ports = has_ports(proto)
+            ports = port_protos[proto] != 0
             if not ports:   # absent ports must not decide the order between equal addresses
                 sport = 0
                 dport = 0

@@ -7,4 +7,5 @@ def sha1_rows(rows: np.ndarray, digests: np.ndarray, use_sha: bool | None = None
 
 def community_ids(orig_addr: np.ndarray, resp_addr: np.ndarray, ip_version: np.ndarray, ip_proto: np.ndarray,
                   orig_p: np.ndarray, resp_p: np.ndarray, icmp4_counterpart: np.ndarray,
-                  icmp6_counterpart: np.ndarray, seed: int, out: np.ndarray, use_sha: bool | None = None) -> None: ...
+                  icmp6_counterpart: np.ndarray, port_protos: np.ndarray, seed: int, out: np.ndarray,
+                  use_sha: bool | None = None) -> None: ...

@@ -52,6 +52,8 @@ def _counterpart_table(pairs: dict[int, int]) -> np.ndarray:
 
 _ICMP4_TABLE = _counterpart_table(ICMP4_COUNTERPART)
 _ICMP6_TABLE = _counterpart_table(ICMP6_COUNTERPART)
+_PORT_PROTOS = np.zeros(256, dtype=np.uint8)   # indexed by IP protocol: 1 where the ports are hashed
+_PORT_PROTOS[list(PORT_PROTOS)] = 1
 
 
 def community_id(
@@ -106,6 +108,6 @@ def community_id(
     community_ids(np.ascontiguousarray(orig_addr, dtype=np.uint8), np.ascontiguousarray(resp_addr, dtype=np.uint8),
                   np.ascontiguousarray(ip_version, dtype=np.uint8), np.ascontiguousarray(ip_proto, dtype=np.uint8),
                   np.ascontiguousarray(orig_p, dtype=np.uint16), np.ascontiguousarray(resp_p, dtype=np.uint16),
-                  _ICMP4_TABLE, _ICMP6_TABLE, int(seed), out)
+                  _ICMP4_TABLE, _ICMP6_TABLE, _PORT_PROTOS, int(seed), out)
     text = out.view(f"S{ID_LEN}").reshape(n)
     return text if as_bytes else text.astype(f"U{ID_LEN}")

@@ -314,8 +314,8 @@ def test_portable_sha1_gives_the_same_ids():
     columns = _columns(rows)
     out = np.zeros((len(rows), cid.ID_LEN), np.uint8)
     _sha1.community_ids(columns["orig_addr"], columns["resp_addr"], columns["ip_version"], columns["ip_proto"],
-                        columns["orig_p"], columns["resp_p"], cid._ICMP4_TABLE, cid._ICMP6_TABLE, 0, out,
-                        use_sha=False)
+                        columns["orig_p"], columns["resp_p"], cid._ICMP4_TABLE, cid._ICMP6_TABLE,
+                        cid._PORT_PROTOS, 0, out, use_sha=False)
     assert [bytes(row).decode() for row in out] == whole.tolist()
 
 
