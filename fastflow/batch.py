@@ -37,19 +37,19 @@ from .datagram import DatagramStream
 from .dataset_store import META_DIR, modified_time, open_store
 from .decode import CaptureReader, Status
 from .errors import FastflowError, InputError, OutputError, UsageError
-from .pipeline import _finished, _settings, finished_flows
+from .pipeline import _finished, _settings, finished_table
 from .schema import (
     BATCH_FLOWS_SCHEMA,
     BATCH_SEGMENTS_SCHEMA,
     file_metadata,
     fixed_width_array,
-    flows_table,
+    fixed_width_values,
     segments_table,
     string_array,
+    uint64_values,
 )
 from .segment_stream import SegmentStream
 from .source import Source, is_url, sniff_compression, url_filesystem
-from .summary import summary_counts
 from .tcpflows import TcpFlows, concat_packed, packet_parts
 from .write import ParquetStream
 
@@ -311,8 +311,7 @@ class _PartWriter:
         self.parts: dict[str, tuple[str, ParquetStream]] = {}     # day -> (name in the dataset, writer)
 
     def write(self, table: pa.Table) -> None:
-        # via int64: to_numpy() on a zoned timestamp column goes through pandas (0.3 s to import)
-        ts = table.column(self.time_column).cast(pa.int64()).to_numpy().astype("datetime64[ns]")
+        ts = fixed_width_values(table.column(self.time_column).cast(pa.int64())).astype("datetime64[ns]")
         ts = ts.astype("datetime64[D]")
         days, where = np.unique(ts, return_inverse=True)
         for k, day in enumerate(days):
@@ -632,16 +631,14 @@ def _write_rows(writer: _PartWriter, parts_tcp: list, parts_dg: list, settings: 
           else np.concatenate([d[k] for d in parts_dg]) for k in parts_dg[0]}
     parts_tcp.clear()
     parts_dg.clear()
-    flows = finished_flows(tcp_rows, dg, settings.community_id_seed)
-    more = summary_counts(flows)
+    table, more = finished_table(tcp_rows, dg, settings.community_id_seed, "")
     if counts is None:
         counts = more
     else:
         _add(counts, more)
-    if len(flows["first_frame"]):
-        table = flows_table(flows, "")
-        writer.write(_provenance(table, np.asarray(flows["first_frame"], np.uint64),
-                                 np.asarray(flows["last_frame"], np.uint64), files, stream))
+    if table.num_rows:
+        writer.write(_provenance(table, uint64_values(table.column("first_frame")), uint64_values(table.column("last_frame")),
+                                 files, stream))
     return counts
 
 

@@ -23,23 +23,35 @@ from .decode import CaptureReader, Damage, PFlag, Status, check_filter
 from .errors import OutputError
 from .schema import (
     FLOWS_SCHEMA,
+    address_columns,
+    category_codes,
     file_metadata,
     fixed_width_array,
     flows_table,
+    repeated_string,
     segments_table,
+    string_array,
     take_rows,
+    uint64_values,
 )
 from .segment_stream import SegmentStream
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP
 from .source import Source
-from .summary import analyse, combine_flows, summary_counts
+from .summary import (
+    PROTO_VALUES,
+    analyse,
+    combine_flows,
+    summary_counts,
+    table_counts,
+)
 from .tcpflows import (
     NO_OPEN_CONNECTION,
     PartedTcpFlows,
     TcpFlows,
     concat_packed,
+    datagram_records,
     packet_parts,
-    rows_to_flows,
+    rows_to_arrays,
     take_packed,
 )
 
@@ -208,8 +220,7 @@ WAIT_IN_MEMORY = 1 << 20
 
 
 def _first_frames(table: pa.Table) -> np.ndarray:
-    column = table.column("first_frame").combine_chunks()
-    return np.frombuffer(column.buffers()[1], np.uint64, len(column), column.offset)
+    return uint64_values(table.column("first_frame"))
 
 
 def _sorted_by_first_frame(table: pa.Table) -> pa.Table:
@@ -313,7 +324,7 @@ class _FlowWriter:
         self.runs: list[_RunFile] = []
         self.waiting = 0
         self.next_conn_id = 0
-        self.counts = summary_counts(combine_flows(rows_to_flows(*empty[0]), empty[1])[0])
+        self.counts = finished_table(empty[0], empty[1], 0, source)[1]
         self._attempt_at = FLUSH_ROWS
 
     def add(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> None:
@@ -405,9 +416,9 @@ class _FlowWriter:
 
     def to_table(self, tcp: tuple[np.ndarray, bytes], datagram: dict) -> pa.Table:
         """Rows of both engines as one flows table in first-frame order (conn_id set when written)."""
-        flows = finished_flows(tcp, datagram, self.seed)
-        _add_counts(self.counts, summary_counts(flows))
-        return flows_table(flows, self.source)
+        table, counts = finished_table(tcp, datagram, self.seed, self.source)
+        _add_counts(self.counts, counts)
+        return table
 
     def _emit(self, table: pa.Table) -> None:
         n = table.num_rows
@@ -415,9 +426,8 @@ class _FlowWriter:
         self.next_conn_id += n
         self.sink(table.set_column(table.schema.get_field_index("conn_id"), table.schema.field("conn_id"), ids))
         if self.on_emit is not None:
-            last = table.column("last_frame").combine_chunks()
             self.on_emit(_first_frames(table), np.arange(self.next_conn_id - n, self.next_conn_id, dtype=np.uint64),
-                         np.frombuffer(last.buffers()[1], np.uint64, len(last), last.offset))
+                         uint64_values(table.column("last_frame")))
 
     def close(self) -> None:
         for run in self.runs:
@@ -425,14 +435,44 @@ class _FlowWriter:
         self.runs = []
 
 
-def finished_flows(tcp: tuple[np.ndarray, bytes], datagram: dict, seed: int) -> dict:
-    """The engines' rows (packed TCP rows, datagram flows) as one set of flows columns in first-frame order,
-    Community ID included."""
-    flows, _ = combine_flows(rows_to_flows(*tcp), datagram)
-    flows["community_id"] = community_id(flows["orig_addr"], flows["resp_addr"], flows["ip_version"],
-                                         flows["ip_proto"], flows["orig_p"], flows["resp_p"], seed=seed,
-                                         as_bytes=True)
-    return flows
+def finished_table(tcp: tuple[np.ndarray, bytes], datagram: dict, seed: int, source: str) -> tuple[pa.Table, dict]:
+    """The engines' rows (packed TCP rows, datagram flows) as one flows table in first-frame order, conn_id
+    numbering these rows from 0, and its summary_counts(). The datagram flows become packed records too,
+    merged with TCP's by first frame (a row copy each), and all are turned into columns at once."""
+    rows, text = tcp
+    n_tcp, n_dg = len(rows), len(datagram["first_frame"])
+    proto = ip_proto = duration = None
+    if n_dg:
+        records, more_text = datagram_records(datagram, rows.dtype, len(text))
+        text = text + more_text
+        # where each row goes: the two sides are each in first-frame order, merged stably (TCP first on a tie)
+        first = np.concatenate([rows["first_frame"], records["first_frame"]])
+        place = np.empty(n_tcp + n_dg, np.int64)
+        place[np.argsort(first, kind="stable")] = np.arange(n_tcp + n_dg)
+        merged = np.empty(n_tcp + n_dg, rows.dtype)
+        opaque = np.dtype((np.void, rows.dtype.itemsize))   # whole records: numpy copies fields one by one
+        merged.view(opaque)[place[:n_tcp]] = rows.view(opaque)
+        merged.view(opaque)[place[n_tcp:]] = records.view(opaque)
+        proto = np.zeros(n_tcp + n_dg, np.int8)
+        proto[place[n_tcp:]] = category_codes(datagram["proto"], PROTO_VALUES)
+        ip_proto = np.full(n_tcp + n_dg, 6, np.uint8)
+        ip_proto[place[n_tcp:]] = datagram["ip_proto"]
+        duration = np.empty(n_tcp + n_dg)
+        duration[place[:n_tcp]] = (rows["last_time"] - rows["first_ts"]) / 1e9
+        duration[place[n_tcp:]] = datagram["duration"]
+        rows = merged
+    columns = rows_to_arrays(rows, text, proto, ip_proto, duration)
+    n = len(rows)
+    orig_addr, resp_addr = np.ascontiguousarray(rows["orig_addr"]), np.ascontiguousarray(rows["resp_addr"])
+    ip_version = rows["ip_version"]
+    columns["orig_h"], columns["resp_h"] = address_columns([orig_addr, resp_addr], ip_version)
+    columns["community_id"] = string_array(community_id(
+        orig_addr, resp_addr, ip_version, np.full(n, 6, np.uint8) if ip_proto is None else ip_proto,
+        rows["orig_p"], rows["resp_p"], seed=seed, as_bytes=True))
+    columns["conn_id"] = fixed_width_array(np.arange(n, dtype=np.uint64), pa.uint64())
+    columns["source"] = repeated_string(source, n)
+    table = pa.Table.from_arrays([columns[name] for name in FLOWS_SCHEMA.names], schema=FLOWS_SCHEMA)
+    return table, table_counts(table)
 
 
 def _add_counts(total: dict, more: dict) -> None:

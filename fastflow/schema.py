@@ -132,9 +132,13 @@ BATCH_SEGMENTS_SCHEMA = pa.schema([pa.field(n, t, nullable=n in SEGMENTS_NULLABL
 # benchmarks/parquet_write.py and benchmarks/RESULTS.md): sorted or slowly growing integers as deltas
 # (DELTA_BINARY_PACKED: a few bits a value, no dictionary to build; the flows' event times too, close to
 # ts_start); columns of random 32-bit values without a dictionary (it never pays); every other column with a
-# dictionary (Parquet falls back to plain values where it outgrows 1 MB; Community IDs and durations repeat in
-# real traffic, where clients reuse ports, and are smaller and faster to write with one there). String
-# columns are written without min/max statistics: comparing every string costs more than they can prune.
+# dictionary (Community IDs and durations repeat in real traffic, where clients reuse ports, and are smaller and
+# faster to write with one there). ParquetStream (every file the command line writes) keeps a row group's whole
+# dictionary, so that the bytes do not depend on how the rows were cut into tables; write_tables lets Parquet
+# fall back to plain values where a dictionary outgrows 1 MB. Durations, RTTs and Community IDs without one:
+# 13% less write time on the synthetic scale rows, but a 53% larger and 18% slower file on the real capture
+# (benchmarks/RESULTS.md, 2026-12-01). String columns are written without min/max statistics: comparing every
+# string costs more than they can prune.
 DELTA_COLUMNS = frozenset({"frame", "ts", "conn_id", "ts_start", "first_frame", "last_frame", "ts_end", "syn_ts",
                            "synack_ts", "handshake_ack_ts", "fin1_ts", "fin2_ts", "rst_ts"})
 NO_DICTIONARY_COLUMNS = frozenset({"seq", "ack", "orig_isn", "resp_isn"})
@@ -230,23 +234,34 @@ def fixed_width_array(data, arrow_type, mask=None) -> pa.Array:
     return pa.Array.from_buffers(arrow_type, n, [validity, values], null_count=nulls)
 
 
+def fixed_width_values(column) -> np.ndarray:
+    """An integer or float column's values (Array or ChunkedArray; what lies under nulls included) as numpy,
+    without a copy when it is one chunk. (Array.to_numpy() imports pandas, 0.15 s, where it is installed.)"""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    dtype = NUMPY_TYPES[column.type]
+    return np.frombuffer(column.buffers()[1], dtype, len(column), column.offset * np.dtype(dtype).itemsize)
+
+
+def uint64_values(column) -> np.ndarray:
+    """A uint64 column without nulls (Array or ChunkedArray) as numpy."""
+    return fixed_width_values(column)
+
+
 def string_array(values, mask=None) -> pa.Array:
-    """A string Arrow array from a numpy str or bytes array (mask True = null); non-ASCII text through pa.array."""
+    """A string Arrow array from a numpy str, bytes (UTF-8) or object (str or None) array, mask True = null.
+    Never through pa.array(), which imports pandas (0.15 s) where it is installed."""
     raw = np.asarray(values)
     n = len(raw)
+    if raw.dtype.kind not in "US":     # Python objects: str, or None for null
+        missing = np.fromiter((v is None for v in raw.tolist()), bool, n)
+        if missing.any():
+            mask = missing if mask is None else (np.asarray(mask, bool) | missing)
+            raw = np.where(missing, "", raw)
+        raw = raw.astype(str) if n else np.zeros(0, "U1")
     if raw.dtype.kind == "U":
         ascii_bytes = _ascii(raw)
-        if ascii_bytes is None:
-            data = raw.astype(object)
-            if mask is not None:
-                data[np.asarray(mask, bool)] = None
-            return pa.array(data, pa.string())
-        raw = ascii_bytes
-    elif raw.dtype.kind != "S":
-        data = raw.astype(object)
-        if mask is not None:
-            data[np.asarray(mask, bool)] = None
-        return pa.array(data, pa.string())
+        raw = np.char.encode(raw, "utf-8") if ascii_bytes is None else ascii_bytes
     width = raw.dtype.itemsize
     cells = np.ascontiguousarray(raw).view(np.uint8).reshape(n, width)
     lengths = np.char.str_len(raw).astype(np.int64) if n else np.zeros(0, np.int64)
@@ -298,6 +313,32 @@ def _category(values, names=None, mask=None, arrow_type=None) -> pa.Array:
                                           string_array(distinct))
 
 
+_DICTIONARIES: dict[tuple, pa.Array] = {}
+
+
+def coded_category(codes, names: tuple, present=None, arrow_type=CATEGORY) -> pa.DictionaryArray:
+    """Codes into `names` as a dictionary column whose dictionary is every name (fastflow.write keeps only the
+    ones used, in order of appearance); present False = null. No string is looked at per row."""
+    dictionary = _DICTIONARIES.get(names)
+    if dictionary is None:
+        dictionary = _DICTIONARIES[names] = string_array(np.asarray(names, dtype=str))
+    mask = None if present is None else ~np.asarray(present, bool)
+    indices = np.asarray(codes).astype(NUMPY_TYPES[arrow_type.index_type])
+    if mask is not None:
+        indices[mask] = 0     # a valid index under every null
+    return pa.DictionaryArray.from_arrays(fixed_width_array(indices, arrow_type.index_type, mask), dictionary)
+
+
+def category_codes(values, names: tuple) -> np.ndarray:
+    """Each string's position in names (ValueError for one not there)."""
+    distinct, inverse = _sorted_distinct(np.asarray(values, dtype=str))
+    where = {name: i for i, name in enumerate(names)}
+    unknown = [v for v in distinct.tolist() if v not in where]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not one of {names}")
+    return np.array([where[v] for v in distinct.tolist()], np.int64)[inverse]
+
+
 def _sorted_distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(values, return_inverse=True) for a str or bytes array of few distinct values: Arrow's hash
     table finds them (np.unique would sort every string), and only the distinct ones are sorted."""
@@ -316,7 +357,7 @@ def _sorted_distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return found[rank], position[indices]
 
 
-def _column(values, arrow_type) -> pa.Array:
+def column_array(values, arrow_type) -> pa.Array:
     if isinstance(values, pa.Array):
         return values.cast(arrow_type) if values.type != arrow_type else values
     mask = np.ma.getmaskarray(values) if np.ma.isMaskedArray(values) else None
@@ -334,7 +375,7 @@ def flows_table(flows: dict, source: str) -> pa.Table:
     columns["orig_h"], columns["resp_h"] = address_columns([flows["orig_addr"], flows["resp_addr"]],
                                                            flows["ip_version"])
     columns["source"] = repeated_string(source, n)
-    arrays = [_column(columns[name], t) for name, t, _ in FLOWS_FIELDS]
+    arrays = [column_array(columns[name], t) for name, t, _ in FLOWS_FIELDS]
     return pa.Table.from_arrays(arrays, schema=FLOWS_SCHEMA)
 
 
@@ -356,7 +397,7 @@ def segments_table(seg: dict, segments: dict) -> pa.Table:
     }
     for name, bit in ANALYSIS_TAGS.items():
         columns[name] = (segments["analysis"] & bit) != 0
-    arrays = [_column(columns[name], t) for name, t, _ in SEGMENTS_FIELDS]
+    arrays = [column_array(columns[name], t) for name, t, _ in SEGMENTS_FIELDS]
     return pa.Table.from_arrays(arrays, schema=SEGMENTS_SCHEMA)
 
 

@@ -48,7 +48,7 @@ from .flows import (
     first_in_group,
     last_before,
 )
-from .schema import string_array
+from .schema import fixed_width_array, fixed_width_values, string_array
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP
 from .tagging import SEGMENT_COLUMNS, tag_segments
 from .tcpstate import ANALYSIS_TAGS, CONN_STATES, history_strings, tcp_state
@@ -262,6 +262,23 @@ def summary_counts(flows: dict) -> dict:
             "close": counts(flows["close"], CLOSE_VALUES)}
 
 
+def table_counts(table: pa.Table) -> dict:
+    """summary_counts() of a flows table, from its dictionary columns' indices."""
+    def counts(name, names):
+        column = table.column(name)
+        found = dict.fromkeys(names, 0)
+        for chunk in column.chunks:
+            codes = fixed_width_values(chunk.indices.drop_null())
+            for value, k in zip(chunk.dictionary.to_pylist(), np.bincount(codes, minlength=len(chunk.dictionary))):
+                if value in found:
+                    found[value] += int(k)
+        return found
+    return {"connections": table.num_rows,
+            "by_proto": counts("proto", PROTO_VALUES),
+            "handshake": counts("handshake", HANDSHAKE_VALUES),
+            "close": counts("close", CLOSE_VALUES)}
+
+
 def combine_flows(tcp: dict, datagram: dict) -> tuple[dict, np.ndarray]:
     """TCP flows and datagram.datagram_flows rows as one table in order of first packet.
 
@@ -314,7 +331,7 @@ def _combined_arrow(a, b, n_dg: int, order) -> pa.Array:
                                   else None)
         parts.append(values)
     joined = pa.concat_arrays(parts) if len(parts[1]) else parts[0]
-    return joined if order is None else joined.take(pa.array(order))
+    return joined if order is None else joined.take(fixed_width_array(order, pa.int64()))
 
 
 def analyse(seg: dict, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,

@@ -15,10 +15,10 @@ import pyarrow as pa
 from . import _tcpflows
 from .decode import Status
 from .errors import OutputError
-from .schema import take_rows
+from .schema import TS, category_codes, coded_category, fixed_width_array, string_array, take_rows
 from .flows import DEFAULT_IDLE_TIMEOUT_NS
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, is_likely_server_port
-from .summary import CLOSE_VALUES, HANDSHAKE_VALUES
+from .summary import CLOSE_VALUES, HANDSHAKE_VALUES, PROTO_VALUES
 from .tcpstate import CONN_STATES
 
 #: the decoder columns the engine reads (contiguous arrays; src/dst as (n, 16) uint8)
@@ -471,3 +471,109 @@ def rows_to_flows(r: np.ndarray, text: bytes) -> dict:
     out["first_frame"] = r["first_frame"].copy()
     out["last_frame"] = r["last_frame"].copy()
     return out
+
+
+#: rst_by's engine code (bit 1 orig, bit 2 resp) as a position in RST_BY_VALUES (0: no RST, null)
+RST_BY_VALUES = ("orig", "resp", "both")
+CLOSE_INITIATOR_VALUES = ("orig", "resp")
+_RST_BY_CODE = np.array([0, 0, 1, 2], np.int8)
+
+
+def rows_to_arrays(r: np.ndarray, text: bytes, proto: np.ndarray | None = None, ip_proto: np.ndarray | None = None,
+                   duration: np.ndarray | None = None) -> dict[str, pa.Array]:
+    """The engine's packed rows as the flows table's Arrow columns, straight from the record fields: what
+    flows_table(rows_to_flows(r, text)) gives, without numpy masked arrays or a string per row in between.
+    Leaves out conn_id, source and the columns made from the endpoints (orig_h, resp_h, community_id).
+
+    Rows of other protocols (datagram_records) come with their proto (PROTO_VALUES codes, 0 = TCP), ip_proto
+    and duration (seconds) per row: the columns only TCP has are null on them."""
+    def column(name, arrow_type, present=None, values=None):
+        return fixed_width_array(r[name] if values is None else values, arrow_type,
+                                 None if present is None else ~np.asarray(present, bool))
+
+    n = len(r)
+    is_tcp = None if proto is None else proto == 0
+
+    def tcp_only(present=None):
+        if is_tcp is None:
+            return present
+        return is_tcp if present is None else (np.asarray(present, bool) & is_tcp)
+
+    out = {"ts_start": column("ts_start", TS), "ts_end": column("ts_end", TS)}
+    if duration is None:
+        duration = (r["last_time"] - r["first_ts"]) / 1e9
+    out["duration"] = column(None, pa.float64(), values=duration)
+    for name, arrow_type in (("orig_p", pa.uint16()), ("resp_p", pa.uint16()), ("ip_version", pa.uint8())):
+        out[name] = column(name, arrow_type)
+    out["proto"] = coded_category(np.zeros(n, np.int8) if proto is None else proto, PROTO_VALUES)
+    out["ip_proto"] = column(None, pa.uint8(), values=np.full(n, 6, np.uint8) if ip_proto is None else ip_proto)
+    out["vlan"] = column("vlan", pa.int32(), r["vlan"] >= 0)
+    for name in ("orig_pkts", "resp_pkts", "orig_payload_bytes", "resp_payload_bytes", "orig_ip_bytes",
+                 "resp_ip_bytes"):
+        out[name] = column(name, pa.uint64())
+    productive = duration > 0
+    out["orig_bytes"] = column("orig_size", pa.uint64(), productive)
+    out["resp_bytes"] = column("resp_size", pa.uint64(), productive)
+    out["handshake"] = coded_category(r["handshake"], HANDSHAKE_VALUES, tcp_only())
+    out["syn_ts"] = column("syn_ts", TS, tcp_only(r["has_syn"]))
+    out["synack_ts"] = column("synack_ts", TS, tcp_only(r["has_synack"]))
+    out["handshake_ack_ts"] = column("handshake_ack_ts", TS, tcp_only(r["has_handshake_ack"]))
+    out["orig_isn"] = column("orig_isn", pa.uint32(), tcp_only(r["has_orig_isn"]))
+    out["resp_isn"] = column("resp_isn", pa.uint32(), tcp_only(r["has_resp_isn"]))
+    out["syn_count"] = column("syn_count", pa.uint32(), tcp_only())
+    out["synack_count"] = column("synack_count", pa.uint32(), tcp_only())
+    ok1, ok2 = r["has_synack"] != 0, r["has_handshake_ack"] != 0
+    rtt1, rtt2 = r["rtt1"] / 1e9, r["rtt2"] / 1e9
+    out["rtt_syn_synack"] = column(None, pa.float64(), tcp_only(ok1), rtt1)
+    out["rtt_synack_ack"] = column(None, pa.float64(), tcp_only(ok2), rtt2)
+    out["irtt"] = column(None, pa.float64(), tcp_only(ok1 & ok2), rtt1 + rtt2)
+    for side in ("orig", "resp"):
+        present = r[f"{side}_opt"] != 0
+        mss, wscale = r[f"{side}_mss"], r[f"{side}_wscale"]
+        out[f"{side}_mss"] = column(None, pa.uint16(), tcp_only(present & (mss > 0)), mss)
+        out[f"{side}_wscale"] = column(None, pa.int16(), tcp_only(present & (wscale >= 0)), wscale)
+        out[f"{side}_sack_ok"] = column(None, pa.bool_(), tcp_only(), r[f"{side}_sack_ok"] != 0)
+    out["close"] = coded_category(r["close"], CLOSE_VALUES, tcp_only())
+    initiator = r["close_initiator"]
+    out["close_initiator"] = coded_category(initiator, CLOSE_INITIATOR_VALUES, tcp_only(initiator < 2))
+    rst_by = r["rst_by"]
+    out["rst_by"] = coded_category(_RST_BY_CODE[np.minimum(rst_by, 3)], RST_BY_VALUES, tcp_only(rst_by != 0))
+    out["fin1_ts"] = column("fin1_ts", TS, tcp_only(r["has_fin1"]))
+    out["fin2_ts"] = column("fin2_ts", TS, tcp_only(r["has_fin2"]))
+    out["rst_ts"] = column("rst_ts", TS, tcp_only(r["has_rst"]))
+    teardown = r["teardown_segments"]
+    out["teardown_segments"] = column("teardown_segments", pa.uint8(), tcp_only(teardown > 0))
+    for name in ("orig_retransmissions", "resp_retransmissions"):
+        out[name] = column(name, pa.uint32(), tcp_only())
+    out["conn_state"] = coded_category(r["conn_state"], CONN_STATES)
+    out["history"] = _history_column(r, text)
+    out["first_frame"] = column("first_frame", pa.uint64())
+    out["last_frame"] = column("last_frame", pa.uint64())
+    return out
+
+
+#: the fields datagram flows share with TCP's records, copied as they are
+_SHARED_FIELDS = ("first_frame", "last_frame", "ts_start", "ts_end", "orig_p", "resp_p", "ip_version", "orig_addr",
+                  "resp_addr", "orig_pkts", "resp_pkts", "orig_payload_bytes", "resp_payload_bytes", "orig_ip_bytes",
+                  "resp_ip_bytes")
+
+
+def datagram_records(flows: dict, dtype: np.dtype, text_start: int) -> tuple[np.ndarray, bytes]:
+    """Datagram flows (DatagramStream.drain) as packed records of the TCP engine's dtype, so that both turn
+    into columns together (rows_to_arrays, given each row's proto, ip_proto and duration): the fields they
+    share, orig/resp_bytes as orig/resp_size, conn_state's code, and the histories in the text returned (their
+    offsets counted from text_start). The fields only TCP has stay zero; rows_to_arrays makes them null."""
+    n = len(flows["first_frame"])
+    r = np.zeros(n, dtype)
+    for name in _SHARED_FIELDS:
+        r[name] = flows[name]
+    r["vlan"] = np.ma.filled(flows["vlan"], -1)
+    r["orig_size"] = np.ma.getdata(flows["orig_bytes"])
+    r["resp_size"] = np.ma.getdata(flows["resp_bytes"])
+    r["conn_state"] = category_codes(flows["conn_state"], CONN_STATES)
+    history = string_array(np.asarray(flows["history"]))
+    offsets = np.frombuffer(history.buffers()[1], np.int32, n + 1, history.offset).astype(np.int64)
+    r["hist_offset"] = text_start + offsets[:-1] - offsets[0]
+    r["hist_len"] = np.diff(offsets)
+    data = history.buffers()[2]
+    return r, b"" if data is None else data.to_pybytes()[offsets[0]:offsets[-1]]

@@ -308,3 +308,47 @@ def test_stream_failure_leaves_no_file(tmp_path):
             raise RuntimeError("crash before commit")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("source", ["synthetic", "zeek__wikipedia.pcap"])
+def test_finished_rows_become_the_whole_capture_paths_columns(tmp_path, monkeypatch, source):
+    """finished_table (the streamed rows: packed TCP records and datagram flows merged by first frame, turned
+    into Arrow columns at once) gives, for every set of rows the stream hands it, the table and counts of the
+    whole-capture conversion (rows_to_flows, combine_flows, flows_table, summary_counts): TCP-only columns
+    null on datagram rows, the rows interleaved in first-frame order."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fastflow.community_id import community_id
+    from fastflow.schema import flows_table
+    from fastflow.summary import combine_flows, summary_counts
+    if source == "synthetic":
+        path = tmp_path / "synth.pcap"
+        generate = Path(__file__).resolve().parents[1] / "benchmarks" / "generate.py"
+        subprocess.run([sys.executable, str(generate), "--packets", "20000", "--seed", "5", "-o", str(path)],
+                       check=True, capture_output=True)
+    else:
+        path = CAPTURES / source
+        if not path.exists():
+            pytest.skip(f"{path} is not there (../shared/corpus)")
+    real = pipeline.finished_table
+    mixed = []
+
+    def checked(tcp, datagram, seed, source_name):
+        table, counts = real(tcp, datagram, seed, source_name)
+        flows, _ = combine_flows(tcpflows.rows_to_flows(*tcp), datagram)
+        flows["community_id"] = community_id(flows["orig_addr"], flows["resp_addr"], flows["ip_version"],
+                                             flows["ip_proto"], flows["orig_p"], flows["resp_p"], seed=seed)
+        assert_same_table(table, flows_table(flows, source_name))
+        assert counts == summary_counts(flows)
+        first = np.concatenate([tcp[0]["first_frame"], datagram["first_frame"]])
+        if len(tcp[0]) and len(datagram["first_frame"]) and np.any(first[1:] < first[:-1]):
+            mixed.append(len(first))
+        return table, counts
+    monkeypatch.setattr(pipeline, "finished_table", checked)
+    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 40)
+    result = stream_flows(str(path), lambda table: None, batch_size=1000, community_id_seed=9)
+    assert result.stats["counts"]["by_proto"]["tcp"] and sum(result.stats["counts"]["by_proto"].values()) > \
+        result.stats["counts"]["by_proto"]["tcp"]
+    assert mixed, "no set of rows interleaved TCP and datagram flows"
