@@ -229,11 +229,15 @@ def _sorted_by_first_frame(table: pa.Table) -> pa.Table:
 
 
 class _MemoryRows:
-    """Ready rows held in memory (sorted), turned into tables a slice at a time."""
+    """Ready rows held in memory, turned into tables a slice at a time in first-frame order. The TCP rows come
+    with the order that sorts them (None: they are), applied a slice at a time: one gather of all the rows at
+    once would be a second copy of them, made by reading them out of order."""
 
-    def __init__(self, writer: _FlowWriter, tcp: tuple[np.ndarray, bytes], datagram: dict):
-        self.writer, self.tcp, self.datagram = writer, tcp, datagram
-        tcp_first, dg_first = tcp[0]["first_frame"], datagram["first_frame"]
+    def __init__(self, writer: _FlowWriter, tcp: tuple[np.ndarray, bytes, np.ndarray | None], datagram: dict):
+        rows, text, self.order = tcp
+        self.writer, self.tcp, self.datagram = writer, (rows, text), datagram
+        tcp_first = rows["first_frame"] if self.order is None else rows["first_frame"][self.order]
+        dg_first = datagram["first_frame"]
         bounds = np.sort(np.concatenate([tcp_first, dg_first]))[FLUSH_ROWS::FLUSH_ROWS]
         self.t_cuts = np.concatenate([[0], np.searchsorted(tcp_first, bounds), [len(tcp_first)]])
         self.d_cuts = np.concatenate([[0], np.searchsorted(dg_first, bounds), [len(dg_first)]])
@@ -244,8 +248,9 @@ class _MemoryRows:
         while (self.table is None or not self.table.num_rows) and self.next < len(self.t_cuts) - 1:
             k = self.next
             self.next += 1
+            which = slice(self.t_cuts[k], self.t_cuts[k + 1])
             self.table = self.writer.to_table(
-                take_packed(*self.tcp, slice(self.t_cuts[k], self.t_cuts[k + 1])),
+                take_packed(*self.tcp, which if self.order is None else self.order[which]),
                 _take(self.datagram, slice(self.d_cuts[k], self.d_cuts[k + 1])))
         return self.table if self.table is not None and self.table.num_rows else None
 
@@ -334,8 +339,9 @@ class _FlowWriter:
             self.datagram.append((datagram, int(datagram["first_frame"].min())))
         self.waiting += len(tcp[0]) + len(datagram["first_frame"])
 
-    def _take_waiting(self, limit: np.uint64) -> tuple[tuple[np.ndarray, bytes], dict]:
-        """The waiting rows that started before limit (all of them for 2**64 - 1), sorted, out of memory."""
+    def _take_waiting(self, limit: np.uint64) -> tuple[tuple[np.ndarray, bytes, np.ndarray | None], dict]:
+        """The waiting rows that started before limit (all of them for 2**64 - 1), out of memory: the TCP rows
+        with the order that sorts them by first frame (None: they are), the datagram flows sorted."""
         ready_tcp, kept_tcp = [], []
         for part in self.tcp:
             rows, text, written, low = part
@@ -344,8 +350,13 @@ class _FlowWriter:
                 continue
             first = rows["first_frame"]
             ready = np.flatnonzero((first < limit) & ~written)
-            # a part ready whole is taken as it is: copies here are what the peak memory is made of
-            ready_tcp.append((rows, text) if ready.size == len(rows) else take_packed(rows, text, ready))
+            # a part ready whole is taken as it is, and a run of its rows as a view (a part is sorted by first
+            # frame, and written from its start): copies here are what the peak memory is made of
+            if ready.size == len(rows):
+                ready_tcp.append((rows, text))
+            elif ready.size:
+                run = ready[-1] - ready[0] + 1 == ready.size
+                ready_tcp.append(take_packed(rows, text, slice(ready[0], ready[-1] + 1) if run else ready))
             written[ready] = True
             left = np.flatnonzero(~written)
             if left.size == 0:
@@ -368,13 +379,12 @@ class _FlowWriter:
         self.tcp, self.datagram = kept_tcp, kept_dg
         self.waiting = (sum(len(w) - int(np.count_nonzero(w)) for _, _, w, _ in kept_tcp)
                         + sum(len(f["first_frame"]) for f, _ in kept_dg))
-        tcp = concat_packed(ready_tcp) if ready_tcp else self.empty[0]
+        rows, text = concat_packed(ready_tcp) if ready_tcp else self.empty[0]
         del ready_tcp
         datagram = _concat_flows(ready_dg) if ready_dg else self.empty[1]
-        first = tcp[0]["first_frame"]
-        if len(first) > 1 and np.any(first[1:] < first[:-1]):
-            tcp = take_packed(*tcp, np.argsort(first, kind="stable"))
-        return tcp, _sorted_flows(datagram)
+        first = rows["first_frame"]
+        order = np.argsort(first, kind="stable") if len(first) > 1 and np.any(first[1:] < first[:-1]) else None
+        return (rows, text, order), _sorted_flows(datagram)
 
     def flush(self, watermark: int, force: bool = False) -> bool:
         """Write the waiting flows that started before `watermark` (the first frame of the oldest open one);
