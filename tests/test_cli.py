@@ -338,14 +338,15 @@ def test_process_and_batch_never_import_pandas(tmp_path):
 
 def test_the_command_line_starts_without_numpy_and_with_one_blas_thread():
     """fastflow/__init__ loads process() on first use, so the command line sets up the process
-    (cli.tune_process: one OpenBLAS thread) before numpy loads, and --version needs neither numpy nor pyarrow."""
+    (cli.tune_process: one OpenBLAS thread, Arrow on the system allocator) before numpy and pyarrow load, and
+    --version needs neither."""
     out = subprocess.run([sys.executable, "-c", "import sys, fastflow.cli; print(sorted(sys.modules))"],
                          capture_output=True, text=True, check=True).stdout
     assert "'numpy'" not in out and "'pyarrow'" not in out
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
-    code = ("import os, sys; from fastflow import cli; cli.tune_process(); import numpy; "
-            "print(os.environ['OPENBLAS_NUM_THREADS'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "ARROW_DEFAULT_MEMORY_POOL")}
+    code = ("import os, sys; from fastflow import cli; cli.tune_process(); import numpy, pyarrow; "
+            "print(os.environ['OPENBLAS_NUM_THREADS'], pyarrow.default_memory_pool().backend_name)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env=env).stdout.strip() == "1"
+                          env=env).stdout.split() == ["1", "system"]
     r = subprocess.run([sys.executable, "-m", "fastflow", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("fastflow ")
