@@ -268,7 +268,10 @@ def table_counts(table: pa.Table) -> dict:
         column = table.column(name)
         found = dict.fromkeys(names, 0)
         for chunk in column.chunks:
-            codes = fixed_width_values(chunk.indices.drop_null())
+            codes = fixed_width_values(chunk.indices).astype(np.intp)
+            if chunk.null_count:    # without pyarrow.compute (drop_null): its import alone is 25 ms
+                bits = np.unpackbits(np.frombuffer(chunk.indices.buffers()[0], np.uint8), bitorder="little")
+                codes = codes[bits[chunk.indices.offset:chunk.indices.offset + len(codes)] == 1]
             for value, k in zip(chunk.dictionary.to_pylist(), np.bincount(codes, minlength=len(chunk.dictionary))):
                 if value in found:
                     found[value] += int(k)
