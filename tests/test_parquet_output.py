@@ -376,14 +376,18 @@ def test_streamed_dictionaries_are_re_encoded_as_from_their_strings():
         words = [f"w{i}" for i in range(rng.integers(1, 12))]
         chunks = []
         for _ in range(rng.integers(1, 4)):
-            n = int(rng.integers(0, 50))
+            # long chunks too, where a value first turns up thousands of rows in (the first rows are looked
+            # for a stretch at a time, each four times longer)
+            n = int(rng.integers(0, 50)) if rng.random() < 0.7 else int(rng.integers(1000, 12000))
             dictionary = list(rng.permutation(words))
             if rng.random() < 0.2 and len(dictionary) > 1:
                 dictionary.append(dictionary[0])
             mask = rng.random(n) < 0.2 if rng.random() < 0.5 else None
+            indices = rng.integers(0, max(1, len(dictionary) // 2), n)
+            for late in rng.integers(len(dictionary) // 2, len(dictionary), 3) if n > 1000 else []:
+                indices[rng.integers(n // 2, n)] = late     # a value that first appears late
             chunk = pa.DictionaryArray.from_arrays(
-                pa.array(rng.integers(0, len(dictionary), n), arrow_type.index_type, mask=mask),
-                pa.array(dictionary, pa.string()))
+                pa.array(indices, arrow_type.index_type, mask=mask), pa.array(dictionary, pa.string()))
             chunks.append(chunk.slice(1, n - 2) if rng.random() < 0.3 and n > 2 else chunk)
         column = pa.chunked_array(chunks, arrow_type)
         want = column.cast(pa.string()).combine_chunks().dictionary_encode().cast(arrow_type)
