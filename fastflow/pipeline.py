@@ -461,7 +461,7 @@ def finished_table(tcp: tuple[np.ndarray, bytes], datagram: dict, seed: int, sou
         place[np.argsort(first, kind="stable")] = np.arange(n_tcp + n_dg)
         merged = np.empty(n_tcp + n_dg, rows.dtype)
         opaque = np.dtype((np.void, rows.dtype.itemsize))   # whole records: numpy copies fields one by one
-        merged.view(opaque)[place[:n_tcp]] = rows.view(opaque)
+        merged.view(opaque)[place[:n_tcp]] = np.ascontiguousarray(rows).view(opaque)
         merged.view(opaque)[place[n_tcp:]] = records.view(opaque)
         proto = np.zeros(n_tcp + n_dg, np.int8)
         proto[place[n_tcp:]] = category_codes(datagram["proto"], PROTO_VALUES)
