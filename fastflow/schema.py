@@ -209,6 +209,14 @@ def _validity(mask, n: int):
     return pa.py_buffer(np.packbits(~mask, bitorder="little")), nulls
 
 
+def null_mask(array: pa.Array) -> np.ndarray | None:
+    """An Arrow array's nulls as a numpy mask (True = null; _validity's inverse), None when it has none."""
+    if not array.null_count:
+        return None
+    bits = np.unpackbits(np.frombuffer(array.buffers()[0], np.uint8), bitorder="little")
+    return bits[array.offset:array.offset + len(array)] == 0
+
+
 def take_rows(column: np.ndarray, rows) -> np.ndarray:
     """column[rows] for a slice, an index array or a boolean mask. np.take and np.compress are 10-15x faster
     than indexing on the 16-byte address rows (numpy's general gather goes element by element there), and

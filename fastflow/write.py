@@ -15,7 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import OutputError
-from .schema import DELTA_COLUMNS, NO_DICTIONARY_COLUMNS, fixed_width_array, fixed_width_values, string_array
+from .schema import (
+    DELTA_COLUMNS,
+    NO_DICTIONARY_COLUMNS,
+    fixed_width_array,
+    fixed_width_values,
+    null_mask,
+    string_array,
+)
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 ROW_GROUP_ROWS = 1 << 20
@@ -134,11 +141,8 @@ def _in_order_of_appearance(column: pa.DictionaryArray, arrow_type: pa.DataType)
     if len(set(words)) != len(words):     # repeated values: only the strings tell
         return column.cast(arrow_type.value_type).dictionary_encode().cast(arrow_type)
     values = fixed_width_values(indices).astype(np.intp)
-    null = None
-    if indices.null_count:
-        n = len(indices)
-        bits = np.unpackbits(np.frombuffer(indices.buffers()[0], np.uint8), bitorder="little")
-        null = bits[indices.offset:indices.offset + n] == 0
+    null = null_mask(indices)
+    if null is not None:
         values = np.where(null, 0, values)     # whatever lies under a null is no index
     first = _first_rows(values if null is None else np.where(null, -1, values), len(words))
     used = np.flatnonzero(first < len(values))
