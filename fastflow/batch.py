@@ -46,7 +46,6 @@ from .schema import (
     fixed_width_values,
     segments_table,
     string_array,
-    uint64_values,
 )
 from .segment_stream import SegmentStream
 from .source import Source, is_url, sniff_compression, url_filesystem
@@ -637,8 +636,8 @@ def _write_rows(writer: _PartWriter, parts_tcp: list, parts_dg: list, settings: 
     else:
         _add(counts, more)
     if table.num_rows:
-        writer.write(_provenance(table, uint64_values(table.column("first_frame")), uint64_values(table.column("last_frame")),
-                                 files, stream))
+        writer.write(_provenance(table, fixed_width_values(table.column("first_frame")),
+                                 fixed_width_values(table.column("last_frame")), files, stream))
     return counts
 
 

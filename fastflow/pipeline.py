@@ -27,12 +27,12 @@ from .schema import (
     category_codes,
     file_metadata,
     fixed_width_array,
+    fixed_width_values,
     flows_table,
     repeated_string,
     segments_table,
     string_array,
     take_rows,
-    uint64_values,
 )
 from .segment_stream import SegmentStream
 from .server_ports import ZEEK_LIKELY_SERVER_PORTS_TCP, ZEEK_LIKELY_SERVER_PORTS_UDP
@@ -220,7 +220,7 @@ WAIT_IN_MEMORY = 1 << 20
 
 
 def _first_frames(table: pa.Table) -> np.ndarray:
-    return uint64_values(table.column("first_frame"))
+    return fixed_width_values(table.column("first_frame"))
 
 
 def _sorted_by_first_frame(table: pa.Table) -> pa.Table:
@@ -437,7 +437,7 @@ class _FlowWriter:
         self.sink(table.set_column(table.schema.get_field_index("conn_id"), table.schema.field("conn_id"), ids))
         if self.on_emit is not None:
             self.on_emit(_first_frames(table), np.arange(self.next_conn_id - n, self.next_conn_id, dtype=np.uint64),
-                         uint64_values(table.column("last_frame")))
+                         fixed_width_values(table.column("last_frame")))
 
     def close(self) -> None:
         for run in self.runs:

@@ -251,11 +251,6 @@ def fixed_width_values(column) -> np.ndarray:
     return np.frombuffer(column.buffers()[1], dtype, len(column), column.offset * np.dtype(dtype).itemsize)
 
 
-def uint64_values(column) -> np.ndarray:
-    """A uint64 column without nulls (Array or ChunkedArray) as numpy."""
-    return fixed_width_values(column)
-
-
 def string_array(values, mask=None) -> pa.Array:
     """A string Arrow array from a numpy str, bytes (UTF-8) or object (str or None) array, mask True = null.
     Never through pa.array(), which imports pandas (0.15 s) where it is installed."""
