@@ -344,6 +344,19 @@ def test_process_and_batch_never_import_pandas(tmp_path):
     assert pq.read_table(tmp_path / "ds" / "flows").num_rows == pq.read_table(tmp_path / "f.parquet").num_rows > 0
 
 
+def test_modules_load_with_the_collector_paused_and_it_runs_again_after(tmp_path):
+    """cli._collector_paused: the collections during numpy's, pyarrow's and fastflow's imports cost 25 ms; the
+    objects they made are frozen after, and the collector is on again for the run itself."""
+    code = ("import gc, sys; from fastflow import cli; code = cli.main(sys.argv[1:]); "
+            "print(code, gc.isenabled(), gc.get_freeze_count())")
+    for args in (["process", SEED, "-o", tmp_path / "f.parquet", "-q"],
+                 ["batch", SEED.parent, "-o", tmp_path / "ds", "--min-age", "0", "-q", "-j", "1"]):
+        out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert out[:2] == ["0", "True"], out
+        assert int(out[2]) > 10_000, out     # numpy's and pyarrow's objects, frozen
+
+
 def test_the_command_line_starts_without_numpy_and_with_one_blas_thread():
     """fastflow/__init__ loads process() on first use, so the command line sets up the process
     (cli.tune_process: one OpenBLAS thread, Arrow on the system allocator) before numpy and pyarrow load, and
