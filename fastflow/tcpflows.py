@@ -181,7 +181,7 @@ def _by_first_frame(rows: np.ndarray, text: bytes) -> tuple[np.ndarray, bytes]:
 class PartedTcpFlows:
     """TcpFlows' interface over several engines, each holding the connections of one part of the key space
     (packet_parts: every packet of an address/port pair goes to the same part), fed side by side in threads
-    (the engines release the GIL): the first in the caller's, each other in a thread of its own. Each
+    (the engines release the GIL), each in a thread of its own. Each
     connection lives whole in one engine, so the rows are the same as one engine's, merged in first-frame
     order; the spill limit is shared out between the parts. feed() and step() read seg["tcp_part"]
     (packet_parts of the same rows) when present, and seg["tcp_part_rows"] (the rows to feed, split by part)
@@ -192,9 +192,10 @@ class PartedTcpFlows:
     CPU's caches and it is not what a run waits for (a capture of short connections), while the split and
     the threads cost CPU time.
 
-    step() does not wait for the other engines: collect() of a step waits, and the caller collects each step
-    one step later (lag), so that an engine that fell behind on one batch (the threads share the cores with
-    the decoder) catches up during the next instead of holding the others at every batch."""
+    step() does not wait for the engines: collect() of a step waits, and the caller collects each step one
+    step later (lag), so that an engine that fell behind on one batch (the threads share the cores with the
+    decoder) catches up during the next instead of holding the others at every batch, and the caller's own
+    work on a batch (its datagrams) runs beside the engines'."""
 
     def __init__(self, parts: int, idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,
                  server_ports=ZEEK_LIKELY_SERVER_PORTS_TCP, vlan_aware: bool = False,
@@ -233,20 +234,14 @@ class PartedTcpFlows:
             raise
         old.close()
         self._engines = engines
-        # one thread per engine past the first: an engine's work runs in order, one batch after the other
+        # one thread per engine: an engine's work runs in order, one batch after the other
         self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"fastflow-tcp-part{i}")
-                         for i in range(1, self.parts)]
+                         for i in range(self.parts)]
         self.split = True
 
-    def _start(self, work) -> tuple:
-        """work(i, engine) for every part: the first's result now (in this thread), the others' futures
-        (each in its engine's thread)."""
-        futures = [thread.submit(work, i + 1, self._engines[i + 1]) for i, thread in enumerate(self._threads)]
-        try:
-            return work(0, self._engines[0]), futures
-        except BaseException:
-            self._results(futures)
-            raise
+    def _start(self, work) -> list:
+        """work(i, engine) for every part, each in its engine's thread (after the split): their futures."""
+        return [self._threads[i].submit(work, i, engine) for i, engine in enumerate(self._engines)]
 
     @staticmethod
     def _results(futures) -> list:
@@ -259,9 +254,10 @@ class PartedTcpFlows:
                     future.exception()
 
     def _each(self, work) -> list:
-        """work(i, engine) for every part, as _start(), waiting for all."""
-        first, futures = self._start(work)
-        return [first] + self._results(futures)
+        """work(i, engine) for every part, as _start() (before the split, in this thread), waiting for all."""
+        if not self._threads:
+            return [work(0, engine) for engine in self._engines]
+        return self._results(self._start(work))
 
     @property
     def spilled(self) -> int:
@@ -321,18 +317,18 @@ class PartedTcpFlows:
                 return None
             engine.expire(network_time)
             return engine._engine.drain(), engine.min_open_first_frame()
-        first, futures = self._start(work)
-        return first, futures, conn_first, slots, firsts
+        # every engine in its own thread: the caller goes on with the batch's datagrams meanwhile
+        return self._start(work), conn_first, slots, firsts
 
     def collect(self, stepped) -> tuple[tuple[np.ndarray, bytes], int] | None:
         if stepped is None or len(stepped) == 2:    # made by one engine: as it is, after the rows held
             return stepped if stepped is None else (self._with_held([stepped[0]]), stepped[1])
-        first, futures, conn_first, slots, firsts = stepped
-        results = [first] + self._results(futures)
+        futures, conn_first, slots, firsts = stepped
+        results = self._results(futures)
         if conn_first is not None:
             for i in range(self.parts):
                 conn_first[slots[i]] = firsts[i]
-        if first is None:
+        if results[0] is None:
             return None
         return self._with_held([rows for rows, _ in results]), min(low for _, low in results)
 
