@@ -60,6 +60,9 @@ def main() -> int:
     options = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     sides = {"base": base_tree(args.base), "working tree": ROOT}
+    for tree in sides.values():     # as installed packages have them (run.compile_bytecode)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(tree, "fastflow")], check=True,
+                       stdout=subprocess.DEVNULL)
     differ = False
     import pyarrow.parquet as pq
     for capture in args.captures:

@@ -180,12 +180,12 @@ def _by_first_frame(rows: np.ndarray, text: bytes) -> tuple[np.ndarray, bytes]:
 
 class PartedTcpFlows:
     """TcpFlows' interface over several engines, each holding the connections of one part of the key space
-    (packet_parts: every packet of an address/port pair goes to the same part), fed side by side in threads
-    (the engines release the GIL), each in a thread of its own. Each
-    connection lives whole in one engine, so the rows are the same as one engine's, merged in first-frame
-    order; the spill limit is shared out between the parts. feed() and step() read seg["tcp_part"]
-    (packet_parts of the same rows) when present, and seg["tcp_part_rows"] (the rows to feed, split by part)
-    instead of rows: the pipeline's decoder thread computes both ahead once `split`.
+    (packet_parts: every packet of an address/port pair goes to the same part), fed side by side, each in a
+    thread of its own (the engines release the GIL). Each connection lives whole in one engine, so the rows
+    are the same as one engine's, merged in first-frame order; the spill limit is shared out between the
+    parts. feed() and step() read seg["tcp_part"] (packet_parts of the same rows) when present, and
+    seg["tcp_part_rows"] (the rows to feed, split by part) instead of rows: the pipeline's decoder thread
+    computes both ahead once `split`.
 
     It starts as one engine, and splits (its open connections shared out through snapshot_blocks() and
     restore()) once more than split_at connections are open: below that the engine's records stay in the

@@ -35,4 +35,6 @@ if [ "$with_tests" = 1 ]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# bytecode compiled now: where PYTHONDONTWRITEBYTECODE is set, Python would compile every module at every run
+.venv/bin/python -m compileall -q fastflow >/dev/null
 echo "setup: ready ($(.venv/bin/fastflow --version))" >&2
