@@ -250,28 +250,35 @@ class ParquetStream:
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
         self.rows += whole
+        # the dictionaries made here, while the thread may still be writing the previous groups: at the end of
+        # a capture that thread is what the run waits for
+        groups = self._row_groups(table.slice(0, whole))
         if self._thread is None:
             self._groups = queue.Queue(1)
             self._thread = threading.Thread(target=self._write_in_background, name="fastflow-parquet", daemon=True)
             self._thread.start()
         self._groups.join()     # one set of groups at a time: the thread's copy and encoders are tens of MB
-        self._groups.put(table.slice(0, whole))
+        self._groups.put(groups)
 
     def _write_in_background(self) -> None:
-        while (table := self._groups.get()) is not None:
+        while (groups := self._groups.get()) is not None:
             if self._error is None:     # after an error the rest is dropped: the caller raises it
                 try:
-                    self._write_groups(table)
+                    self._write_groups(groups)
                 except BaseException as exc:
                     self._error = exc
-            del table
+            del groups
             self._groups.task_done()
 
-    def _write_groups(self, table: pa.Table) -> None:
+    def _row_groups(self, table: pa.Table) -> list[pa.Table]:
+        """The table cut into row groups, each with its dictionaries made afresh."""
         size = self.row_group_rows
+        return [_fresh_dictionaries(table.slice(start, size)) for start in range(0, table.num_rows, size)]
+
+    def _write_groups(self, groups: list[pa.Table]) -> None:
         try:
-            for start in range(0, table.num_rows, size):
-                self._writer.write_table(_fresh_dictionaries(table.slice(start, size)), row_group_size=size)
+            for group in groups:
+                self._writer.write_table(group, row_group_size=self.row_group_rows)
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot write: {_reason(exc)}") from None
 
@@ -290,7 +297,7 @@ class ParquetStream:
         try:
             if self._pending_rows:
                 table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
-                self._write_groups(table)
+                self._write_groups(self._row_groups(table))
                 self.rows += table.num_rows
                 self._pending, self._pending_rows = [], 0
             metadata = metadata or {}
