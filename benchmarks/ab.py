@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from run import compile_bytecode  # benchmarks/run.py, beside this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "benchmarks", "out")
 
@@ -60,9 +62,8 @@ def main() -> int:
     options = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     sides = {"base": base_tree(args.base), "working tree": ROOT}
-    for tree in sides.values():     # as installed packages have them (run.compile_bytecode)
-        subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(tree, "fastflow")], check=True,
-                       stdout=subprocess.DEVNULL)
+    for tree in sides.values():
+        compile_bytecode(tree)
     differ = False
     import pyarrow.parquet as pq
     for capture in args.captures:
