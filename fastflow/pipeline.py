@@ -706,6 +706,8 @@ def stream_flows(path: str, sink: Callable[[pa.Table], None], *, filter_expr: st
         finally:
             out.close()
             tcp.close()
+            if segments is not None:
+                segments.close()
         bad_ip_checksum, tcp_segments = tally["bad_ip_checksum"], tally["tcp_segments"]
         counts = _input_counts(path, reader, source, bad_ip_checksum, tcp_segments)
         counts.update(out.counts)

@@ -6,12 +6,18 @@ A segment's columns depend on its whole connection (Zeek may flip the orientatio
 step 1 and which ACK closes depend on what follows), so a segment waits until its connection has
 finished: a new connection on its address/port pair, or the idle timeout passed in network time. The
 segments held are those of the open connections, and those read after the oldest open connection's
-first segment (rows go out in reading order, below the flows writer's watermark). Beyond
-SEGMENTS_IN_MEMORY rows held (one connection open for hours holds back every segment read after its
-first), the oldest batches go to a temporary file but for the rows of connections still open, and come
-back when they can be written."""
+first segment (rows go out in reading order, below the flows writer's watermark).
+
+They can be all of them: a capture shorter than the idle timeout keeps every connection open to its end,
+and one connection open for hours holds back every segment read after its first. Beyond
+SEGMENTS_IN_MEMORY rows in memory, the oldest batches go to a temporary file: their analysed rows in
+reading order, the others (connections still open) in a run sorted by connection. Connections that
+started in a spilled batch are analysed when that batch is to be written, a batch's worth of first
+frames at a time, each run read front to back; their rows that belong to later batches wait in memory
+(those of the connections that cross a batch's end)."""
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
 
@@ -22,14 +28,15 @@ from .errors import OutputError
 from .schema import segments_table, take_rows
 from .summary import analyse_assigned
 
-#: segments held in memory (about 130 bytes each with their analysed columns); beyond that the oldest
-#: batches wait in a temporary file, all but the segments of connections still open
+#: segments held in memory (about 135 bytes each with their analysed columns); beyond that the oldest
+#: batches go to a temporary file
 SEGMENTS_IN_MEMORY = 1 << 21
 
 
 class _SpillFile:
-    """A temporary file of spilled batches (numpy's .npy format, one array after the other), closed once
-    every batch in it has been read back."""
+    """A temporary file that columns are appended to and read back from by row range (raw bytes, one
+    column after the other; `_Stored` says where). It is never trimmed: it holds at most every segment once,
+    and goes when the stream does."""
 
     def __init__(self):
         try:
@@ -37,35 +44,81 @@ class _SpillFile:
         except OSError as exc:
             raise OutputError(f"cannot create a temporary file in {tempfile.gettempdir()}: "
                               f"{exc.strerror or exc}") from None
-        self.users = 0
+        self.end = 0
 
-    def write(self, arrays: list[np.ndarray]) -> int:
-        offset = self.file.seek(0, 2)
+    def store(self, columns: dict) -> "_Stored":
+        where = {}
         try:
-            for a in arrays:
-                np.lib.format.write_array(self.file, np.ascontiguousarray(a), allow_pickle=False)
+            for name, values in columns.items():
+                values = np.ascontiguousarray(values)
+                data = memoryview(values).cast("B") if values.size else b""
+                where[name] = (self.end, values.dtype, values.shape[1:])
+                done = 0
+                while done < len(data):
+                    done += os.pwrite(self.file.fileno(), data[done:], self.end + done)
+                self.end += len(data)
         except OSError as exc:
             raise OutputError(f"cannot keep segments in a temporary file in {tempfile.gettempdir()} "
                               f"(disk full?): {exc.strerror or exc}; set TMPDIR to a folder with room") from None
-        self.users += 1
-        return offset
+        rows = len(next(iter(columns.values()))) if columns else 0
+        return _Stored(self, where, rows)
 
-    def read(self, offset: int, count: int) -> list[np.ndarray]:
+    def load(self, where: dict, start: int, stop: int) -> dict:
+        columns = {}
         try:
-            self.file.seek(offset)
-            arrays = [np.lib.format.read_array(self.file, allow_pickle=False) for _ in range(count)]
+            for name, (offset, dtype, tail) in where.items():
+                values = np.empty((stop - start,) + tail, dtype)
+                row_bytes = values.itemsize * int(np.prod(tail, dtype=np.int64))
+                buffer, at, done = memoryview(values).cast("B") if values.size else b"", offset + start * row_bytes, 0
+                while done < len(buffer):
+                    got = os.preadv(self.file.fileno(), [buffer[done:]], at + done)
+                    if got <= 0:
+                        raise OSError(0, "the file ended early")
+                    done += got
+                columns[name] = values
         except OSError as exc:
             raise OutputError(f"cannot read segments back from a temporary file: {exc.strerror or exc}") from None
-        self.users -= 1
-        if self.users == 0:
-            self.file.close()
-        return arrays
+        return columns
+
+
+class _Stored:
+    """Columns of `rows` rows in a _SpillFile."""
+
+    def __init__(self, spill: _SpillFile, where: dict, rows: int):
+        self.spill, self.where, self.rows = spill, where, rows
+
+    def load(self, start: int = 0, stop: int | None = None) -> dict:
+        return self.spill.load(self.where, start, self.rows if stop is None else stop)
+
+
+class _Run:
+    """The rows of connections still open when their batches were spilled: stored sorted by connection
+    (conn_first, then frame), read back in that order, one range of first frames at a time. `bounds` are
+    the first frames the ranges can end at (the batches' first frames, known when the run is made: its
+    connections all started before it), `stops` the row each range ends at."""
+
+    def __init__(self, stored: _Stored, bounds: np.ndarray, stops: np.ndarray):
+        self.stored, self.bounds, self.stops = stored, bounds, stops
+        self.read = 0
+
+    def take_below(self, frame: int) -> dict | None:
+        """The rows of connections that started before `frame` (one of the bounds, or past them all) not
+        taken yet."""
+        at = int(np.searchsorted(self.bounds, frame))
+        if at < self.bounds.size and self.bounds[at] != frame:
+            raise AssertionError("a spilled run read up to a frame it has no bound for")
+        stop = int(self.stops[at]) if at < self.bounds.size else self.stored.rows
+        if stop <= self.read:
+            return None
+        rows = self.stored.load(self.read, stop)
+        self.read = stop
+        return rows
 
 
 class _Chunk:
     """One batch's TCP rows: the decoder columns, each row's connection, and once that has finished, the
-    analysed columns and the conn_id. A spilled chunk keeps in memory only its rows whose connection was
-    still open (rows, result and todo are then those rows'; `kept` says where they go back)."""
+    analysed columns and the conn_id. A spilled chunk keeps nothing in memory: its analysed rows are in the
+    temporary file in reading order (`stored`), and the rest in a run (SegmentStream.runs), by connection."""
 
     def __init__(self, rows: dict):
         self.rows = rows
@@ -75,38 +128,38 @@ class _Chunk:
         self.result: dict | None = None
         self.written = 0                                          # rows already written (a prefix)
         self.first_frame = int(self.frame[0])
-        self.spill: tuple[_SpillFile, int] | None = None
-        self.kept: np.ndarray | None = None
+        self.last_frame = int(self.frame[-1])
+        self.size = len(self.frame)
+        self.stored: _Stored | None = None
 
-    def spill_to(self, spill: _SpillFile) -> None:
-        if self.result is None:
-            self.result = {}
-        names = list(self.rows)
-        arrays = [self.rows[n] for n in names] + [self.result[n] for n in sorted(self.result)]
-        self.spill = (spill, spill.write(arrays))
-        self.names = (names, sorted(self.result))
-        kept = self.todo
-        self.rows = {n: take_rows(v, kept) for n, v in self.rows.items()}
-        self.result = {n: v[kept] for n, v in self.result.items()}
+    @property
+    def spilled(self) -> bool:
+        return self.rows is None
+
+    def drop_written(self) -> None:
+        """Forget the rows already written (before spilling the rest)."""
+        if not self.written:
+            return
+        keep = slice(self.written, None)
+        self.rows = {n: v[keep] for n, v in self.rows.items()}
+        if self.result is not None:
+            self.result = {n: v[keep] for n, v in self.result.items()}
         self.frame, self.conn_first = self.rows["frame"], self.rows["conn_first"]
-        self.todo = np.arange(kept.size, dtype=np.int64)
-        self.kept = kept
+        self.todo = self.todo - self.written
+        self.first_frame, self.size, self.written = int(self.frame[0]), len(self.frame), 0
 
-    def read_back(self) -> None:
-        spill, offset = self.spill
-        row_names, result_names = self.names
-        arrays = spill.read(offset, len(row_names) + len(result_names))
-        rows = dict(zip(row_names, arrays[:len(row_names)]))
-        result = dict(zip(result_names, arrays[len(row_names):]))
-        kept = self.kept
-        for n, v in self.result.items():     # the kept rows' analysis, done since
-            if n not in result:
-                result[n] = np.zeros(len(rows["frame"]), v.dtype)
-            result[n][kept] = v
-        self.rows, self.result = rows, result or None
-        self.frame, self.conn_first = rows["frame"], rows["conn_first"]
-        self.todo = kept[self.todo]
-        self.spill = self.kept = None
+    def spill_to(self, spill: _SpillFile) -> dict:
+        """Store the analysed rows, and return the others (their connections still open) for a run."""
+        open_rows = {n: take_rows(v, self.todo) for n, v in self.rows.items()}
+        if self.todo.size < self.size:
+            done = np.ones(self.size, bool)
+            done[self.todo] = False
+            columns = {n: take_rows(v, done) for n, v in self.rows.items() if n != "conn_first"}
+            columns.update({"r:" + n: np.compress(done, v, axis=0) for n, v in self.result.items()})
+            self.stored = spill.store(columns)
+        self.rows = self.result = self.frame = self.conn_first = None
+        self.todo = np.zeros(0, np.int64)
+        return open_rows
 
 
 class SegmentStream:
@@ -114,7 +167,15 @@ class SegmentStream:
     the first frames of the connections that finished (all of whose rows were added before); numbered()
     the conn_id of flows rows as they are written; write_below(limit) writes the rows read before frame
     `limit`, whose connections have all finished and been numbered (limit: at most the flows writer's
-    watermark, and at most read_upto)."""
+    watermark, and at most read_upto).
+
+    Beyond SEGMENTS_IN_MEMORY rows in memory, the oldest batches are spilled (a prefix of `chunks`): their
+    analysed rows in reading order, the rest in a run sorted by connection. Connections that started before
+    `horizon` (the first batch not spilled) are then analysed only when written, a batch's worth of first
+    frames at a time (`cursor`: every connection that started before it is analysed), from the runs and
+    the rows in memory; their rows from the runs wait in `patches` (in reading order) for their batch to
+    be written. So the memory held is the limit, a batch or two, and the segments of the connections
+    that cross the frame being written."""
 
     def __init__(self, sink: Callable[[pa.Table], None], server_ports, vlan_aware: bool):
         self.sink = sink
@@ -123,9 +184,25 @@ class SegmentStream:
         self.chunks: list[_Chunk] = []
         # conn_id of written flows whose segments may not all be written yet: first frame, last frame, id
         self.ids = (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
-        self.rows_held = 0
+        self.rows_held = 0      # rows added and not written yet, in memory or in the temporary file
         self.read_upto = 0      # one past the last frame added
-        self.spilled_rows = 0   # rows moved to a temporary file so far
+        self.spilled_rows = 0   # rows moved to the temporary file so far
+        self.spill: _SpillFile | None = None
+        self.runs: list[_Run] = []
+        self.patches: list[dict] = []
+        self.horizon = 0        # connections that started before this frame are analysed when written
+        self.cursor = 0         # ... and those that started before this one have been
+
+    def close(self) -> None:
+        """Remove the temporary file (also done once nothing in it is waiting)."""
+        if self.spill is not None:
+            self.spill.file.close()
+            self.spill = None
+
+    def rows_in_memory(self) -> tuple[int, int]:
+        """Rows held in memory: in the batches not spilled, and in the patches."""
+        return (sum(c.size - c.written for c in self.chunks if not c.spilled),
+                sum(len(p["frame"]) for p in self.patches))
 
     def add(self, rows: dict | None) -> None:
         if rows is not None and len(rows["frame"]):
@@ -134,10 +211,19 @@ class SegmentStream:
             self.read_upto = max(self.read_upto, int(rows["frame"][-1]) + 1)
 
     def finished(self, first_frames: np.ndarray) -> None:
-        """Analyse the rows of these connections (the engine's drained rows: all their segments are in)."""
-        if not len(first_frames):
-            return
+        """Analyse the rows of these connections (the engine's drained rows: all their segments are in),
+        but for those that started before the horizon (some of their rows are in a run: analysed when
+        written). Then spill if there are too many rows in memory: while no connection finishes, nothing
+        is written."""
         done = np.sort(np.asarray(first_frames, dtype=np.uint64))
+        if self.horizon:
+            done = done[np.searchsorted(done, np.uint64(self.horizon)):]
+        if done.size:
+            self._analyse(None, self._take_todo(done))
+        self._spill_if_needed()
+
+    def _take_todo(self, done: np.ndarray) -> list:
+        """The rows in memory of these connections (chunk, positions), no longer to do."""
         picks = []
         for chunk in self.chunks:
             if not chunk.todo.size:
@@ -148,13 +234,27 @@ class SegmentStream:
             if hit.any():
                 picks.append((chunk, chunk.todo[hit]))
                 chunk.todo = chunk.todo[~hit]
-        if not picks:
+        return picks
+
+    def _analyse(self, spilled: dict | None, picks: list) -> None:
+        """Analyse whole connections: rows from the runs (`spilled`, in reading order, all read before the
+        rows in memory) then rows of the chunks in memory (chunk, row positions); the former's analysed rows
+        go to the patches, the latter's into their chunks."""
+        if spilled is None and not picks:
             return
-        names = [name for name in picks[0][0].rows if name != "conn_first"]
-        rows = {name: np.concatenate([c.rows[name][r] for c, r in picks]) for name in names}
-        conn_first = np.concatenate([c.conn_first[r] for c, r in picks])
+        names = [name for name in (picks[0][0].rows if picks else spilled) if name != "conn_first"]
+        parts = ([spilled] if spilled is not None else []) + \
+            [{name: take_rows(c.rows[name], r) for name in names + ["conn_first"]} for c, r in picks]
+        rows = parts[0] if len(parts) == 1 else \
+            {name: np.concatenate([p[name] for p in parts]) for name in names + ["conn_first"]}
+        conn_first = rows.pop("conn_first")
         result = analyse_assigned(rows, conn_first, self.server_ports, self.vlan_aware)
         start = 0
+        if spilled is not None:
+            start = len(spilled["frame"])
+            patch = {name: values[:start] for name, values in rows.items()}
+            patch.update({"r:" + name: values[:start] for name, values in result.items()})
+            self.patches.append(patch)
         for chunk, r in picks:
             if not chunk.result:
                 chunk.result = {name: np.zeros(len(chunk.frame), values.dtype) for name, values in result.items()}
@@ -164,8 +264,8 @@ class SegmentStream:
 
     def pop_finished(self, first_frames: np.ndarray) -> tuple[dict, dict] | None:
         """finished() for a caller that writes the segments at once, in any order (fastflow batch, whose
-        conn_id is the connection's first frame): the rows of these connections and their analysed columns,
-        taken out of the rows held; None if there are none."""
+        conn_id is the connection's first frame; it never spills): the rows of these connections and their
+        analysed columns, taken out of the rows held; None if there are none."""
         if not len(first_frames) or not self.rows_held:
             return None
         done = np.sort(np.asarray(first_frames, dtype=np.uint64))
@@ -204,57 +304,132 @@ class SegmentStream:
 
     def write_below(self, limit: int) -> None:
         """Write the rows read before frame `limit`: every connection that started before it has finished
-        and its flows row has been written (the caller's promise)."""
+        and its flows row has been written (the caller's promise). Connections that started before the
+        horizon are analysed a batch's first frames at a time, each batch written once they all are."""
+        while True:
+            below = limit if self.cursor >= self.horizon else min(limit, self.cursor)
+            self._write(below)
+            if self.cursor >= self.horizon:
+                break
+            upto = next((c.first_frame for c in self.chunks if c.first_frame > self.cursor), self.horizon)
+            if upto > limit:
+                break
+            self._analyse_below(upto)
+        self._spill_if_needed()
+        if self.spill is not None and not self.runs and not any(c.spilled for c in self.chunks):
+            self.close()
+
+    def _analyse_below(self, upto: int) -> None:
+        """Analyse the connections that started from the cursor to `upto` (a batch's first frame)."""
+        parts = [rows for rows in (run.take_below(upto) for run in self.runs) if rows is not None]
+        self.runs = [run for run in self.runs if run.read < run.stored.rows]
+        spilled = None
+        if parts:
+            spilled = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            order = np.argsort(spilled["frame"])
+            spilled = {name: take_rows(values, order) for name, values in spilled.items()}
+        picks = []
+        for chunk in self.chunks:
+            if chunk.spilled or not chunk.todo.size:
+                continue
+            hit = chunk.conn_first[chunk.todo] < np.uint64(upto)
+            if hit.any():
+                picks.append((chunk, chunk.todo[hit]))
+                chunk.todo = chunk.todo[~hit]
+        self._analyse(spilled, picks)
+        self.cursor = upto
+
+    def _write(self, limit: int) -> None:
+        """Write the rows read before `limit`, all analysed: spilled chunks whole, with their rows from
+        the patches; chunks in memory up to the limit."""
         limit = np.uint64(limit)
-        tables = []
         while self.chunks:
             chunk = self.chunks[0]
-            if chunk.spill is not None:
-                if chunk.first_frame >= limit:
+            if chunk.spilled:
+                if chunk.last_frame >= limit:
+                    limit = np.uint64(chunk.first_frame)     # what has been written
                     break
-                chunk.read_back()
-            end = int(np.searchsorted(chunk.frame, limit)) if chunk.frame[-1] >= limit else len(chunk.frame)
-            if end > chunk.written:
-                tables.append(self._table(chunk, chunk.written, end))
+                table = self._spilled_table(chunk)
+                end = chunk.size
+            else:
+                end = int(np.searchsorted(chunk.frame, limit)) if chunk.frame[-1] >= limit else len(chunk.frame)
+                table = self._table(chunk.rows, chunk.result, chunk.todo, chunk.written, end) \
+                    if end > chunk.written else None
+            if table is not None:
                 self.rows_held -= end - chunk.written
                 chunk.written = end
-            if end < len(chunk.frame):
+                self.sink(table)
+            if end < chunk.size:
                 break
             self.chunks.pop(0)
         firsts, lasts, ids = self.ids
         keep = lasts >= limit     # connections with rows still to come
         if not keep.all():
             self.ids = (firsts[keep], lasts[keep], ids[keep])
-        for table in tables:
-            self.sink(table)
-        self._spill_if_needed()
+
+    def _spilled_table(self, chunk: _Chunk) -> pa.Table:
+        """A spilled chunk's rows: those stored and those analysed since, from the patches."""
+        parts = [chunk.stored.load()] if chunk.stored is not None else []
+        chunk.stored = None
+        kept = []
+        for patch in self.patches:
+            end = int(np.searchsorted(patch["frame"], np.uint64(chunk.last_frame), side="right"))
+            if end:
+                parts.append({name: values[:end] for name, values in patch.items()})
+            if end < len(patch["frame"]):
+                # copied: a view would keep the whole patch
+                kept.append({name: values[end:].copy() for name, values in patch.items()} if end else patch)
+        self.patches = kept
+        if not parts:
+            raise AssertionError("a spilled batch's rows were lost")
+        columns = parts[0] if len(parts) == 1 else \
+            {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        if len(parts) > 1:
+            order = np.argsort(columns["frame"])
+            columns = {name: take_rows(values, order) for name, values in columns.items()}
+        if len(columns["frame"]) != chunk.size:
+            raise AssertionError("a spilled batch's rows came back incomplete")
+        result = {name[2:]: columns.pop(name) for name in list(columns) if name.startswith("r:")}
+        return self._table(columns, result, np.zeros(0, np.int64), 0, chunk.size)
 
     def _spill_if_needed(self) -> None:
-        in_memory = sum(len(c.frame) - c.written for c in self.chunks)
+        in_memory = sum(c.size - c.written for c in self.chunks if not c.spilled)
         if in_memory <= SEGMENTS_IN_MEMORY:
             return
-        spill = None
-        # the oldest first, the newest batch aside (its connections are mostly still open); down to three
-        # quarters of the limit, so that the next batches do not spill a few rows at a time
+        # the oldest first, the newest batch aside; down to three quarters of the limit, so that the next
+        # batches do not spill a few rows at a time
+        open_parts = []
         for chunk in self.chunks[:-1]:
             if in_memory <= SEGMENTS_IN_MEMORY - SEGMENTS_IN_MEMORY // 4:
                 break
-            if chunk.spill is not None or chunk.written or len(chunk.todo) == len(chunk.frame):
+            if chunk.spilled:
                 continue
-            spill = spill or _SpillFile()
-            before = len(chunk.frame)
-            chunk.spill_to(spill)
-            in_memory -= before - len(chunk.frame)
-            self.spilled_rows += before - len(chunk.frame)
-        if spill is not None and spill.users == 0:
-            spill.file.close()
+            if self.spill is None:
+                self.spill = _SpillFile()
+            chunk.drop_written()
+            in_memory -= chunk.size
+            self.spilled_rows += chunk.size
+            open_parts.append(chunk.spill_to(self.spill))
+        if not open_parts:
+            return
+        # every connection that started before the first chunk held has been analysed (its rows written)
+        self.cursor = max(self.cursor, self.chunks[0].first_frame)
+        self.horizon = next(c.first_frame for c in self.chunks if not c.spilled)
+        rows = {name: np.concatenate([p[name] for p in open_parts]) for name in open_parts[0]}
+        if len(rows["frame"]):
+            order = np.lexsort((rows["frame"], rows["conn_first"]))
+            rows = {name: take_rows(values, order) for name, values in rows.items()}
+            bounds = np.array([c.first_frame for c in self.chunks if self.cursor <= c.first_frame <= self.horizon],
+                              np.uint64)
+            stops = np.searchsorted(rows["conn_first"], bounds)
+            self.runs.append(_Run(self.spill.store(rows), bounds, stops))
 
-    def _table(self, chunk: _Chunk, start: int, end: int) -> pa.Table:
+    def _table(self, rows: dict, result: dict | None, todo: np.ndarray, start: int, end: int) -> pa.Table:
         part = slice(start, end)
-        if chunk.result is None or (chunk.todo.size and chunk.todo[0] < end):
+        if result is None or (todo.size and todo[0] < end):
             raise AssertionError("segments written before their connection finished")
-        rows = {name: values[part] for name, values in chunk.rows.items()}
-        result = {name: values[part] for name, values in chunk.result.items()}
+        rows = {name: values[part] for name, values in rows.items()}
+        result = {name: values[part] for name, values in result.items()}
         firsts, _, ids = self.ids
         at = np.searchsorted(firsts, result["conn_id"])
         if np.any(at >= firsts.size) or np.any(firsts[np.minimum(at, firsts.size - 1)] != result["conn_id"]):

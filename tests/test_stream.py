@@ -145,10 +145,9 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
         real_segment_spill(self)
         segments_spilled.append(self.spilled_rows)
         if wait_in_memory == 100:
-            # in memory besides the segments of connections open (at the time their batch was spilled): the
-            # limit, the batch being written and the newest one
-            waiting = sum(len(c.frame) - c.written - len(c.todo) for c in self.chunks if c.spill is None)
-            assert waiting <= 2000 + 2 * batch_size
+            # in memory: the limit, the batch being written and the newest one
+            in_batches, _ = self.rows_in_memory()
+            assert in_batches <= 2000 + 2 * batch_size
     monkeypatch.setattr(SegmentStream, "_spill_if_needed", segment_spill_counted)
     runs, spilled = [], []
     real_run = pipeline._RunFile
@@ -268,35 +267,72 @@ def test_segments_wait_for_their_connection_not_for_the_end(tmp_path, monkeypatc
     assert 0 < max(held) <= batch_size + 7 * 60
 
 
+def count_segments_held(monkeypatch) -> list:
+    """(rows spilled so far, rows in memory in batches, in patches, rows held) after every spill check and
+    every range of connections analysed from the spilled runs."""
+    seen = []
+    real_spill, real_analyse = SegmentStream._spill_if_needed, SegmentStream._analyse_below
+
+    def spill_counted(self):
+        real_spill(self)
+        seen.append((self.spilled_rows, *self.rows_in_memory(), self.rows_held))
+
+    def analyse_counted(self, upto):
+        real_analyse(self, upto)
+        seen.append((self.spilled_rows, *self.rows_in_memory(), self.rows_held))
+    monkeypatch.setattr(SegmentStream, "_spill_if_needed", spill_counted)
+    monkeypatch.setattr(SegmentStream, "_analyse_below", analyse_counted)
+    return seen
+
+
 def test_segments_behind_a_long_connection_wait_in_a_file(tmp_path, monkeypatch):
     """One connection open from the first packet to the last holds back every segment read after its first
-    (rows go out in frame order): beyond SEGMENTS_IN_MEMORY they wait in a temporary file, all but those of
-    connections still open, and the tables are the same. The short connections use 20 client ports in turn,
-    so each finishes when its port is used again (Zeek's idle timeout, 300 s, keeps the long one open)."""
+    (rows go out in frame order): beyond SEGMENTS_IN_MEMORY they wait in a temporary file, and the tables
+    are the same. The short connections use 20 client ports in turn, so each finishes when its port is used
+    again (Zeek's idle timeout, 300 s, keeps the long one open)."""
     capture = tmp_path / "long.pcap"
     sequential_connections(capture, 3000, 10**7, long_lived=True, ports=20)
     monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
     monkeypatch.setattr(segment_stream, "SEGMENTS_IN_MEMORY", 1000)
-    seen = []
-    real_spill = SegmentStream._spill_if_needed
-
-    def spill_counted(self):
-        real_spill(self)
-        waiting = sum(len(c.frame) - c.written - len(c.todo) for c in self.chunks if c.spill is None)
-        in_memory = sum(len(c.frame) - c.written for c in self.chunks)
-        seen.append((self.spilled_rows, waiting, in_memory, self.rows_held))
-    monkeypatch.setattr(SegmentStream, "_spill_if_needed", spill_counted)
+    seen = count_segments_held(monkeypatch)
     w = whole(capture, tmp_path, segments=True)[0]
     out, _ = streamed(capture, tmp_path, batch_size=500, segments=True)
     assert_same_table(pq.read_table(out), pq.read_table(w))
     want = segments_of(w)
     assert_same_table(segments_of(out), want)
     assert want.num_rows == 21000 + 302
-    spilled, waiting, in_memory, held = map(max, zip(*seen))
+    spilled, in_batches, in_patches, held = map(max, zip(*seen))
     assert held > 20000                 # everything waited for the long connection ...
     assert spilled > 19000              # ... most of it in the file
-    assert waiting <= 1000 + 2 * 500
-    assert in_memory <= 1000 + 2 * 500 + 20 * 7 + 302
+    assert in_batches <= 1000 + 2 * 500
+    # analysed from the file when written: a batch's rows, about to be written, and those waiting for a
+    # later batch: the long connection's (but those still in memory), and the short connections' open
+    # across the batch's end
+    assert 200 < in_patches <= 500 + 302 + 20 * 7
+
+
+def test_segments_of_connections_open_to_the_end_wait_in_a_file(tmp_path, monkeypatch):
+    """Every connection open until the capture ends (no port reused, Zeek's idle timeout of 300 s not
+    reached), as in a capture shorter than 5 minutes: their segments cannot be analysed before the end, yet
+    the memory held stays within SEGMENTS_IN_MEMORY and a batch or two, not the capture's size. The rows
+    beyond wait in the temporary file by connection, and are analysed and written a batch at a time."""
+    capture = tmp_path / "open.pcap"
+    sequential_connections(capture, 3000, 10**6, ports=40000)
+    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
+    monkeypatch.setattr(segment_stream, "SEGMENTS_IN_MEMORY", 1000)
+    seen = count_segments_held(monkeypatch)
+    w = whole(capture, tmp_path, segments=True)[0]
+    out, _ = streamed(capture, tmp_path, batch_size=500, segments=True)
+    assert_same_table(pq.read_table(out), pq.read_table(w))
+    want = segments_of(w)
+    assert_same_table(segments_of(out), want)
+    assert want.num_rows == 21000
+    assert set(want.column("handshake_step").to_pylist()) == {1, 2, 3, None}
+    spilled, in_batches, in_patches, held = map(max, zip(*seen))
+    assert held >= 21000 - 500          # nothing could be written before the end ...
+    assert spilled > 19000              # ... and most of it waited in the file
+    assert in_batches <= 1000 + 2 * 500
+    assert in_patches <= 500 + 7        # a batch about to be written, and a connection across its end
 
 
 def test_stream_failure_leaves_no_file(tmp_path):
