@@ -84,10 +84,14 @@ def test_corpus_streams_the_same_table(name, tmp_path, monkeypatch):
     # the segments table, streamed: each segment analysed once its connection has finished
     w, wres = whole(path, tmp_path, name="ws.parquet", segments=True)
     monkeypatch.setattr(tcpflows, "SPLIT_AT", 3)
-    for batch_size, tcp_parts in ((7, 1), (1 << 18, 1), (7, 2)):
+    # in_memory: segments beyond that many spill after each batch (SEGMENTS_IN_MEMORY), those of connections
+    # still open too, and are analysed and written from the file
+    for batch_size, tcp_parts, in_memory in ((7, 1, None), (1 << 18, 1, None), (7, 2, None), (7, 1, 5)):
+        if in_memory is not None:
+            monkeypatch.setattr(segment_stream, "SEGMENTS_IN_MEMORY", in_memory)
         s, sres = streamed(path, tmp_path, batch_size=batch_size, name=f"ss{batch_size}-{tcp_parts}.parquet",
                            segments=True, tcp_parts=tcp_parts)
-        label = f"batch size {batch_size}, {tcp_parts} TCP engines"
+        label = f"batch size {batch_size}, {tcp_parts} TCP engines, {in_memory or 'default'} segments in memory"
         assert_same_table(pq.read_table(s), pq.read_table(w), f"{name}: flows with segments, {label}")
         assert_same_table(segments_of(s), segments_of(w), f"{name}: segments, {label}")
         assert sres.stats["counts"] == wres.stats["counts"]
