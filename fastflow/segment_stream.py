@@ -242,11 +242,12 @@ class SegmentStream:
         go to the patches, the latter's into their chunks."""
         if spilled is None and not picks:
             return
-        names = [name for name in (picks[0][0].rows if picks else spilled) if name != "conn_first"]
-        parts = ([spilled] if spilled is not None else []) + \
-            [{name: take_rows(c.rows[name], r) for name in names + ["conn_first"]} for c, r in picks]
-        rows = parts[0] if len(parts) == 1 else \
-            {name: np.concatenate([p[name] for p in parts]) for name in names + ["conn_first"]}
+        names = list(picks[0][0].rows if picks else spilled)
+        rows = {}
+        for name in names:     # a column at a time: the parts of one column are copied twice, not all of them
+            parts = ([spilled[name]] if spilled is not None else []) + [take_rows(c.rows[name], r) for c, r in picks]
+            rows[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            del parts
         conn_first = rows.pop("conn_first")
         result = analyse_assigned(rows, conn_first, self.server_ports, self.vlan_aware)
         start = 0
