@@ -30,7 +30,7 @@ from .summary import analyse_assigned
 
 #: segments held in memory (about 135 bytes each with their analysed columns); beyond that the oldest
 #: batches go to a temporary file
-SEGMENTS_IN_MEMORY = 1 << 21
+SEGMENTS_IN_MEMORY = 1 << 20
 
 
 class _SpillFile:
