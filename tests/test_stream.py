@@ -289,13 +289,10 @@ def count_segments_held(monkeypatch) -> list:
     return seen
 
 
-def test_segments_behind_a_long_connection_wait_in_a_file(tmp_path, monkeypatch):
-    """One connection open from the first packet to the last holds back every segment read after its first
-    (rows go out in frame order): beyond SEGMENTS_IN_MEMORY they wait in a temporary file, and the tables
-    are the same. The short connections use 20 client ports in turn, so each finishes when its port is used
-    again (Zeek's idle timeout, 300 s, keeps the long one open)."""
-    capture = tmp_path / "long.pcap"
-    sequential_connections(capture, 3000, 10**7, long_lived=True, ports=20)
+def stream_segments_spilled(capture, tmp_path, monkeypatch) -> tuple:
+    """The capture's segments streamed with 1,000 in memory (batches of 500), against process(): the
+    segments table, and the most (rows spilled so far, rows in memory in batches, in patches, rows held)
+    seen along the way."""
     monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
     monkeypatch.setattr(segment_stream, "SEGMENTS_IN_MEMORY", 1000)
     seen = count_segments_held(monkeypatch)
@@ -304,8 +301,18 @@ def test_segments_behind_a_long_connection_wait_in_a_file(tmp_path, monkeypatch)
     assert_same_table(pq.read_table(out), pq.read_table(w))
     want = segments_of(w)
     assert_same_table(segments_of(out), want)
+    return want, tuple(map(max, zip(*seen)))
+
+
+def test_segments_behind_a_long_connection_wait_in_a_file(tmp_path, monkeypatch):
+    """One connection open from the first packet to the last holds back every segment read after its first
+    (rows go out in frame order): beyond SEGMENTS_IN_MEMORY they wait in a temporary file, and the tables
+    are the same. The short connections use 20 client ports in turn, so each finishes when its port is used
+    again (Zeek's idle timeout, 300 s, keeps the long one open)."""
+    capture = tmp_path / "long.pcap"
+    sequential_connections(capture, 3000, 10**7, long_lived=True, ports=20)
+    want, (spilled, in_batches, in_patches, held) = stream_segments_spilled(capture, tmp_path, monkeypatch)
     assert want.num_rows == 21000 + 302
-    spilled, in_batches, in_patches, held = map(max, zip(*seen))
     assert held > 20000                 # everything waited for the long connection ...
     assert spilled > 19000              # ... most of it in the file
     assert in_batches <= 1000 + 2 * 500
@@ -322,17 +329,9 @@ def test_segments_of_connections_open_to_the_end_wait_in_a_file(tmp_path, monkey
     beyond wait in the temporary file by connection, and are analysed and written a batch at a time."""
     capture = tmp_path / "open.pcap"
     sequential_connections(capture, 3000, 10**6, ports=40000)
-    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
-    monkeypatch.setattr(segment_stream, "SEGMENTS_IN_MEMORY", 1000)
-    seen = count_segments_held(monkeypatch)
-    w = whole(capture, tmp_path, segments=True)[0]
-    out, _ = streamed(capture, tmp_path, batch_size=500, segments=True)
-    assert_same_table(pq.read_table(out), pq.read_table(w))
-    want = segments_of(w)
-    assert_same_table(segments_of(out), want)
+    want, (spilled, in_batches, in_patches, held) = stream_segments_spilled(capture, tmp_path, monkeypatch)
     assert want.num_rows == 21000
     assert set(want.column("handshake_step").to_pylist()) == {1, 2, 3, None}
-    spilled, in_batches, in_patches, held = map(max, zip(*seen))
     assert held >= 21000 - 500          # nothing could be written before the end ...
     assert spilled > 19000              # ... and most of it waited in the file
     assert in_batches <= 1000 + 2 * 500
