@@ -33,6 +33,13 @@ from .summary import analyse_assigned
 SEGMENTS_IN_MEMORY = 1 << 20
 
 
+def _concat_rows(parts: list[dict]) -> dict:
+    """Sets of columns, one after the other."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 class _SpillFile:
     """A temporary file that columns are appended to and read back from by row range (raw bytes, one
     column after the other; `_Stored` says where). It is never trimmed: it holds at most every segment once,
@@ -219,18 +226,17 @@ class SegmentStream:
         if self.horizon:
             done = done[np.searchsorted(done, np.uint64(self.horizon)):]
         if done.size:
-            self._analyse(None, self._take_todo(done))
+            self._analyse(None, self._take_todo(
+                lambda conn: done[np.minimum(np.searchsorted(done, conn), done.size - 1)] == conn))
         self._spill_if_needed()
 
-    def _take_todo(self, done: np.ndarray) -> list:
-        """The rows in memory of these connections (chunk, positions), no longer to do."""
+    def _take_todo(self, wanted: Callable[[np.ndarray], np.ndarray]) -> list:
+        """The rows in memory whose connection (conn_first) is wanted, as (chunk, positions); no longer to do."""
         picks = []
         for chunk in self.chunks:
             if not chunk.todo.size:
                 continue
-            conn = chunk.conn_first[chunk.todo]
-            at = np.minimum(np.searchsorted(done, conn), done.size - 1)
-            hit = done[at] == conn
+            hit = wanted(chunk.conn_first[chunk.todo])
             if hit.any():
                 picks.append((chunk, chunk.todo[hit]))
                 chunk.todo = chunk.todo[~hit]
@@ -283,7 +289,7 @@ class SegmentStream:
         if not picked:
             return None
         self.chunks = kept
-        rows = {name: np.concatenate([p[name] for p in picked]) for name in picked[0]}
+        rows = _concat_rows(picked)
         self.rows_held -= len(rows["frame"])
         return rows, analyse_assigned(rows, rows["conn_first"], self.server_ports, self.vlan_aware)
 
@@ -326,18 +332,10 @@ class SegmentStream:
         self.runs = [run for run in self.runs if run.read < run.stored.rows]
         spilled = None
         if parts:
-            spilled = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            spilled = _concat_rows(parts)
             order = np.argsort(spilled["frame"])
             spilled = {name: take_rows(values, order) for name, values in spilled.items()}
-        picks = []
-        for chunk in self.chunks:
-            if chunk.spilled or not chunk.todo.size:
-                continue
-            hit = chunk.conn_first[chunk.todo] < np.uint64(upto)
-            if hit.any():
-                picks.append((chunk, chunk.todo[hit]))
-                chunk.todo = chunk.todo[~hit]
-        self._analyse(spilled, picks)
+        self._analyse(spilled, self._take_todo(lambda conn: conn < np.uint64(upto)))
         self.cursor = upto
 
     def _write(self, limit: int) -> None:
@@ -383,8 +381,7 @@ class SegmentStream:
         self.patches = kept
         if not parts:
             raise AssertionError("a spilled batch's rows were lost")
-        columns = parts[0] if len(parts) == 1 else \
-            {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        columns = _concat_rows(parts)
         if len(parts) > 1:
             order = np.argsort(columns["frame"])
             columns = {name: take_rows(values, order) for name, values in columns.items()}
@@ -416,7 +413,7 @@ class SegmentStream:
         # every connection that started before the first chunk held has been analysed (its rows written)
         self.cursor = max(self.cursor, self.chunks[0].first_frame)
         self.horizon = next(c.first_frame for c in self.chunks if not c.spilled)
-        rows = {name: np.concatenate([p[name] for p in open_parts]) for name in open_parts[0]}
+        rows = _concat_rows(open_parts)
         if len(rows["frame"]):
             order = np.lexsort((rows["frame"], rows["conn_first"]))
             rows = {name: take_rows(values, order) for name, values in rows.items()}
