@@ -507,6 +507,8 @@ _COLUMN_DTYPES = (
     ("tsecr", np.uint32),
 )
 COLUMN_NAMES = tuple(name for name, _ in _COLUMN_DTYPES)
+#: each column's dtype and the shape of one row
+COLUMN_LAYOUT = tuple((name, np.dtype(dtype), (16,) if name in ("src", "dst") else ()) for name, dtype in _COLUMN_DTYPES)
 
 
 cdef inline void *_ptr(cnp.ndarray a):
@@ -517,6 +519,7 @@ cdef class Decoder:
     """Incremental decoder: feed() consumes whole records from successive byte blocks."""
     cdef Columns cols
     cdef dict arrays
+    cdef object allocate
     cdef readonly Py_ssize_t capacity
     cdef readonly Py_ssize_t n
     cdef readonly int fmt
@@ -544,7 +547,9 @@ cdef class Decoder:
     cdef readonly uint64_t bad_length_records   # records whose captured length exceeds the original
     cdef readonly uint64_t bad_length_offset    # offset of the first of them
 
-    def __cinit__(self, Py_ssize_t capacity=1 << 18, filter_expr=None, bint verify_checksums=False):
+    def __cinit__(self, Py_ssize_t capacity=1 << 18, filter_expr=None, bint verify_checksums=False, allocate=None):
+        """allocate(capacity), when given, makes each batch's arrays (a dict of COLUMN_NAMES, each of its
+        dtype and shape, C-contiguous and writable)."""
         cdef str name
         if capacity < 1:
             raise ValueError("capacity must be positive")
@@ -570,6 +575,7 @@ cdef class Decoder:
         if self.filter_expr is not None:
             self.filter_c = self.filter_expr
         self.arrays = {}
+        self.allocate = allocate
         self._allocate()
         self.cols.verify_checksums = verify_checksums
 
@@ -579,10 +585,21 @@ cdef class Decoder:
             pcap_freecode(&self.filters[k])
 
     cdef _allocate(self):
-        arrays = {}
-        for name, dtype in _COLUMN_DTYPES:
-            shape = [self.capacity, 16] if name in ("src", "dst") else [self.capacity]
-            arrays[name] = np.empty(shape, dtype=dtype)
+        cdef object a, shape
+        if self.allocate is None:
+            arrays = {}
+            for name, dtype in _COLUMN_DTYPES:
+                shape = [self.capacity, 16] if name in ("src", "dst") else [self.capacity]
+                arrays[name] = np.empty(shape, dtype=dtype)
+        else:
+            made = self.allocate(self.capacity)
+            arrays = {name: made[name] for name in COLUMN_NAMES}
+            for name, dtype, tail in COLUMN_LAYOUT:     # the decoder writes through raw pointers: check first
+                a = arrays[name]
+                shape = (self.capacity,) + tail
+                if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous or not a.flags.writeable:
+                    raise ValueError(f"allocate: column {name} must be a writable C-contiguous {dtype} "
+                                     f"array of shape {shape}")
         self.arrays = arrays
         c = &self.cols
         c.frame = <uint64_t *>_ptr(arrays["frame"])

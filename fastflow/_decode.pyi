@@ -1,7 +1,11 @@
 """ext/_decode.pyx: pcap / pcapng records decoded into columns (link, IP, TCP/UDP/ICMP headers), no GIL."""
+from typing import Callable
+
 import numpy as np
 
 COLUMN_NAMES: tuple[str, ...]
+#: (name, dtype, shape of one row) of each column
+COLUMN_LAYOUT: tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
 
 class Decoder:
     """Incremental decoder: feed() consumes whole records from successive byte blocks."""
@@ -18,7 +22,8 @@ class Decoder:
     linktypes: list[int]
     bad_length_records: int
     bad_length_offset: int
-    def __init__(self, capacity: int = ..., filter_expr: str | None = None, verify_checksums: bool = False) -> None: ...
+    def __init__(self, capacity: int = ..., filter_expr: str | None = None, verify_checksums: bool = False,
+                 allocate: Callable[[int], dict[str, np.ndarray]] | None = None) -> None: ...
     def take(self) -> dict[str, np.ndarray]: ...
     @property
     def status_counts(self) -> list[int]: ...

@@ -4,8 +4,13 @@ This is the one place where the extension's status codes become Python exception
 from __future__ import annotations
 
 import enum
+import mmap
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
+
+import numpy as np
 
 from . import _decode
 from .errors import FilterError, InputError
@@ -91,13 +96,72 @@ def check_filter(expr: str) -> None:
         raise FilterError(f"bad filter expression {expr!r}: {message}")
 
 
+class BatchMemory:
+    """The decoder's allocator: each batch's columns in one private anonymous mapping. Once every array of a
+    batch is gone its mapping goes on a free list (one long), and the next batch reuses it.
+
+    Why not numpy's allocations: the batches of 2**18 packets (31 MB) came from glibc's heaps in whichever
+    thread decoded them, their columns freed at different times in other threads (a batch's TCP columns wait
+    in the segment stream for as long as their connections stay open), among the engines' small long-lived
+    allocations; the heaps were left with holes they could neither fill nor return. A mapping goes back
+    whole, and a reused one costs no page faults. Scale input of benchmarks/RESULTS.md on two cores: peak
+    RSS 943-963 -> 876-897 MB, same time."""
+
+    #: below this many bytes a batch takes numpy's allocations (small batches: a mapping per batch would
+    #: waste pages and could run into the kernel's limit on mappings)
+    MIN_BYTES = 1 << 20
+
+    def __init__(self, keep: int = 1, min_bytes: int = MIN_BYTES):
+        # one free mapping is enough: the decoder makes a batch once the one before the last has been let go
+        # (pipeline._in_background), and each mapping kept free holds a batch's worth of memory for nothing
+        self.keep = keep
+        self.min_bytes = min_bytes
+        self.free: list[mmap.mmap] = []
+        self.lock = threading.Lock()
+        self.capacity = -1
+        self.mappings = 0       # mappings made so far (the other batches reused one)
+
+    def _layout(self, capacity: int) -> None:
+        self.capacity, self.places, at = capacity, [], 0
+        for name, dtype, tail in _decode.COLUMN_LAYOUT:
+            count = capacity * int(np.prod(tail, dtype=np.int64))
+            self.places.append((name, dtype, (capacity,) + tail, at, count))
+            at += -(-count * dtype.itemsize // 64) * 64       # each column on a cache line of its own
+        self.size = at
+
+    def __call__(self, capacity: int) -> dict:
+        if capacity != self.capacity:
+            self._layout(capacity)
+            with self.lock:
+                self.free = []
+        if self.size < self.min_bytes:
+            return {name: np.empty(shape, dtype) for name, dtype, shape, _, _ in self.places}
+        with self.lock:
+            block = self.free.pop() if self.free else None
+        if block is None:
+            # private: a shared mapping would be shared with the processes fastflow batch -j forks
+            block = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            self.mappings += 1
+        whole = np.frombuffer(block, np.uint8)     # every column is a view of it: its end is the batch's end
+        weakref.finalize(whole, self._release, block, self.size)
+        return {name: whole[at:at + count * dtype.itemsize].view(dtype).reshape(shape)
+                for name, dtype, shape, at, count in self.places}
+
+    def _release(self, block: mmap.mmap, size: int) -> None:
+        with self.lock:
+            if size == self.size and len(self.free) < self.keep:
+                self.free.append(block)
+        # otherwise unmapped once the batch's last array has let go of it (it is still exported here)
+
+
 class CaptureReader:
     """Decode one input into batches of packet columns (dicts of numpy arrays, see docs/design.md)."""
 
     def __init__(self, source: Source, filter_expr: str | None = None, batch_size: int = 1 << 18,
-                 verify_checksums: bool = False):
+                 verify_checksums: bool = False, memory: BatchMemory | None = None):
         self.source = source
-        self.decoder = _decode.Decoder(batch_size, filter_expr, verify_checksums)
+        self.decoder = _decode.Decoder(batch_size, filter_expr, verify_checksums,
+                                       BatchMemory() if memory is None else memory)
         self.filter_expr = filter_expr
         self.damage: Damage | None = None
 

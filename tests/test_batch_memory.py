@@ -1,0 +1,94 @@
+"""decode.BatchMemory: each batch's columns in one mapping, reused only once every array of the batch is
+gone, and the same columns as numpy's allocations give."""
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastflow import _decode
+from fastflow.decode import BatchMemory, CaptureReader
+from fastflow.source import Source
+
+CAPTURE = Path(__file__).parent / "data" / "ip_v4_fragments.pcap"     # 10 packets
+
+
+def batches(memory, batch_size=3):
+    with Source(str(CAPTURE)) as source:
+        yield from CaptureReader(source, batch_size=batch_size, memory=memory).batches()
+
+
+def plain_batches(batch_size=3):
+    with Source(str(CAPTURE)) as source:
+        reader = CaptureReader(source, batch_size=batch_size)
+        reader.decoder = _decode.Decoder(batch_size, None, False)      # numpy's allocations
+        yield from reader.batches()
+
+
+def test_held_batches_keep_their_values():
+    """Every batch kept alive while more are decoded: none is written over."""
+    memory = BatchMemory(min_bytes=0)
+    held = list(batches(memory))
+    want = list(plain_batches())
+    assert len(held) == len(want) == 4      # 3 + 3 + 3 + 1
+    for got, expected in zip(held, want):
+        for name in _decode.COLUMN_NAMES:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    # the decoder takes the next batch's mapping as it hands one over: 4 (the last, short batch is a copy
+    # out of the fourth)
+    assert memory.mappings == 4
+
+
+def test_one_column_holds_its_batch():
+    memory = BatchMemory(min_bytes=0)
+    it = batches(memory)
+    first = next(it)
+    kept = first["seq"]
+    want = kept.copy()
+    del first
+    for batch in it:
+        del batch
+    gc.collect()
+    np.testing.assert_array_equal(kept, want)
+    assert memory.mappings == 3             # the first batch's, and two taking turns
+
+
+def test_mapping_reused_once_let_go():
+    memory = BatchMemory(min_bytes=0)
+    seqs = []
+    for batch in batches(memory):
+        seqs.append(batch["seq"].copy())
+        del batch
+    assert memory.mappings == 2             # the one handed over and the one being decoded, in turn
+    want = [b["seq"] for b in plain_batches()]
+    for got, expected in zip(seqs, want):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_small_batches_use_numpy():
+    memory = BatchMemory()
+    assert len(list(batches(memory))) == 4
+    assert memory.mappings == 0
+
+
+def test_layout():
+    batch = BatchMemory(min_bytes=0)(8)
+    assert set(batch) == set(_decode.COLUMN_NAMES)
+    assert batch["src"].shape == (8, 16) and batch["src"].flags.c_contiguous
+
+
+@pytest.mark.parametrize("bad", ["dtype", "shape", "readonly"])
+def test_decoder_checks_the_allocator(bad):
+    def allocate(capacity):
+        arrays = BatchMemory()(capacity)
+        if bad == "dtype":
+            arrays["seq"] = np.empty(capacity, np.int64)
+        elif bad == "shape":
+            arrays["src"] = np.empty((capacity, 4), np.uint8)
+        else:
+            arrays["ts"].flags.writeable = False
+        return arrays
+    with pytest.raises(ValueError, match="allocate: column"):
+        _decode.Decoder(4, None, False, allocate)
