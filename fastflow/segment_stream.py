@@ -17,6 +17,7 @@ frames at a time, each run read front to back; their rows that belong to later b
 (those of the connections that cross a batch's end)."""
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections.abc import Callable
@@ -53,10 +54,13 @@ class _SpillFile:
                               f"{exc.strerror or exc}") from None
         self.end = 0
 
-    def store(self, columns: dict) -> "_Stored":
-        where = {}
+    def store(self, columns) -> "_Stored":
+        """Append columns given as (name, values) pairs, made one at a time by the caller if it likes (so
+        that only one is in memory at once)."""
+        where, rows = {}, 0
         try:
-            for name, values in columns.items():
+            for name, values in columns:
+                rows = len(values)
                 values = np.ascontiguousarray(values)
                 data = memoryview(values).cast("B") if values.size else b""
                 where[name] = (self.end, values.dtype, values.shape[1:])
@@ -67,7 +71,6 @@ class _SpillFile:
         except OSError as exc:
             raise OutputError(f"cannot keep segments in a temporary file in {tempfile.gettempdir()} "
                               f"(disk full?): {exc.strerror or exc}; set TMPDIR to a folder with room") from None
-        rows = len(next(iter(columns.values()))) if columns else 0
         return _Stored(self, where, rows)
 
     def load(self, where: dict, start: int, stop: int) -> dict:
@@ -155,18 +158,19 @@ class _Chunk:
         self.todo = self.todo - self.written
         self.first_frame, self.size, self.written = int(self.frame[0]), len(self.frame), 0
 
-    def spill_to(self, spill: _SpillFile) -> dict:
-        """Store the analysed rows, and return the others (their connections still open) for a run."""
-        open_rows = {n: take_rows(v, self.todo) for n, v in self.rows.items()}
-        if self.todo.size < self.size:
+    def spill_to(self, spill: _SpillFile) -> tuple[dict, np.ndarray]:
+        """Store the analysed rows, and hand over the columns and the positions of the others (their
+        connections still open) for a run."""
+        rows, todo = self.rows, self.todo
+        if todo.size < self.size:
             done = np.ones(self.size, bool)
-            done[self.todo] = False
-            columns = {n: take_rows(v, done) for n, v in self.rows.items() if n != "conn_first"}
-            columns.update({"r:" + n: np.compress(done, v, axis=0) for n, v in self.result.items()})
-            self.stored = spill.store(columns)
+            done[todo] = False
+            self.stored = spill.store(itertools.chain(
+                ((n, take_rows(v, done)) for n, v in rows.items() if n != "conn_first"),
+                (("r:" + n, np.compress(done, v, axis=0)) for n, v in self.result.items())))
         self.rows = self.result = self.frame = self.conn_first = None
         self.todo = np.zeros(0, np.int64)
-        return open_rows
+        return rows, todo
 
 
 class SegmentStream:
@@ -413,14 +417,19 @@ class SegmentStream:
         # every connection that started before the first chunk held has been analysed (its rows written)
         self.cursor = max(self.cursor, self.chunks[0].first_frame)
         self.horizon = next(c.first_frame for c in self.chunks if not c.spilled)
-        rows = _concat_rows(open_parts)
-        if len(rows["frame"]):
-            order = np.lexsort((rows["frame"], rows["conn_first"]))
-            rows = {name: take_rows(values, order) for name, values in rows.items()}
+        def column(name):
+            return np.concatenate([take_rows(rows[name], todo) for rows, todo in open_parts])
+        if sum(todo.size for _, todo in open_parts):
+            conn_first = column("conn_first")
+            order = np.lexsort((column("frame"), conn_first))
+            conn_first = conn_first[order]
             bounds = np.array([c.first_frame for c in self.chunks if self.cursor <= c.first_frame <= self.horizon],
                               np.uint64)
-            stops = np.searchsorted(rows["conn_first"], bounds)
-            self.runs.append(_Run(self.spill.store(rows), bounds, stops))
+            stops = np.searchsorted(conn_first, bounds)
+            # a column at a time, so that the sorted copy of one column is all that is made
+            stored = self.spill.store((name, conn_first if name == "conn_first" else take_rows(column(name), order))
+                                      for name in open_parts[0][0])
+            self.runs.append(_Run(stored, bounds, stops))
 
     def _table(self, rows: dict, result: dict | None, todo: np.ndarray, start: int, end: int) -> pa.Table:
         part = slice(start, end)
