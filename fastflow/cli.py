@@ -116,12 +116,8 @@ def tune_process() -> None:
       just let go. With the system allocator the scale input's peak RSS is 75 MB lower."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    if sys.platform.startswith("linux"):
-        import ctypes
-        try:
-            mallopt = ctypes.CDLL(None).mallopt     # glibc's (musl has one too, which ignores these)
-        except (OSError, AttributeError):
-            return
+    mallopt = _mallopt()
+    if mallopt is not None:
         mallopt(-3, 32 << 20)       # M_MMAP_THRESHOLD
         mallopt(-1, 256 << 20)      # M_TRIM_THRESHOLD
         mallopt(-8, 2)              # M_ARENA_MAX
@@ -132,13 +128,20 @@ def tune_for_segments() -> None:
     segment stream's many mid-size arrays (spilled runs read back, sorted, analysed) leave no holes in the
     heap when they go. On the scale input of benchmarks/RESULTS.md peak RSS was about 50 MB lower, at
     no cost there; on the 1 M-packet inputs within noise."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        try:
-            mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):
-            return
+    mallopt = _mallopt()
+    if mallopt is not None:
         mallopt(-3, 4 << 20)        # M_MMAP_THRESHOLD
+
+
+def _mallopt():
+    """glibc's mallopt on Linux (musl has one too, which ignores these settings), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    try:
+        return ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
