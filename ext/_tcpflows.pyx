@@ -195,6 +195,14 @@ cdef struct Cold:               # an open connection whose record waits in the s
     int64_t heap_pos
 
 
+cdef struct Pending:            # a spilled record finish() has still to read, once the Cold entries are let go
+    int64_t offset              # of its Flow record in the spill file; -1 once read (or listed again as Cold)
+    uint64_t first_frame
+    char *hist_data             # heap memory the record points to, freed with the engine if never read back
+    Deferred *deferred
+    Alt *alt
+
+
 cdef struct HeapEntry:          # an open connection's place in the deadline heap
     int64_t key                 # <= its latest timestamp (the pair's seen_max): a lower bound of its deadline
     int64_t entry               # its table entry: a pool slot, or COLD_BASE - cold index
@@ -581,8 +589,13 @@ cdef class Engine:
     cdef Py_ssize_t finish_next
     # finish() releases the open connections straight from its order, without the table and the heap (the
     # lookups, probe shifts and heap sifts cost more than finishing the record); index_open() lists the rest
-    # again before anything else needs them
+    # again before anything else needs them. Meanwhile the table, the heap and the Cold entries are let go
+    # (at the end of a capture with a million open connections, over 100 MB an engine, held while every row
+    # and segment is written): the spilled records left are listed in `pending`, in the order's terms
+    # (COLD_BASE - k is pending[k])
     cdef bint unindexed
+    cdef Pending *pending
+    cdef Py_ssize_t n_pending
 
     def __cinit__(self, int64_t timeout_ns, const uint8_t[::1] server_port not None, bint vlan_aware):
         cdef Py_ssize_t i
@@ -622,6 +635,15 @@ cdef class Engine:
                         free(self.cold[i].alt.hist.data)
                         free(self.cold[i].alt)
         free(self.cold)
+        if self.pending != NULL:
+            for i in range(self.n_pending):
+                if self.pending[i].offset >= 0:
+                    free(self.pending[i].hist_data)
+                    free(self.pending[i].deferred)
+                    if self.pending[i].alt != NULL:
+                        free(self.pending[i].alt.hist.data)
+                        free(self.pending[i].alt)
+        free(self.pending)
         free(self.staged)
         free(self.free_offsets)
         free(self.read_cache)
@@ -830,14 +852,17 @@ cdef class Engine:
         self.pool[slot].next_free = self.free_head
         self.free_head = slot
 
-    cdef void free_cold(self, int64_t c) noexcept nogil:
+    cdef void free_offset(self, int64_t offset) noexcept nogil:
         # the record's place in the file is free again (staged places are always written by then); when the
         # list cannot grow the place is only lost, the file stays correct
-        if self.cold[c].offset < self.spill_written and (
+        if offset < self.spill_written and (
                 self.n_free_offsets < self.free_offsets_cap
                 or not grow_array(<void **>&self.free_offsets, &self.free_offsets_cap, sizeof(int64_t))):
-            self.free_offsets[self.n_free_offsets] = self.cold[c].offset
+            self.free_offsets[self.n_free_offsets] = offset
             self.n_free_offsets += 1
+
+    cdef void free_cold(self, int64_t c) noexcept nogil:
+        self.free_offset(self.cold[c].offset)
         self.cold[c].offset = -1
         self.cold[c].next_free = self.cold_free_head
         self.cold_free_head = c
@@ -895,7 +920,9 @@ cdef class Engine:
         return ST_OK
 
     cdef int read_cold(self, int64_t c, Flow *into) noexcept nogil:
-        cdef int64_t offset = self.cold[c].offset
+        return self.read_record(self.cold[c].offset, into)
+
+    cdef int read_record(self, int64_t offset, Flow *into) noexcept nogil:
         cdef int64_t length, cached_end
         cdef ssize_t got
         if offset >= self.spill_written:       # still staged
@@ -1187,17 +1214,90 @@ cdef class Engine:
         self.n_open -= 1
         return status
 
-    cdef void clear_index(self) noexcept nogil:
-        cdef uint64_t i
-        for i in range(self.table_mask + 1):
+    cdef int finish_listed(self, int64_t entry) noexcept nogil:
+        """finish_entry() while unindexed, where a spilled record is pending[COLD_BASE - entry]."""
+        cdef Pending *p
+        cdef int status
+        if entry >= 0:
+            return self.finish_entry(entry)
+        p = &self.pending[COLD_BASE - entry]
+        status = self.read_record(p.offset, &self.scratch)
+        if status != ST_OK:
+            return status
+        status = self.finish_connection(&self.scratch)
+        self.free_offset(p.offset)
+        p.offset = -1
+        self.n_cold -= 1
+        self.n_open -= 1
+        return status
+
+    cdef int unindex(self, int64_t[::1] order) noexcept nogil:
+        """Let the table, the heap and the Cold entries go for finish(), which releases the open connections
+        in `order` (pool slots, or COLD_BASE - k for cold[k], rewritten to COLD_BASE - k for pending[k])."""
+        cdef Py_ssize_t i, k = 0
+        cdef int64_t c
+        cdef Pending *pending = NULL
+        cdef int64_t *table = <int64_t *>malloc(1024 * sizeof(int64_t))
+        cdef uint32_t *tags = <uint32_t *>malloc(1024 * sizeof(uint32_t))
+        if self.n_cold:
+            pending = <Pending *>malloc(self.n_cold * sizeof(Pending))
+        if table == NULL or tags == NULL or (self.n_cold and pending == NULL):
+            free(table)
+            free(tags)
+            free(pending)
+            return ST_NO_MEMORY
+        for i in range(order.shape[0]):
+            if order[i] < 0:
+                c = COLD_BASE - order[i]
+                pending[k] = Pending(self.cold[c].offset, self.cold[c].first_frame, self.cold[c].hist_data,
+                                     self.cold[c].deferred, self.cold[c].alt)
+                order[i] = COLD_BASE - k
+                k += 1
+        self.pending = pending
+        self.n_pending = k
+        free(self.cold)
+        self.cold = NULL
+        self.cold_cap = self.cold_top = 0
+        self.cold_free_head = EMPTY
+        free(self.table)
+        free(self.tags)
+        self.table, self.tags, self.table_mask = table, tags, 1023
+        for i in range(1024):
             self.table[i] = EMPTY
-        self.heap_len = 0
+        free(self.heap)
+        self.heap = NULL
+        self.heap_cap = self.heap_len = 0
+        self.unindexed = True
+        return ST_OK
 
     cdef int index_open(self) noexcept nogil:
-        """The table and the heap again list every open connection (after finish() left them)."""
+        """The table, the heap and the Cold entries again list every open connection (after finish() let
+        them go)."""
         cdef Py_ssize_t i, pos
-        cdef int64_t entry
-        self.clear_index()
+        cdef int64_t entry, c
+        cdef Pending *p
+        cdef uint64_t j
+        for i in range(self.n_pending):
+            p = &self.pending[i]
+            if p.offset < 0:
+                continue
+            if self.read_record(p.offset, &self.scratch) != ST_OK:
+                return ST_SPILL_FAILED
+            c = self.new_cold()
+            if c == EMPTY:
+                return ST_NO_MEMORY
+            self.cold[c] = Cold(self.scratch.key, self.scratch.hash, self.scratch.seen_max, p.first_frame,
+                                p.offset, EMPTY, p.hist_data, p.deferred, p.alt, 0)
+            p.offset = -1       # the Cold entry's now
+        free(self.pending)
+        self.pending = NULL
+        self.n_pending = 0
+        for j in range(self.table_mask + 1):
+            self.table[j] = EMPTY
+        self.heap_len = 0
+        while <uint64_t>self.n_open * 2 > self.table_mask:
+            if self.grow_table() != ST_OK:
+                return ST_NO_MEMORY
         self.unindexed = False
         for i in range(self.pool_top + self.cold_top):
             if i < self.pool_top:
@@ -1219,9 +1319,9 @@ cdef class Engine:
         """index_open() if finish() left the table and heap; a status code."""
         cdef int status = ST_OK
         if self.unindexed:
-            self.finish_order = None
             with nogil:
                 status = self.index_open()
+            self.finish_order = None
         return status
 
     cdef int release(self, Py_ssize_t table_pos) noexcept nogil:
@@ -1528,11 +1628,14 @@ cdef class Engine:
         if max_rows == 0:
             return ST_OK
         if self.finish_order is None:
-            self.finish_order = self._open_entries_by_first_frame()
+            order = self._open_entries_by_first_frame()
+            # from here on connections only finish, in this order: the table, the heap and the Cold entries
+            # are let go
+            status = self.unindex(order)
+            if status != ST_OK:
+                return status
+            self.finish_order = order
             self.finish_next = 0
-            # from here on connections only finish, in this order: the table and heap are let go
-            self.clear_index()
-            self.unindexed = True
         order = self.finish_order
         end = min(self.finish_next + max_rows, len(order))
         portion = order[self.finish_next:end]
@@ -1543,33 +1646,36 @@ cdef class Engine:
         cold = portion < 0
         if cold.any():
             offsets = np.full(len(portion), -1, dtype=np.int64)
-            offsets[cold] = self._cold_offsets(COLD_BASE - portion[cold])
+            offsets[cold] = self._pending_offsets(COLD_BASE - portion[cold])
             portion = portion[np.argsort(offsets, kind="stable")]
         chosen = np.ascontiguousarray(portion)
         self.reserve_rows(chosen.shape[0])
         with nogil:
             for i in range(chosen.shape[0]):
-                status = self.finish_entry(chosen[i])
+                status = self.finish_listed(chosen[i])
                 if status != ST_OK:
                     break
             if self.n_open == 0:
                 self.unindexed = False
+                free(self.pending)
+                self.pending = NULL
+                self.n_pending = 0
         if status == ST_OK:
             # the oldest open connection is the next one in the order
             if self.finish_next < len(order):
                 entry = order[self.finish_next]
-                self.min_first = self.pool[entry].first_frame if entry >= 0 else self.cold[COLD_BASE - entry].first_frame
+                self.min_first = self.pool[entry].first_frame if entry >= 0 else self.pending[COLD_BASE - entry].first_frame
             else:
                 self.min_first = NO_FRAME
             self.min_first_known = True
         return status
 
-    def _cold_offsets(self, const int64_t[::1] which):
+    def _pending_offsets(self, const int64_t[::1] which):
         out = np.empty(which.shape[0], dtype=np.int64)
         cdef int64_t[::1] o = out
         cdef Py_ssize_t i
         for i in range(which.shape[0]):
-            o[i] = self.cold[which[i]].offset
+            o[i] = self.pending[which[i]].offset
         return out
 
     def _open_entries_by_first_frame(self):
@@ -1603,6 +1709,9 @@ cdef class Engine:
             for i in range(self.cold_top):
                 if self.cold[i].offset >= 0 and self.cold[i].first_frame < low:
                     low = self.cold[i].first_frame
+            for i in range(self.n_pending):
+                if self.pending[i].offset >= 0 and self.pending[i].first_frame < low:
+                    low = self.pending[i].first_frame
         self.min_first = low
         self.min_first_known = True
         return low
@@ -1617,6 +1726,8 @@ cdef class Engine:
         cdef Flow rec
         cdef int64_t entry
         cdef Py_ssize_t i, n
+        if self.indexed() != ST_OK:
+            raise OSError("cannot read an open connection back from the spill file")
         order = self._open_entries_by_first_frame()
         n = len(order)
         for start in range(0, n, per_block):

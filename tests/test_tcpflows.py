@@ -305,6 +305,41 @@ def test_feeding_again_after_a_partial_finish(seed):
     assert_same_flows({**want, "conn_id": want["first_frame"]}, got, f"seed {seed}")
 
 
+@pytest.mark.parametrize("limit", [None, 0, 2])
+def test_snapshot_and_min_first_after_a_partial_finish(limit):
+    """A partial finish() lets the table, the heap and the spilled records' entries go (the rest are listed
+    by their place in the file); what is still open can be saved and restored from there, the oldest open
+    first frame stays right, and the rows are those of one finish() at once."""
+    rng = np.random.default_rng(42)
+    seg = random_segments(rng, 1500)
+    want = TcpFlows(300 * SECOND)
+    want.feed(seg)
+    want.finish()
+    want = want.drain()
+    engine = TcpFlows(300 * SECOND, max_in_memory=limit)
+    engine.feed(seg)
+    engine.expire(int(seg["network_time"][-1]))    # spills past the limit
+    if limit is not None:
+        assert engine._engine.cold_count > 0
+    split = engine.drain()      # connections a new one on their pair finished
+    open_before = engine.open_count
+    engine.finish(2)
+    early = concat_flows([split, engine.drain()])
+    assert engine.open_count == open_before - 2 >= 3
+    unfinished = np.setdiff1d(want["first_frame"], early["first_frame"])
+    later = unfinished.min()
+    assert engine.min_open_first_frame() == later
+    blocks = list(engine.snapshot_blocks())
+    restored = TcpFlows(300 * SECOND, max_in_memory=limit)
+    restored.restore_blocks(blocks)
+    assert restored.open_count == engine.open_count
+    assert restored.min_open_first_frame() == later
+    engine.finish()
+    restored.finish()
+    assert_same_flows({**want, "conn_id": want["first_frame"]}, concat_flows([early, engine.drain()]), "finished")
+    assert_same_flows({**want, "conn_id": want["first_frame"]}, concat_flows([early, restored.drain()]), "restored")
+
+
 def test_random_segments_really_split_expire_and_flip():
     """The soups above are not vacuous: they hold idle splits, reuse splits and late (SYN-ACK-first) flips."""
     rng = np.random.default_rng(0)
