@@ -98,7 +98,9 @@ def check_filter(expr: str) -> None:
 
 class BatchMemory:
     """The decoder's allocator: each batch's columns in one private anonymous mapping. Once every array of a
-    batch is gone its mapping goes on a free list (one long), and the next batch reuses it.
+    batch is gone its mapping goes on a free list (one long), and the next batch reuses it. `layout` says
+    the columns, (name, dtype, shape past the first axis), by default the decoder's; with another, the
+    segment stream keeps each batch's TCP rows the same way (pipeline._finished).
 
     Why not numpy's allocations: the batches of 2**18 packets (31 MB) came from glibc's heaps in whichever
     thread decoded them, their columns freed at different times in other threads (a batch's TCP columns wait
@@ -111,7 +113,8 @@ class BatchMemory:
     #: waste pages and could run into the kernel's limit on mappings)
     MIN_BYTES = 1 << 20
 
-    def __init__(self, keep: int = 1, min_bytes: int = MIN_BYTES):
+    def __init__(self, keep: int = 1, min_bytes: int = MIN_BYTES, layout=None):
+        self.layout = _decode.COLUMN_LAYOUT if layout is None else tuple(layout)
         # one free mapping is enough: the decoder makes a batch once the one before the last has been let go
         # (pipeline._in_background), and each mapping kept free holds a batch's worth of memory for nothing
         self.keep = keep
@@ -123,7 +126,7 @@ class BatchMemory:
 
     def _layout(self, capacity: int) -> None:
         self.capacity, self.places, at = capacity, [], 0
-        for name, dtype, tail in _decode.COLUMN_LAYOUT:
+        for name, dtype, tail in self.layout:
             count = capacity * int(np.prod(tail, dtype=np.int64))
             self.places.append((name, dtype, (capacity,) + tail, at, count))
             at += -(-count * dtype.itemsize // 64) * 64       # each column on a cache line of its own

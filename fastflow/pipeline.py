@@ -19,7 +19,7 @@ import pyarrow as pa
 from . import __version__, _decode, tcpflows
 from .community_id import community_id
 from .datagram import DatagramStream, datagram_flows
-from .decode import CaptureReader, Damage, PFlag, Status, check_filter
+from .decode import BatchMemory, CaptureReader, Damage, PFlag, Status, check_filter
 from .errors import OutputError
 from .schema import (
     FLOWS_SCHEMA,
@@ -506,6 +506,7 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
     segments is the batch's TCP rows (SEGMENT_INPUT_COLUMNS) with each one's connection in "conn_first"
     (else None). decode_ahead: decode in a thread of its own, a batch ahead of the engines."""
     network_time = tally.get("network_time", np.iinfo(np.int64).min)
+    segment_memory = None
     batches = reader.batches()
     if isinstance(tcp, PartedTcpFlows):     # each packet's engine, found in the decoder's thread
         batches = _with_tcp_parts(batches, tcp, split=select is None and not want_segments)
@@ -534,9 +535,13 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         segments = None
         every = rows.size == status.size
         if want_segments and rows.size:     # the segments table keeps the segments' rows
-            segments = {name: batch[name] if every else take_rows(batch[name], rows)
-                        for name in SEGMENT_INPUT_COLUMNS}
-            segments["conn_first"] = np.empty(rows.size, np.uint64)
+            if segment_memory is None:
+                segment_memory = _segment_memory(batch)
+            # room for the whole batch, rounded up to a power of two: the same size batch after batch, so
+            # that mappings are reused
+            room = segment_memory(1 << (status.size - 1).bit_length())
+            segments = _segment_rows(batch, None if every else rows, room)
+            del room
             stepped = tcp.step(segments, network_time, segments["conn_first"])
         else:               # the engine reads them in place
             stepped = tcp.step(batch, network_time, rows=None if every else rows)
@@ -564,6 +569,29 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         yield item
         if low == NO_OPEN_CONNECTION:
             return
+
+
+def _segment_memory(batch: dict) -> BatchMemory:
+    """Where each batch's segments are kept: one mapping a batch, as the decoder's batches (decode.BatchMemory).
+    Taken from glibc's heap in the engines' thread, a batch's 21 columns of 0.25 to 4 MB waited there until
+    their connections finished or the batch was spilled, and left holes (scale input of
+    benchmarks/RESULTS.md with --segments: about 110 MB of them, free but not returned, at the peak)."""
+    return BatchMemory(layout=[(name, batch[name].dtype, batch[name].shape[1:]) for name in SEGMENT_INPUT_COLUMNS]
+                       + [("conn_first", np.dtype(np.uint64), ())])
+
+
+def _segment_rows(batch: dict, rows: np.ndarray | None, room: dict) -> dict:
+    """The segment stream's columns of a batch's TCP rows (all of them when rows is None: views of the batch)
+    and room for each one's connection ("conn_first"), in `room` (a batch's worth of those columns)."""
+    n = len(batch["frame"]) if rows is None else rows.size
+    segments = {"conn_first": room["conn_first"][:n]}
+    for name in SEGMENT_INPUT_COLUMNS:
+        if rows is None:
+            segments[name] = batch[name]
+        else:
+            segments[name] = room[name][:n]
+            np.take(batch[name], rows, axis=0, out=segments[name], mode="clip")    # clip: no buffering
+    return segments
 
 
 def _collected(tcp, waiting: tuple, seconds: dict) -> tuple:
