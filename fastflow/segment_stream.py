@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
+from .decode import BatchMemory
 from .errors import OutputError
 from .schema import segments_table, take_rows
 from .summary import analyse_assigned
@@ -202,6 +203,7 @@ class SegmentStream:
         self.runs: list[_Run] = []
         self.patches: list[dict] = []
         self.horizon = 0        # connections that started before this frame are analysed when written
+        self.result_memory: BatchMemory | None = None
         self.cursor = 0         # ... and those that started before this one have been
 
     def close(self) -> None:
@@ -268,10 +270,20 @@ class SegmentStream:
             self.patches.append(patch)
         for chunk, r in picks:
             if not chunk.result:
-                chunk.result = {name: np.zeros(len(chunk.frame), values.dtype) for name, values in result.items()}
+                chunk.result = self._result_room(result, chunk.size)
             for name, values in result.items():
                 chunk.result[name][r] = values[start:start + r.size]
             start += r.size
+
+    def _result_room(self, like: dict, rows: int) -> dict:
+        """Columns for a batch's analysed rows, shaped like `like`, in one mapping (decode.BatchMemory): held
+        while the batch waits, they left holes in glibc's heap among the main thread's other arrays. Not
+        zeroed: every row is analysed before any is written (_table checks)."""
+        if self.result_memory is None:
+            self.result_memory = BatchMemory(layout=[(name, values.dtype, values.shape[1:])
+                                                      for name, values in like.items()])
+        room = self.result_memory(1 << max(0, rows - 1).bit_length())
+        return {name: values[:rows] for name, values in room.items()}
 
     def pop_finished(self, first_frames: np.ndarray) -> tuple[dict, dict] | None:
         """finished() for a caller that writes the segments at once, in any order (fastflow batch, whose
