@@ -92,3 +92,26 @@ def test_decoder_checks_the_allocator(bad):
         return arrays
     with pytest.raises(ValueError, match="allocate: column"):
         _decode.Decoder(4, None, False, allocate)
+
+
+def test_a_layout_of_its_own():
+    """Another layout (the segment stream's): its columns, in one mapping, which goes to the next request
+    once every view of it is gone, and not before."""
+    layout = [("frame", np.dtype(np.uint64), ()), ("src", np.dtype(np.uint8), (16,)),
+              ("flag", np.dtype(np.bool_), ())]
+    memory = BatchMemory(min_bytes=0, layout=layout)
+    first = memory(5)
+    assert {name: (v.dtype, v.shape) for name, v in first.items()} == {
+        "frame": (np.uint64, (5,)), "src": (np.uint8, (5, 16)), "flag": (np.bool_, (5,))}
+    first["frame"][:] = np.arange(5)
+    first["src"][:] = 7
+    kept = first["frame"][:3]
+    del first
+    second = memory(5)
+    second["frame"][:] = 99
+    np.testing.assert_array_equal(kept, [0, 1, 2])      # a view still held its mapping
+    assert memory.mappings == 2
+    del kept, second
+    gc.collect()
+    memory(5)
+    assert memory.mappings == 2
