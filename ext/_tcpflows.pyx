@@ -531,6 +531,15 @@ cdef int write_all(int fd, const char *data, int64_t length, int64_t offset) noe
     return ST_OK
 
 
+cdef inline void free_spilled_memory(char *hist_data, Deferred *deferred, Alt *alt) noexcept nogil:
+    """The heap memory a spilled record points to, when it is never read back."""
+    free(hist_data)
+    free(deferred)
+    if alt != NULL:
+        free(alt.hist.data)
+        free(alt)
+
+
 cdef inline void free_flow_memory(Flow *f) noexcept nogil:
     free(f.hist.data)
     f.hist.data = NULL
@@ -629,20 +638,12 @@ cdef class Engine:
         if self.cold != NULL:
             for i in range(self.cold_top):
                 if self.cold[i].offset >= 0:
-                    free(self.cold[i].hist_data)
-                    free(self.cold[i].deferred)
-                    if self.cold[i].alt != NULL:
-                        free(self.cold[i].alt.hist.data)
-                        free(self.cold[i].alt)
+                    free_spilled_memory(self.cold[i].hist_data, self.cold[i].deferred, self.cold[i].alt)
         free(self.cold)
         if self.pending != NULL:
             for i in range(self.n_pending):
                 if self.pending[i].offset >= 0:
-                    free(self.pending[i].hist_data)
-                    free(self.pending[i].deferred)
-                    if self.pending[i].alt != NULL:
-                        free(self.pending[i].alt.hist.data)
-                        free(self.pending[i].alt)
+                    free_spilled_memory(self.pending[i].hist_data, self.pending[i].deferred, self.pending[i].alt)
         free(self.pending)
         free(self.staged)
         free(self.free_offsets)
