@@ -432,15 +432,17 @@ class SegmentStream:
         def column(name):
             return np.concatenate([take_rows(rows[name], todo) for rows, todo in open_parts])
         if sum(todo.size for _, todo in open_parts):
-            conn_first = column("conn_first")
-            order = np.lexsort((column("frame"), conn_first))
-            conn_first = conn_first[order]
+            conn_first, frame = column("conn_first"), column("frame")
+            order = np.lexsort((frame, conn_first))
+            # the sort keys, sorted already: each let go once stored
+            sorted_keys = {"conn_first": conn_first[order], "frame": frame[order]}
+            del conn_first, frame
             bounds = np.array([c.first_frame for c in self.chunks if self.cursor <= c.first_frame <= self.horizon],
                               np.uint64)
-            stops = np.searchsorted(conn_first, bounds)
+            stops = np.searchsorted(sorted_keys["conn_first"], bounds)
             # a column at a time, so that the sorted copy of one column is all that is made
-            stored = self.spill.store((name, conn_first if name == "conn_first" else take_rows(column(name), order))
-                                      for name in open_parts[0][0])
+            stored = self.spill.store((name, sorted_keys.pop(name) if name in sorted_keys
+                                       else take_rows(column(name), order)) for name in open_parts[0][0])
             self.runs.append(_Run(stored, bounds, stops))
 
     def _table(self, rows: dict, result: dict | None, todo: np.ndarray, start: int, end: int) -> pa.Table:
