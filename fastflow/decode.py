@@ -150,6 +150,11 @@ class BatchMemory:
         return {name: whole[at:at + count * dtype.itemsize].view(dtype).reshape(shape)
                 for name, dtype, shape, at, count in self.places}
 
+    def rows(self, n: int) -> dict:
+        """Columns of n rows, for callers whose batches vary in size: the mapping is made for the next power
+        of two, so that batches of about the same size reuse it."""
+        return {name: values[:n] for name, values in self(1 << max(0, n - 1).bit_length()).items()}
+
     def _release(self, block: mmap.mmap, size: int) -> None:
         with self.lock:
             if size == self.size and len(self.free) < self.keep:

@@ -537,9 +537,8 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         if want_segments and rows.size:     # the segments table keeps the segments' rows
             if segment_memory is None:
                 segment_memory = _segment_memory(batch)
-            # room for the whole batch, rounded up to a power of two: the same size batch after batch, so
-            # that mappings are reused
-            room = segment_memory(1 << (status.size - 1).bit_length())
+            # room for the whole batch (the same size batch after batch, so that mappings are reused)
+            room = segment_memory.rows(status.size)
             segments = _segment_rows(batch, None if every else rows, room)
             del room
             stepped = tcp.step(segments, network_time, segments["conn_first"])

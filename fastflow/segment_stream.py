@@ -282,8 +282,7 @@ class SegmentStream:
         if self.result_memory is None:
             self.result_memory = BatchMemory(layout=[(name, values.dtype, values.shape[1:])
                                                       for name, values in like.items()])
-        room = self.result_memory(1 << max(0, rows - 1).bit_length())
-        return {name: values[:rows] for name, values in room.items()}
+        return self.result_memory.rows(rows)
 
     def pop_finished(self, first_frames: np.ndarray) -> tuple[dict, dict] | None:
         """finished() for a caller that writes the segments at once, in any order (fastflow batch, whose

@@ -115,3 +115,12 @@ def test_a_layout_of_its_own():
     gc.collect()
     memory(5)
     assert memory.mappings == 2
+
+
+def test_rows_of_varying_counts_share_a_mapping():
+    """rows(n): n rows, from a mapping made for the next power of two, so that counts a little apart reuse it."""
+    memory = BatchMemory(min_bytes=0, layout=[("frame", np.dtype(np.uint64), ())])
+    assert memory.rows(1000)["frame"].shape == (1000,)
+    gc.collect()
+    assert memory.rows(900)["frame"].shape == (900,)
+    assert memory.capacity == 1024 and memory.mappings == 1
