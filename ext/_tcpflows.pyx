@@ -1377,6 +1377,8 @@ cdef class Engine:
         cdef int64_t slot, ahead
         cdef int k, o, status
         cdef Flow *f
+        cdef const char *line
+        cdef size_t b
         for j in range(n):
             i = rows[j] if rows != NULL else j
             if j + PREFETCH_TABLE < n:
@@ -1384,11 +1386,10 @@ cdef class Engine:
                 __builtin_prefetch(&self.tags[hashes[j + PREFETCH_TABLE] & self.table_mask])
             if j + PREFETCH_RECORD < n:
                 ahead = self.table[hashes[j + PREFETCH_RECORD] & self.table_mask]
-                if ahead >= 0:     # the record spans ten cache lines; these hold what every segment touches
-                    __builtin_prefetch(&self.pool[ahead])
-                    __builtin_prefetch(&self.pool[ahead].zc)
-                    __builtin_prefetch(&self.pool[ahead].hs[0])
-                    __builtin_prefetch(&self.pool[ahead].td)
+                if ahead >= 0:     # the record spans eleven cache lines, and a segment touches most of them
+                    line = <const char *>&self.pool[ahead]
+                    for b in range(0, sizeof(Flow), 64):
+                        __builtin_prefetch(line + b)
             sp = sport[i]
             dp = dport[i]
             a_is_src = make_key(&key, src + 16 * i, dst + 16 * i, sp, dp, vlan[i] if self.vlan_aware else 0)
