@@ -76,6 +76,12 @@ cdef struct Opening:            # TCP options of an opening segment
 
 
 cdef struct Handshake:          # tagging.py's handshake steps, supposing side `orig` is the originator
+    uint8_t has_s1              # the flags first: all a segment after the handshake reads
+    uint8_t answer_pending      # the responder has not sent a segment since step 1
+    uint8_t answered_rst        # ... and its first one was a RST
+    uint8_t has_s2
+    uint8_t has_first_synack
+    uint8_t has_s3
     int64_t s1_ts
     int64_t s2_ts
     int64_t s3_ts
@@ -87,12 +93,6 @@ cdef struct Handshake:          # tagging.py's handshake steps, supposing side `
     Opening s1_opt
     Opening s2_opt
     Opening first_synack_opt
-    uint8_t has_s1
-    uint8_t answer_pending      # the responder has not sent a segment since step 1
-    uint8_t answered_rst        # ... and its first one was a RST
-    uint8_t has_s2
-    uint8_t has_first_synack
-    uint8_t has_s3
 
 
 cdef struct Teardown:           # tagging.py's teardown steps (sides: 0 sent the first segment)
@@ -142,34 +142,23 @@ cdef struct Key:
     uint16_t b_p
 
 
-cdef struct Flow:               # one open connection, widest fields first (docs/design.md: its size)
+cdef struct Flow:               # one open connection (docs/design.md: its size)
+    # what a segment reads or writes, in the first HOT_BYTES (prefetched for the segments ahead): with a
+    # million open connections each record is a cache miss, and so is each of its lines
     Key key                     # the address/port pair; its first sender's addresses and ports too
     uint64_t hash
-    int64_t next_free
     int64_t seen_max            # the pair's latest timestamp (flows.py's idle rule)
-    uint64_t first_frame
     uint64_t last_frame
-    int64_t first_ts
     int64_t ts_min
     int64_t ts_max
     uint64_t pkts[2]            # side 0 sent the connection's first segment
     uint64_t payload[2]
     uint64_t ip_bytes[2]
     Conn zc
-    Handshake hs[2]
     Teardown td
-    Text hist
-    Deferred *deferred
-    Alt *alt                    # beyond DEFER_LIMIT deferred SYN-ACKs: both orientations followed at once
-    uint32_t n_deferred
-    uint32_t cap_deferred
-    uint32_t retx[2]
-    uint32_t syns[2]
-    uint32_t synacks[2]
+    uint64_t first_frame
     uint32_t ep_syn_seq         # in the current idle epoch: the latest pure SYN
     uint32_t ep_synack_ack      # ... and the latest SYN-ACK
-    int32_t vlan
-    uint8_t ip_version
     uint8_t used
     uint8_t first_src_is_a
     uint8_t flip_pending
@@ -179,7 +168,21 @@ cdef struct Flow:               # one open connection, widest fields first (docs
     uint8_t ev_rst              # close events since the connection started
     uint8_t ev_fin_a
     uint8_t ev_fin_b
+    Handshake hs[2]             # their flags lead
+    # what only some segments touch
+    Text hist
+    Deferred *deferred
+    Alt *alt                    # beyond DEFER_LIMIT deferred SYN-ACKs: both orientations followed at once
+    int64_t next_free
+    int64_t first_ts
     int64_t heap_pos            # of its entry in the engine's deadline heap
+    uint32_t n_deferred
+    uint32_t cap_deferred
+    uint32_t retx[2]
+    uint32_t syns[2]
+    uint32_t synacks[2]
+    int32_t vlan
+    uint8_t ip_version
 
 
 cdef struct Cold:               # an open connection whose record waits in the spill file
@@ -193,6 +196,11 @@ cdef struct Cold:               # an open connection whose record waits in the s
     Deferred *deferred
     Alt *alt
     int64_t heap_pos
+
+
+cdef Flow _flow_probe
+# bytes of a record that a segment touches (the fields before hist: see Flow)
+cdef size_t HOT_BYTES = <size_t>(<char *>&_flow_probe.hist - <char *>&_flow_probe)
 
 
 cdef struct Pending:            # a spilled record finish() has still to read, once the Cold entries are let go
@@ -1386,10 +1394,11 @@ cdef class Engine:
                 __builtin_prefetch(&self.tags[hashes[j + PREFETCH_TABLE] & self.table_mask])
             if j + PREFETCH_RECORD < n:
                 ahead = self.table[hashes[j + PREFETCH_RECORD] & self.table_mask]
-                if ahead >= 0:     # the record spans eleven cache lines, and a segment touches most of them
+                if ahead >= 0:
                     line = <const char *>&self.pool[ahead]
-                    for b in range(0, sizeof(Flow), 64):
+                    for b in range(0, HOT_BYTES, 64):
                         __builtin_prefetch(line + b)
+                    __builtin_prefetch(line + HOT_BYTES - 1)
             sp = sport[i]
             dp = dport[i]
             a_is_src = make_key(&key, src + 16 * i, dst + 16 * i, sp, dp, vlan[i] if self.vlan_aware else 0)
@@ -1986,3 +1995,6 @@ ROW_DTYPE = np.dtype({
 #: bytes of state per open connection, and per finished row waiting for drain() (docs/design.md)
 FLOW_STATE_BYTES = sizeof(Flow)
 ROW_BYTES = sizeof(Row)
+#: what snapshot_blocks() writes records as: a state file saved by another layout cannot be read back. The
+#: number goes up with any change to the order of Flow's fields or of the structs inside it.
+RECORD_LAYOUT = f"2:{sizeof(Flow)}:{sizeof(Deferred)}:{sizeof(Alt)}"

@@ -9,6 +9,7 @@ STATUS_SPILL_FAILED: int
 ROW_DTYPE: np.dtype
 FLOW_STATE_BYTES: int
 ROW_BYTES: int
+RECORD_LAYOUT: str
 
 class Engine:
     def __init__(self, timeout_ns: int, server_port: np.ndarray, vlan_aware: bool) -> None: ...

@@ -239,7 +239,8 @@ def _write_state(store, rel: str, tcp: TcpFlows, datagram: DatagramStream, netwo
                  segments: SegmentStream | None = None) -> None:
     """The open connections of both engines: a JSON header line, then length-prefixed snapshot blocks (and
     with segments, one block of the segments held for them, as numpy's .npz)."""
-    header = {"fastflow_version": __version__, "network_time": int(network_time),
+    header = {"fastflow_version": __version__, "tcp_record_layout": tcpflows.RECORD_LAYOUT,
+              "network_time": int(network_time),
               "tcp_open": tcp.open_count, "datagram_open": datagram.open_count}
     path = store.local_path(rel)
     tmp = f"{path}.tmp"
@@ -273,6 +274,11 @@ def _read_state(store, rel: str, tcp: TcpFlows, datagram: DatagramStream, part: 
         if header.get("fastflow_version") != __version__:
             raise UsageError(f"{path}: saved by fastflow {header.get('fastflow_version')}, this is {__version__}: "
                              "finish the dataset's open connections with that version's --flush first")
+        if header.get("tcp_record_layout") != tcpflows.RECORD_LAYOUT:
+            raise UsageError(f"{path}: saved by another build of fastflow {__version__} (open connections "
+                             f"stored as {header.get('tcp_record_layout')}, this build's are "
+                             f"{tcpflows.RECORD_LAYOUT}): finish the dataset's open connections with that "
+                             "build's --flush first")
         while kind := f.read(1):
             (length,) = struct.unpack("<Q", f.read(8))
             block = f.read(length)

@@ -35,6 +35,8 @@ NO_OPEN_CONNECTION = 2**64 - 1
 #: open connections whose records stay in memory; beyond that the ones idle longest wait in a temporary file
 #: (their records come back when a packet arrives or when they finish). 262,144 records are about 170 MB.
 MAX_IN_MEMORY = 1 << 18
+#: how snapshot_blocks() stores an open connection (batch state files record it)
+RECORD_LAYOUT = _tcpflows.RECORD_LAYOUT
 
 #: open connections beyond which PartedTcpFlows shares them out among its engines: their records (43 MB) are
 #: past the CPU's caches. Captures of short connections stay below (the real 1 M-packet capture of

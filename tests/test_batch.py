@@ -22,7 +22,8 @@ import pyarrow as pa
 import pytest
 
 from corpus import CAPTURES, default_sigint, requires_corpus
-from fastflow.batch import FRAME_BITS, META_DIR, Settings, read_dataset, run
+from fastflow import __version__, tcpflows
+from fastflow.batch import FRAME_BITS, META_DIR, STATE_MAGIC, Settings, read_dataset, run
 from fastflow.errors import UsageError
 from fastflow.pipeline import stream_flows
 from fastflow.schema import FLOWS_SCHEMA
@@ -222,6 +223,36 @@ def test_incremental_runs_equal_one_run(tmp_path, first_jobs, second_jobs):
     # --flush writes the open ones: then the dataset is what process finds in the whole capture
     batch([arriving], tmp_path / "ds", flush=True, settings=Settings(idle_timeouts_s=timeouts))
     assert_same_connections(tmp_path / "ds", process_table(capture, idle_timeouts_s=timeouts))
+
+
+@requires_corpus
+@needs_editcap
+def test_open_connections_saved_by_another_record_layout_are_refused(tmp_path):
+    """A state file holds the open connections' records as they are in memory: one saved by a build that
+    lays them out otherwise (same version number) fails its stream, as one of another version does; it is
+    not misread, and the dataset is left as it was."""
+    capture, pieces, arriving = first_pieces_arrive(tmp_path)
+    settings = Settings(idle_timeouts_s={"tcp": 1.0})
+    assert batch([arriving], tmp_path / "ds", settings=settings)["open_carried"] > 0
+    states = list((tmp_path / "ds").rglob("*.state"))
+    assert states
+    for path in states:
+        data = path.read_bytes()
+        magic, rest = data[:len(STATE_MAGIC)], data[len(STATE_MAGIC):]
+        line, blocks = rest.split(b"\n", 1)
+        header = json.loads(line)
+        assert header["tcp_record_layout"] == tcpflows.RECORD_LAYOUT
+        header["tcp_record_layout"] = "1:664:32:232"
+        path.write_bytes(magic + json.dumps(header).encode() + b"\n" + blocks)
+    for p in pieces[9:]:
+        shutil.copy2(p, arriving / p.name)
+    before = snapshot(tmp_path / "ds")
+    summary = batch([arriving], tmp_path / "ds", settings=settings)
+    assert [f["error"] for f in summary["failed"]] == [
+        f"stream {arriving}: {state}: saved by another build of fastflow {__version__} (open connections stored "
+        f"as 1:664:32:232, this build's are {tcpflows.RECORD_LAYOUT}): finish the dataset's open connections "
+        "with that build's --flush first" for state in states]
+    assert snapshot(tmp_path / "ds") == before
 
 
 @requires_corpus
