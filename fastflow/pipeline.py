@@ -51,6 +51,7 @@ from .tcpflows import (
     concat_packed,
     datagram_records,
     packet_parts,
+    record_columns,
     rows_to_arrays,
     take_packed,
 )
@@ -471,9 +472,10 @@ def finished_table(tcp: tuple[np.ndarray, bytes], datagram: dict, seed: int, sou
         duration[place[:n_tcp]] = (rows["last_time"] - rows["first_ts"]) / 1e9
         duration[place[n_tcp:]] = datagram["duration"]
         rows = merged
-    columns = rows_to_arrays(rows, text, proto, ip_proto, duration)
     n = len(rows)
-    orig_addr, resp_addr = np.ascontiguousarray(rows["orig_addr"]), np.ascontiguousarray(rows["resp_addr"])
+    rows = record_columns(rows)
+    columns = rows_to_arrays(rows, text, proto, ip_proto, duration)
+    orig_addr, resp_addr = rows["orig_addr"], rows["resp_addr"]
     ip_version = rows["ip_version"]
     columns["orig_h"], columns["resp_h"] = address_columns([orig_addr, resp_addr], ip_version)
     columns["community_id"] = string_array(community_id(
