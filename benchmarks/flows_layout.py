@@ -21,9 +21,11 @@ Results on 2026-12-01 (quiet machine), the columns where the choice matters, sec
       community_id 0.005/0.5 with a dictionary, 0.011/2.0 without (clients reuse ports: the same Community
       IDs come back); duration 0.002/0.2 with, 0.003/0.2 without.
 
-So the event times and last_frame go as deltas (fastflow/schema.py, DELTA_COLUMNS), and the Community ID
-and the duration keep their dictionary: it is what real traffic needs. BYTE_STREAM_SPLIT is as fast as the
-deltas on times, but fewer readers know it for integers.
+So the event times and last_frame go as deltas (fastflow/schema.py, DELTA_COLUMNS), and the Community ID and
+the duration keep their dictionary where their values repeat, as in real traffic: fastflow.write.ParquetStream
+(every file the command line writes) drops it for the columns of write.MAYBE_DISTINCT whose values almost all
+differ in the first row group (the * below marks parquet_options' choice, which that test may override).
+BYTE_STREAM_SPLIT is as fast as the deltas on times, but fewer readers know it for integers.
 """
 from __future__ import annotations
 

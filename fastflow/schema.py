@@ -137,8 +137,9 @@ BATCH_SEGMENTS_SCHEMA = pa.schema([pa.field(n, t, nullable=n in SEGMENTS_NULLABL
 # dictionary, so that the bytes do not depend on how the rows were cut into tables; write_tables lets Parquet
 # fall back to plain values where a dictionary outgrows 1 MB. Durations, RTTs and Community IDs without one:
 # 13% less write time on the synthetic scale rows, but a 53% larger and 18% slower file on the real capture
-# (benchmarks/RESULTS.md, 2026-12-01). String columns are written without min/max statistics: comparing every
-# string costs more than they can prune.
+# (benchmarks/RESULTS.md, 2026-12-01); so ParquetStream decides from the data instead, column by column, for
+# those that are often all distinct (write.MAYBE_DISTINCT). String columns are written without min/max
+# statistics: comparing every string costs more than they can prune.
 DELTA_COLUMNS = frozenset({"frame", "ts", "conn_id", "ts_start", "first_frame", "last_frame", "ts_end", "syn_ts",
                            "synack_ts", "handshake_ack_ts", "fin1_ts", "fin2_ts", "rst_ts"})
 NO_DICTIONARY_COLUMNS = frozenset({"seq", "ack", "orig_isn", "resp_isn"})

@@ -188,6 +188,33 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+#: columns whose values are often all distinct (nanosecond durations and RTTs, client ports and addresses,
+#: Community IDs when no port pair is reused), so that a dictionary is pure cost: building it hashes every
+#: value, and its indices are as wide as the values. ParquetStream drops their dictionary when the first
+#: row group shows it (_mostly_distinct). Per 1 Mi rows of the synthetic scale input, CPU seconds and MB with
+#: and without: duration 0.077/9.2 and 0.029/7.5, community_id 0.191/23.7 and 0.110/21.9, orig_p 0.036/3.2
+#: and 0.013/2.6, irtt 0.068/6.9 and 0.035/6.9; on the real nginx capture (14 K port pairs for 100 K
+#: connections) the Community IDs repeat, and a dictionary makes them 0.5 MB against 2.0.
+MAYBE_DISTINCT = frozenset({"duration", "rtt_syn_synack", "rtt_synack_ack", "irtt", "community_id", "orig_h",
+                            "orig_p", "orig_payload_bytes", "resp_payload_bytes", "orig_ip_bytes", "resp_ip_bytes",
+                            "orig_bytes", "resp_bytes"})
+#: the first rows of the first row group that _mostly_distinct looks at
+DISTINCT_SAMPLE_ROWS = 1 << 14
+
+
+def _mostly_distinct(column: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether more than nine in ten of the column's first DISTINCT_SAMPLE_ROWS values differ (what lies
+    under a null counts as a value: nulls make a column look less distinct, and keep its dictionary)."""
+    sample = column.slice(0, DISTINCT_SAMPLE_ROWS)
+    if isinstance(sample, pa.ChunkedArray):
+        sample = sample.combine_chunks()
+    if pa.types.is_string(sample.type):
+        distinct = len(set(sample.to_pylist()))
+    else:
+        distinct = len(np.unique(fixed_width_values(sample)))
+    return distinct * 10 > len(sample) * 9
+
+
 class ParquetStream:
     """One Parquet file written table by table, for outputs too large to hold: to a temporary file beside
     the target, renamed into place by commit(); leaving the context without commit() removes it.
@@ -214,16 +241,17 @@ class ParquetStream:
         # column gave up its dictionary moved with the chunks. Pages now end by row count only (one per row
         # group and column), and a dictionary holds a whole row group's values.
         options.update(max_rows_per_page=row_group_rows, data_page_size=STREAM_PAGE_BYTES,
-                       dictionary_pagesize_limit=STREAM_PAGE_BYTES)
+                       dictionary_pagesize_limit=STREAM_PAGE_BYTES, store_schema=False)
+        self._options = options
+        self._writer = None     # made for the first row group (_open_writer), which chooses the dictionaries
         folder = os.path.dirname(os.path.abspath(path))
         try:
             fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
             os.close(fd)
             # an Arrow file, not a Python one: through a Python file object every page the writer's thread
             # writes takes the GIL and runs file.write (28% of that thread's time on the scale input)
+            # the Arrow schema goes in at commit(), with the metadata known only then (store_schema=False)
             self._sink = pa.output_stream(self._tmp, buffer_size=SINK_BUFFER_BYTES)
-            # the Arrow schema goes in at commit(), with the metadata known only then
-            self._writer = pq.ParquetWriter(self._sink, schema, store_schema=False, **options)
         except OSError as exc:
             self._discard()
             raise OutputError(f"{path}: cannot write: {_reason(exc)}") from None
@@ -253,6 +281,8 @@ class ParquetStream:
         # the dictionaries made here, while the thread may still be writing the previous groups: at the end of
         # a capture that thread is what the run waits for
         groups = self._row_groups(table.slice(0, whole))
+        if self._writer is None:
+            self._open_writer(groups[0])
         if self._thread is None:
             self._groups = queue.Queue(1)
             self._thread = threading.Thread(target=self._write_in_background, name="fastflow-parquet", daemon=True)
@@ -269,6 +299,19 @@ class ParquetStream:
                     self._error = exc
             del groups
             self._groups.task_done()
+
+    def _open_writer(self, first: pa.Table) -> None:
+        """The Parquet writer, with a dictionary for each column of parquet_options' choice but those of the
+        MAYBE_DISTINCT columns whose values in the first row group (a whole one) almost all differ."""
+        options = dict(self._options)
+        if first.num_rows == self.row_group_rows:
+            distinct = {name for name in MAYBE_DISTINCT & set(options["use_dictionary"])
+                        if _mostly_distinct(first.column(name))}
+            options["use_dictionary"] = [name for name in options["use_dictionary"] if name not in distinct]
+        try:
+            self._writer = pq.ParquetWriter(self._sink, self.schema, **options)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write: {_reason(exc)}") from None
 
     def _row_groups(self, table: pa.Table) -> list[pa.Table]:
         """The table cut into row groups, each with its dictionaries made afresh."""
@@ -295,11 +338,15 @@ class ParquetStream:
         if self._error is not None:
             raise self._error
         try:
+            groups = []
             if self._pending_rows:
                 table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
-                self._write_groups(self._row_groups(table))
+                groups = self._row_groups(table)
                 self.rows += table.num_rows
                 self._pending, self._pending_rows = [], 0
+            if self._writer is None:
+                self._open_writer(groups[0] if groups else self.schema.empty_table())
+            self._write_groups(groups)
             metadata = metadata or {}
             # what ParquetWriter stores itself (ARROW:schema, base64 of the IPC schema), with our keys in it,
             # so that readers see them as the schema's metadata as for write_tables' files

@@ -15,7 +15,7 @@ from fastflow import pipeline, segment_stream, synth, tcpflows
 from fastflow.pipeline import process, stream_flows
 from fastflow.schema import FLOWS_SCHEMA, SEGMENTS_SCHEMA
 from fastflow.segment_stream import SegmentStream
-from fastflow.write import ParquetStream, write_tables
+from fastflow.write import MAYBE_DISTINCT, ParquetStream, write_tables
 
 
 def plain(table):
@@ -96,6 +96,38 @@ def test_corpus_streams_the_same_table(name, tmp_path, monkeypatch):
         assert_same_table(segments_of(s), segments_of(w), f"{name}: segments, {label}")
         assert sres.stats["counts"] == wres.stats["counts"]
         assert sres.stats["damage"] == wres.stats["damage"]
+
+
+def without_dictionary(path) -> set[str]:
+    """The columns of a Parquet file whose first row group has no dictionary."""
+    meta = pq.ParquetFile(path).metadata
+    group = meta.row_group(0)
+    return {group.column(i).path_in_schema for i in range(group.num_columns)
+            if not {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(group.column(i).encodings)}
+
+
+@requires_corpus
+def test_columns_whose_values_all_differ_go_without_a_dictionary(tmp_path):
+    """ParquetStream drops the dictionary of a MAYBE_DISTINCT column whose values almost all differ in the
+    first row group, and keeps those whose values repeat; the values read back are the same, and so are the
+    bytes however the rows came in. An output that never fills a row group keeps every dictionary."""
+    flows = process(str(CAPTURES / "zeek__echo-connections.pcap")).flows
+    table = pa.concat_tables([flows] * 8)     # every value repeats, the Community IDs too
+    durations = pa.array(0.5 + np.arange(table.num_rows) * 1e-6)
+    table = table.set_column(table.schema.get_field_index("duration"), table.schema.field("duration"), durations)
+    assert table.num_rows == 4000
+    for rows, plain_ones in ((1000, {"duration"}), (8000, set())):
+        files = []
+        for cut in (1, 999, 2500):
+            out = tmp_path / f"{rows}-{cut}.parquet"
+            with ParquetStream(str(out), FLOWS_SCHEMA, row_group_rows=rows) as sink:
+                sink.write(table.slice(0, cut))
+                sink.write(table.slice(cut))
+                sink.commit()
+            assert plain(pq.read_table(out)).equals(plain(table))
+            assert without_dictionary(out) & MAYBE_DISTINCT == plain_ones
+            files.append(out.read_bytes())
+        assert len(set(files)) == 1
 
 
 @requires_corpus
