@@ -398,7 +398,7 @@ def take_packed(rows: np.ndarray, text: bytes, which) -> tuple[np.ndarray, bytes
     return take_rows(_opaque(rows), which).view(rows.dtype), text
 
 
-def _history_column(rows: np.ndarray, text: bytes) -> pa.Array:
+def _history_column(rows: np.ndarray | dict[str, np.ndarray], text: bytes) -> pa.Array:
     """The rows' histories as an Arrow string column, gathered in C from the text the engine wrote them to
     (in its own order): no Python or numpy string per row."""
     offsets, data = _tcpflows.history_buffers(np.ascontiguousarray(rows["hist_offset"]),
@@ -475,14 +475,13 @@ def rows_to_flows(r: np.ndarray, text: bytes) -> dict:
 COLUMN_BLOCK_ROWS = 4096
 
 
-def record_columns(rows: np.ndarray, skip=()) -> dict[str, np.ndarray]:
-    """The fields of packed rows but `skip` as contiguous arrays. Taken field by field over all the rows, each
-    pass reads every row's cache lines for a few bytes of each (the flows table needs all 58 fields); a block
-    of rows at a time, all passes but the first find the block in the cache. pipeline.finished_table on rows
-    of the scale input of benchmarks/RESULTS.md: 603 ns a row field by field, 357 like this."""
+def record_columns(rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The fields of packed rows as contiguous arrays. Taken field by field over all the rows, each pass reads
+    every row's cache lines for a few bytes of each (the flows table needs all 58 fields); a block of rows at
+    a time, all passes but the first find the block in the cache. pipeline.finished_table on rows of the scale
+    input of benchmarks/RESULTS.md: 603 ns a row field by field, 357 like this."""
     n = len(rows)
-    out = {name: np.empty((n,) + rows.dtype[name].shape, rows.dtype[name].base) for name in rows.dtype.names
-           if name not in skip}
+    out = {name: np.empty((n,) + rows.dtype[name].shape, rows.dtype[name].base) for name in rows.dtype.names}
     for start in range(0, n, COLUMN_BLOCK_ROWS):
         block = rows[start:start + COLUMN_BLOCK_ROWS]
         for name, column in out.items():
@@ -496,11 +495,10 @@ CLOSE_INITIATOR_VALUES = ("orig", "resp")
 _RST_BY_CODE = np.array([0, 0, 1, 2], np.int8)
 
 
-def rows_to_arrays(r: np.ndarray | dict, text: bytes, proto: np.ndarray | None = None,
+def rows_to_arrays(r: dict[str, np.ndarray], text: bytes, proto: np.ndarray | None = None,
                    ip_proto: np.ndarray | None = None, duration: np.ndarray | None = None) -> dict[str, pa.Array]:
-    """The engine's packed rows (or their record_columns()) as the flows table's Arrow columns, straight from
-    the record fields: what
-    flows_table(rows_to_flows(r, text)) gives, without numpy masked arrays or a string per row in between.
+    """The engine's packed rows, as record_columns() gives them, as the flows table's Arrow columns: what
+    flows_table(rows_to_flows(rows, text)) gives, without numpy masked arrays or a string per row in between.
     Leaves out conn_id, source and the columns made from the endpoints (orig_h, resp_h, community_id).
 
     Rows of other protocols (datagram_records) come with their proto (PROTO_VALUES codes, 0 = TCP), ip_proto
@@ -509,8 +507,6 @@ def rows_to_arrays(r: np.ndarray | dict, text: bytes, proto: np.ndarray | None =
         return fixed_width_array(r[name] if values is None else values, arrow_type,
                                  None if present is None else ~np.asarray(present, bool))
 
-    if isinstance(r, np.ndarray):
-        r = record_columns(r, skip=("orig_addr", "resp_addr"))
     n = len(r["first_frame"])
     is_tcp = None if proto is None else proto == 0
 
