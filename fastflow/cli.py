@@ -113,8 +113,13 @@ def tune_process() -> None:
       the scale input's peak RSS was about 935 MB against 885 MB with two arenas (one would be 965 MB).
     - pyarrow allocates from mimalloc by default, which does not reuse what glibc's heap holds free: at the
       end of a capture, the tables and the Parquet writer's buffers came on top of the memory the engines had
-      just let go. With the system allocator the scale input's peak RSS is 75 MB lower."""
+      just let go. With the system allocator the scale input's peak RSS is 75 MB lower.
+    - numpy asks for transparent huge pages for every array of 4 MB or more (madvise), and the kernel then
+      zeroes 2 MB at each first touch: on the scale input 5 % of a run's CPU time went to clearing pages,
+      many of them only partly used before the array went. Without: system time 1.6-1.8 s -> 1.1-1.3 s on
+      one core, the same peak RSS (benchmarks/RESULTS.md)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     mallopt = _mallopt()
     if mallopt is not None:
