@@ -132,6 +132,8 @@ print(len(nfstream.NFStreamer(source=sys.argv[1]).to_pandas()))
 STAGES = r"""
 import json, os, sys, time
 import fastflow
+from fastflow import cli
+cli.tune_process()  # as the command line sets itself up, before numpy and pyarrow are imported
 path, out, mode, overlap, describe = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", sys.argv[5] == "1"
 target = os.path.join(out, "flows.parquet")
 if mode == "flows":  # what `fastflow process F -o flows.parquet` runs: the streaming path
