@@ -917,3 +917,42 @@ def check_filter(str expr, int linktype=LINKTYPE_ETHERNET):
         return errbuf.decode("utf-8", "replace")
     pcap_freecode(&prog)
     return None
+
+
+def batch_rows(const uint8_t[::1] status not None, const uint8_t[::1] pflags not None,
+               const int64_t[::1] ts not None, int64_t previous, const uint8_t[::1] keep=None):
+    """What the streaming pipeline needs of a decoded batch before its engines, in one pass (numpy took ten,
+    a fifth of a core's time beside the decoder's): Zeek's network time per row (the largest timestamp so
+    far, from `previous`, every packet counted), the rows of TCP segments and of datagrams (UDP, ICMP,
+    ICMPv6, other IP) whose IPv4 header checksum is right (and that `keep`, when given, keeps), and how many
+    rows have a wrong one. Returns (network time per row, network time at the end, TCP rows, datagram rows,
+    bad IP checksums); the rows are int64 indices, increasing."""
+    cdef Py_ssize_t n = status.shape[0], i, n_tcp = 0, n_dgram = 0, bad = 0
+    if pflags.shape[0] != n or ts.shape[0] != n or (keep is not None and keep.shape[0] != n):
+        raise ValueError("batch_rows: column lengths disagree")
+    now = np.empty(n, dtype=np.int64)
+    tcp = np.empty(n, dtype=np.int64)
+    dgram = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] nv = now
+    cdef int64_t[::1] tv = tcp
+    cdef int64_t[::1] dv = dgram
+    cdef const uint8_t *kv = &keep[0] if keep is not None and n else NULL
+    cdef uint8_t st
+    with nogil:
+        for i in range(n):
+            if ts[i] > previous:
+                previous = ts[i]
+            nv[i] = previous
+            if pflags[i] & PF_BAD_IP_CHECKSUM:
+                bad += 1
+                continue
+            if kv != NULL and not kv[i]:
+                continue
+            st = status[i]
+            if st == ST_TCP:
+                tv[n_tcp] = i
+                n_tcp += 1
+            elif st == ST_UDP or st == ST_ICMP or st == ST_ICMP6 or st == ST_OTHER_IP:
+                dv[n_dgram] = i
+                n_dgram += 1
+    return now, previous, tcp[:n_tcp], dgram[:n_dgram].copy(), bad

@@ -54,6 +54,7 @@ from .tcpflows import (
     record_columns,
     rows_to_arrays,
     take_packed,
+    tcp_part_rows,
 )
 
 # the decoder columns the connection stage and the segments table need
@@ -523,16 +524,15 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
         t1 = time.perf_counter()
         if batch is None:
             break
-        network_time = add_network_time(batch, network_time)
+        keep = None if select is None else np.ascontiguousarray(select(batch), dtype=bool).view(np.uint8)
+        status = batch["status"]
+        batch["network_time"], network_time, rows, datagram_rows, bad = _decode.batch_rows(
+            status, batch["pflags"], batch["ts"], network_time, keep)
+        del keep
         tally["network_time"] = network_time
+        tally["bad_ip_checksum"] += bad
         if frame_high:
             batch["frame"] = batch["frame"] | np.uint64(frame_high)
-        status = batch["status"]
-        valid = (batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
-        tally["bad_ip_checksum"] += int(valid.size - np.count_nonzero(valid))
-        if select is not None:
-            valid &= select(batch)
-        rows = np.flatnonzero((status == Status.TCP) & valid)
         tally["tcp_segments"] += rows.size
         segments = None
         every = rows.size == status.size
@@ -546,9 +546,9 @@ def _finished(reader: CaptureReader, tcp: TcpFlows, datagram: DatagramStream, ta
             stepped = tcp.step(segments, network_time, segments["conn_first"])
         else:               # the engine reads them in place
             stepped = tcp.step(batch, network_time, rows=None if every else rows)
-        rows = np.flatnonzero(np.isin(status, DATAGRAM_STATUSES) & valid)
-        if rows.size:
-            datagram.feed({name: take_rows(batch[name], rows) for name in DATAGRAM_INPUT_COLUMNS})
+        if datagram_rows.size:
+            datagram.feed({name: take_rows(batch[name], datagram_rows) for name in DATAGRAM_INPUT_COLUMNS})
+        del rows, datagram_rows
         del batch
         datagram.expire(network_time)
         pending.append((stepped, datagram.drain(), datagram.min_open_first_frame(), segments))
@@ -605,15 +605,14 @@ def _collected(tcp, waiting: tuple, seconds: dict) -> tuple:
 
 
 def _with_tcp_parts(batches, engines: PartedTcpFlows, split: bool):
-    """The batches, once the engines have split, each with "tcp_part": every packet's part; with split,
-    also "tcp_part_rows": the TCP rows _finished() feeds (right IP checksum), split by part."""
+    """The batches, once the engines have split, each with "tcp_part_rows" (split): the TCP rows _finished()
+    feeds (right IP checksum), split by part; else with "tcp_part": every packet's part."""
     for batch in batches:
         if engines.split:   # read as the batch is made: the batches made before find their parts then
-            part = batch["tcp_part"] = packet_parts(batch, engines.parts)
             if split:
-                tcp = (batch["status"] == Status.TCP) & ((batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0)
-                batch["tcp_part_rows"] = [np.flatnonzero(tcp & (part == i)) for i in range(engines.parts)]
-            del part
+                batch["tcp_part_rows"] = tcp_part_rows(batch, engines.parts)
+            else:
+                batch["tcp_part"] = packet_parts(batch, engines.parts)
         yield batch
         del batch
 

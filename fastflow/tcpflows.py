@@ -378,6 +378,17 @@ def packet_parts(pk: dict, parts: int) -> np.ndarray:
                                   np.ascontiguousarray(pk["dport"], dtype=np.uint16), with_ports, int(parts))
 
 
+def tcp_part_rows(pk: dict, parts: int) -> list[np.ndarray]:
+    """The decoded packets' TCP rows with a right IPv4 header checksum (what the pipeline feeds the engines),
+    split by packet_parts' part: one int64 array of rows for each part."""
+    return _tcpflows.tcp_part_rows(np.ascontiguousarray(pk["src"], dtype=np.uint8).reshape(-1, 16),
+                                   np.ascontiguousarray(pk["dst"], dtype=np.uint8).reshape(-1, 16),
+                                   np.ascontiguousarray(pk["sport"], dtype=np.uint16),
+                                   np.ascontiguousarray(pk["dport"], dtype=np.uint16),
+                                   np.ascontiguousarray(pk["status"], dtype=np.uint8),
+                                   np.ascontiguousarray(pk["pflags"], dtype=np.uint8), int(parts))
+
+
 def concat_packed(parts: list[tuple[np.ndarray, bytes]]) -> tuple[np.ndarray, bytes]:
     """Packed rows of several drains as one (history offsets moved onto the joined text)."""
     if len(parts) == 1:

@@ -12,6 +12,7 @@ import pytest
 
 from corpus import CAPTURES, capture_names, requires_corpus
 from fastflow import pipeline, segment_stream, synth, tcpflows
+from fastflow.decode import PFlag, Status
 from fastflow.pipeline import process, stream_flows
 from fastflow.schema import FLOWS_SCHEMA, SEGMENTS_SCHEMA
 from fastflow.segment_stream import SegmentStream
@@ -423,3 +424,59 @@ def test_finished_rows_become_the_whole_capture_paths_columns(tmp_path, monkeypa
     assert result.stats["counts"]["by_proto"]["tcp"] and sum(result.stats["counts"]["by_proto"].values()) > \
         result.stats["counts"]["by_proto"]["tcp"]
     assert mixed, "no set of rows interleaved TCP and datagram flows"
+
+
+def _batch_rows_by_numpy(status, pflags, ts, previous, keep=None):
+    """What pipeline._finished computed with numpy before _decode.batch_rows: the reference it must equal."""
+    now = np.maximum.accumulate(ts) if ts.size else ts.copy()
+    if ts.size:
+        np.maximum(now, previous, out=now)
+        previous = int(now[-1])
+    valid = (pflags & PFlag.BAD_IP_CHECKSUM) == 0
+    bad = int(valid.size - np.count_nonzero(valid))
+    if keep is not None:
+        valid &= keep
+    tcp = np.flatnonzero((status == Status.TCP) & valid)
+    datagram = np.flatnonzero(np.isin(status, pipeline.DATAGRAM_STATUSES) & valid)
+    return now, previous, tcp, datagram, bad
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_rows_is_what_numpy_gives(seed):
+    """_decode.batch_rows (network time, the TCP and datagram rows of a batch, bad IP checksums, in one pass)
+    against the numpy it replaced, on batches of every status and flag, timestamps that go back, a network
+    time carried in from before, and a part's rows kept or not."""
+    from fastflow import _decode
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 5000))
+    status = rng.integers(0, max(Status) + 1, n).astype(np.uint8)
+    pflags = rng.integers(0, 128, n).astype(np.uint8)
+    ts = rng.integers(-10**6, 10**6, n).astype(np.int64) + np.arange(n, dtype=np.int64) * 100
+    previous = int(rng.choice([np.iinfo(np.int64).min, 0, 10**8]))
+    for keep in (None, rng.random(n) < 0.5):
+        got = _decode.batch_rows(status, pflags, ts, previous, None if keep is None else keep.view(np.uint8))
+        want = _batch_rows_by_numpy(status, pflags, ts, previous, keep)
+        assert np.array_equal(got[0], want[0]) and got[1] == want[1] and got[4] == want[4]
+        for g, w in zip(got[2:4], want[2:4]):
+            assert g.dtype == np.int64 and np.array_equal(g, w)
+
+
+@requires_corpus
+@pytest.mark.parametrize("name", ["derived__two-sections.pcapng", "zeek__mixed-vlan-mpls.pcap",
+                                  "zeek__cisco-fabric-path.pcap", "zeek__nmap-vsn.pcap"])
+def test_batch_rows_on_decoded_captures(name):
+    """The same on real decoded packets, IP checksums verified: wrong ones (the first two captures), and
+    TCP, UDP, other IP and non-IP rows (the last two)."""
+    from fastflow import _decode
+    from fastflow.decode import CaptureReader
+    from fastflow.source import Source
+    with Source(str(CAPTURES / name)) as source:
+        batches = list(CaptureReader(source, verify_checksums=True, batch_size=16).batches())
+    previous = np.iinfo(np.int64).min
+    for batch in batches:
+        got = _decode.batch_rows(batch["status"], batch["pflags"], batch["ts"], previous)
+        want = _batch_rows_by_numpy(batch["status"], batch["pflags"], batch["ts"], previous)
+        assert np.array_equal(got[0], want[0]) and got[1] == want[1] and got[4] == want[4]
+        for g, w in zip(got[2:4], want[2:4]):
+            assert np.array_equal(g, w)
+        previous = got[1]
