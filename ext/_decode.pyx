@@ -921,8 +921,8 @@ def check_filter(str expr, int linktype=LINKTYPE_ETHERNET):
 
 def batch_rows(const uint8_t[::1] status not None, const uint8_t[::1] pflags not None,
                const int64_t[::1] ts not None, int64_t previous, const uint8_t[::1] keep=None):
-    """What the streaming pipeline needs of a decoded batch before its engines, in one pass (numpy took ten,
-    a fifth of a core's time beside the decoder's): Zeek's network time per row (the largest timestamp so
+    """What the pipeline needs of a decoded batch before its engines, in one pass (numpy's ten took about a
+    fifth of the decoder's own time on the scale input of benchmarks/RESULTS.md): Zeek's network time per row (the largest timestamp so
     far, from `previous`, every packet counted), the rows of TCP segments and of datagrams (UDP, ICMP,
     ICMPv6, other IP) whose IPv4 header checksum is right (and that `keep`, when given, keeps), and how many
     rows have a wrong one. Returns (network time per row, network time at the end, TCP rows, datagram rows,

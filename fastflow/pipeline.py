@@ -19,7 +19,7 @@ import pyarrow as pa
 from . import __version__, _decode, tcpflows
 from .community_id import community_id
 from .datagram import DatagramStream, datagram_flows
-from .decode import BatchMemory, CaptureReader, Damage, PFlag, Status, check_filter
+from .decode import BatchMemory, CaptureReader, Damage, check_filter
 from .errors import OutputError
 from .schema import (
     FLOWS_SCHEMA,
@@ -64,7 +64,6 @@ SEGMENT_INPUT_COLUMNS = ("frame", "ts", "vlan", "ip_version", "src", "dst", "spo
 # ... and those the UDP / ICMP / other-IP flows need
 DATAGRAM_INPUT_COLUMNS = ("frame", "ts", "status", "vlan", "ip_version", "src", "dst", "ip_proto", "sport",
                           "dport", "ip_len", "payload_len", "network_time")
-DATAGRAM_STATUSES = (Status.UDP, Status.ICMP, Status.ICMP6, Status.OTHER_IP)
 
 #: Zeek's inactivity timeouts (init-bare.zeek: tcp_inactivity_timeout, udp_, icmp_, unknown_ip_)
 DEFAULT_IDLE_TIMEOUTS_S = {"tcp": 300.0, "udp": 60.0, "icmp": 60.0, "other": 60.0}
@@ -85,13 +84,10 @@ class Result:
 
 def add_network_time(batch: dict, previous: int) -> int:
     """Zeek's network time per row: the largest timestamp seen so far in the capture, every packet counted
-    (timeouts are measured on it). Returns the network time at the end of the batch."""
-    ts = batch["ts"]
-    now = np.maximum.accumulate(ts) if ts.size else ts.copy()
-    if ts.size:
-        np.maximum(now, previous, out=now)
-        previous = int(now[-1])
-    batch["network_time"] = now
+    (timeouts are measured on it), as batch["network_time"] (_decode.batch_rows). Returns the network time
+    at the end of the batch."""
+    batch["network_time"], previous = _decode.batch_rows(batch["status"], batch["pflags"], batch["ts"],
+                                                         previous)[:2]
     return previous
 
 
@@ -152,16 +148,13 @@ def process(path: str, *, filter_expr: str | None = None, idle_timeouts_s: dict 
         bad_ip_checksum = 0
         network_time = np.iinfo(np.int64).min
         for batch in reader.batches():
-            network_time = add_network_time(batch, network_time)
-            status = batch["status"]
-            valid = (batch["pflags"] & PFlag.BAD_IP_CHECKSUM) == 0
-            bad_ip_checksum += int(valid.size - np.count_nonzero(valid))
-            tcp = (status == Status.TCP) & valid
+            batch["network_time"], network_time, tcp, datagram, bad = _decode.batch_rows(
+                batch["status"], batch["pflags"], batch["ts"], network_time)
+            bad_ip_checksum += bad
             tcp_parts.append({name: batch[name][tcp] for name in SEGMENT_INPUT_COLUMNS})
-            datagram = np.isin(status, DATAGRAM_STATUSES) & valid
-            if datagram.any():
+            if datagram.size:
                 datagram_parts.append({name: batch[name][datagram] for name in DATAGRAM_INPUT_COLUMNS})
-            del batch
+            del batch, tcp, datagram
             if progress is not None:
                 progress(source.raw_consumed, source.size)
         decoded_at = time.perf_counter()

@@ -437,7 +437,7 @@ def _batch_rows_by_numpy(status, pflags, ts, previous, keep=None):
     if keep is not None:
         valid &= keep
     tcp = np.flatnonzero((status == Status.TCP) & valid)
-    datagram = np.flatnonzero(np.isin(status, pipeline.DATAGRAM_STATUSES) & valid)
+    datagram = np.flatnonzero(np.isin(status, (Status.UDP, Status.ICMP, Status.ICMP6, Status.OTHER_IP)) & valid)
     return now, previous, tcp, datagram, bad
 
 
