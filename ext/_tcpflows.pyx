@@ -68,6 +68,7 @@ cdef enum:
     STATUS_TCP = 0              # decode.Status.TCP
     EMPTY = -1
     COLD_BASE = -2              # table entry of cold[k]: COLD_BASE - k
+    MAX_ENTRIES = 0x7FFFFFF0    # pool slots and Cold entries: table entries are 32-bit
 
 
 cdef struct Opening:            # TCP options of an opening segment
@@ -145,7 +146,7 @@ cdef struct Key:
 
 
 cdef struct Flow:               # one open connection (docs/design.md: its size)
-    # what a segment reads or writes, in the first HOT_BYTES (prefetched for the segments ahead): with a
+    # what a segment reads or writes, in the fields before hist (prefetched for the segments ahead): with a
     # million open connections each record is a cache miss, and so is each of its lines
     Key key                     # the address/port pair; its first sender's addresses and ports too
     uint64_t hash
@@ -200,9 +201,6 @@ cdef struct Cold:               # an open connection whose record waits in the s
     int64_t heap_pos
 
 
-cdef Flow _flow_probe
-# bytes of a record that a segment touches (the fields before hist: see Flow)
-cdef size_t HOT_BYTES = <size_t>(<char *>&_flow_probe.hist - <char *>&_flow_probe)
 
 
 cdef struct Pending:            # a spilled record finish() has still to read, once the Cold entries are let go
@@ -211,6 +209,11 @@ cdef struct Pending:            # a spilled record finish() has still to read, o
     char *hist_data             # heap memory the record points to, freed with the engine if never read back
     Deferred *deferred
     Alt *alt
+
+
+cdef struct Place:                # a hash table place: an entry and the low 32 bits of its hash, in one 8-byte
+    int32_t entry               # load (with a million open connections each lookup is a cache miss); the
+    uint32_t tag                # tag is compared first and gives the entry's home without reading its record
 
 
 cdef struct HeapEntry:          # an open connection's place in the deadline heap
@@ -290,16 +293,32 @@ cdef extern from *:
     void __builtin_prefetch(const void *address) nogil
 
 
+cdef inline void prefetch_hot(const Flow *f) noexcept nogil:
+    """The lines of the fields a segment touches (those before hist: see Flow). Their span is a constant
+    the compiler sees, so the loop unrolls: with a bound read at run time it cost a branch miss a segment."""
+    cdef const char *line = <const char *>f
+    cdef const char *end = <const char *>&f.hist
+    while line < end:
+        __builtin_prefetch(line)
+        line += 64
+    __builtin_prefetch(end - 1)
+
+
 cdef inline bint make_key(Key *key, const uint8_t *src, const uint8_t *dst, uint16_t sp, uint16_t dp,
                           int32_t vlan) noexcept nogil:
     """The pair's key, lower (address, port) first; True when the source is that lower end."""
     cdef uint64_t s_hi = load_be64(src), s_lo = load_be64(src + 8)
     cdef uint64_t d_hi = load_be64(dst), d_lo = load_be64(dst + 8)
-    cdef bint a_is_src = s_hi < d_hi or (s_hi == d_hi and (s_lo < d_lo or (s_lo == d_lo and sp <= dp)))
-    if a_is_src:
-        key[0] = Key(s_hi, s_lo, d_hi, d_lo, vlan, sp, dp)
-    else:
-        key[0] = Key(d_hi, d_lo, s_hi, s_lo, vlan, dp, sp)
+    # without branches (& and | evaluate both sides): which end is lower is a coin toss per segment, and a
+    # mispredicted branch costs more than the selects
+    cdef bint a_is_src = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sp <= dp))))
+    key.a_hi = s_hi if a_is_src else d_hi
+    key.a_lo = s_lo if a_is_src else d_lo
+    key.b_hi = d_hi if a_is_src else s_hi
+    key.b_lo = d_lo if a_is_src else s_lo
+    key.vlan = vlan
+    key.a_p = sp if a_is_src else dp
+    key.b_p = dp if a_is_src else sp
     return a_is_src
 
 
@@ -565,10 +584,7 @@ cdef class Engine:
     cdef Py_ssize_t pool_cap
     cdef Py_ssize_t pool_top          # records ever used (the free list holds the released ones)
     cdef int64_t free_head
-    cdef int64_t *table
-    # the low 32 bits of each table entry's hash, beside it: probing compares these first and finds an entry's
-    # home without reading its record (a cache miss each, with a million open connections)
-    cdef uint32_t *tags
+    cdef Place *table
     cdef uint64_t table_mask
     cdef Py_ssize_t n_open
     cdef Row *rows
@@ -631,12 +647,11 @@ cdef class Engine:
         self.min_first = NO_FRAME
         self.min_first_known = True
         self.table_mask = 1023
-        self.table = <int64_t *>malloc(1024 * sizeof(int64_t))
-        self.tags = <uint32_t *>malloc(1024 * sizeof(uint32_t))
-        if self.table == NULL or self.tags == NULL:
+        self.table = <Place *>malloc(1024 * sizeof(Place))
+        if self.table == NULL:
             raise MemoryError()
         for i in range(1024):
-            self.table[i] = EMPTY
+            self.table[i].entry = EMPTY
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -659,7 +674,6 @@ cdef class Engine:
         free(self.free_offsets)
         free(self.read_cache)
         free(self.table)
-        free(self.tags)
         free(self.heap)
         free(self.rows)
         free(self.out_hist.data)
@@ -711,57 +725,47 @@ cdef class Engine:
         cdef uint32_t tag = <uint32_t>h
         cdef int64_t entry
         while True:
-            entry = self.table[pos]
+            entry = self.table[pos].entry
             if entry == EMPTY:
                 return <Py_ssize_t>pos
-            if self.tags[pos] == tag and self.entry_hash(entry) == h and key_eq(self.entry_key(entry), key):
+            if self.table[pos].tag == tag and self.entry_hash(entry) == h and key_eq(self.entry_key(entry), key):
                 return <Py_ssize_t>pos
             pos = (pos + 1) & self.table_mask
 
     cdef int grow_table(self) noexcept nogil:
         cdef uint64_t new_size = (self.table_mask + 1) * 2
-        cdef int64_t *fresh = <int64_t *>malloc(new_size * sizeof(int64_t))
-        cdef uint32_t *fresh_tags = <uint32_t *>malloc(new_size * sizeof(uint32_t))
+        cdef Place *fresh = <Place *>malloc(new_size * sizeof(Place))
         cdef uint64_t i, pos
-        cdef int64_t slot
-        if fresh == NULL or fresh_tags == NULL or new_size > (<uint64_t>1 << 32):
+        if fresh == NULL or new_size > (<uint64_t>1 << 32):
             free(fresh)
-            free(fresh_tags)
             return ST_NO_MEMORY
         for i in range(new_size):
-            fresh[i] = EMPTY
+            fresh[i].entry = EMPTY
         for i in range(self.table_mask + 1):
-            slot = self.table[i]
-            if slot != EMPTY:
-                pos = self.tags[i] & (new_size - 1)
-                while fresh[pos] != EMPTY:
+            if self.table[i].entry != EMPTY:
+                pos = self.table[i].tag & (new_size - 1)
+                while fresh[pos].entry != EMPTY:
                     pos = (pos + 1) & (new_size - 1)
-                fresh[pos] = slot
-                fresh_tags[pos] = self.tags[i]
+                fresh[pos] = self.table[i]
         free(self.table)
-        free(self.tags)
         self.table = fresh
-        self.tags = fresh_tags
         self.table_mask = new_size - 1
         return ST_OK
 
     cdef void remove_at(self, Py_ssize_t i) noexcept nogil:
         """Backward-shift deletion: later entries of the probe run move up, so no tombstones."""
         cdef uint64_t hole = <uint64_t>i, j = <uint64_t>i, home
-        cdef int64_t slot
         while True:
             j = (j + 1) & self.table_mask
-            slot = self.table[j]
-            if slot == EMPTY:
+            if self.table[j].entry == EMPTY:
                 break
-            home = self.tags[j] & self.table_mask
+            home = self.table[j].tag & self.table_mask
             # leave the entry when its home lies cyclically in (hole, j]
             if (hole <= j and hole < home and home <= j) or (hole > j and (hole < home or home <= j)):
                 continue
-            self.table[hole] = slot
-            self.tags[hole] = self.tags[j]
+            self.table[hole] = self.table[j]
             hole = j
-        self.table[hole] = EMPTY
+        self.table[hole].entry = EMPTY
 
     cdef int64_t new_slot(self) noexcept nogil:
         cdef int64_t slot
@@ -769,6 +773,8 @@ cdef class Engine:
             slot = self.free_head
             self.free_head = self.pool[slot].next_free
             return slot
+        if self.pool_top == MAX_ENTRIES:
+            return EMPTY
         if self.pool_top == self.pool_cap and grow_array(<void **>&self.pool, &self.pool_cap, sizeof(Flow)):
             return EMPTY
         slot = self.pool_top
@@ -825,8 +831,7 @@ cdef class Engine:
         if self.heap_push(slot, seen) != ST_OK:
             self.free_slot(slot)
             return ST_NO_MEMORY
-        self.table[pos] = slot
-        self.tags[pos] = <uint32_t>self.entry_hash(slot)
+        self.table[pos] = Place(<int32_t>slot, <uint32_t>self.entry_hash(slot))
         self.n_open += 1
         if <uint64_t>self.n_open * 2 > self.table_mask:
             return self.grow_table()
@@ -852,6 +857,8 @@ cdef class Engine:
             c = self.cold_free_head
             self.cold_free_head = self.cold[c].next_free
             return c
+        if self.cold_top == MAX_ENTRIES:
+            return EMPTY
         if self.cold_top == self.cold_cap and grow_array(<void **>&self.cold, &self.cold_cap, sizeof(Cold)):
             return EMPTY
         c = self.cold_top
@@ -888,7 +895,7 @@ cdef class Engine:
 
     cdef int spill(self, Py_ssize_t pos) noexcept nogil:
         """Stage the hot record at table position pos for the spill file; the table keeps a Cold entry."""
-        cdef int64_t slot = self.table[pos]
+        cdef int64_t slot = self.table[pos].entry
         cdef int64_t c, offset
         cdef Flow *f = &self.pool[slot]
         cdef int status
@@ -926,7 +933,7 @@ cdef class Engine:
                             f.alt, f.heap_pos)
         self.heap[f.heap_pos].entry = COLD_BASE - c
         self.n_cold += 1
-        self.table[pos] = COLD_BASE - c
+        self.table[pos].entry = <int32_t>(COLD_BASE - c)
         self.free_slot(slot)
         return ST_OK
 
@@ -963,7 +970,7 @@ cdef class Engine:
 
     cdef int revive(self, Py_ssize_t pos) noexcept nogil:
         """Bring the cold record at table position pos back into the pool."""
-        cdef int64_t c = COLD_BASE - self.table[pos]
+        cdef int64_t c = COLD_BASE - self.table[pos].entry
         cdef int64_t slot = self.new_slot()
         if slot == EMPTY:
             return ST_NO_MEMORY
@@ -972,7 +979,7 @@ cdef class Engine:
             return ST_SPILL_FAILED
         self.pool[slot].heap_pos = self.cold[c].heap_pos     # the copy in the file has an old one
         self.heap[self.cold[c].heap_pos].entry = slot
-        self.table[pos] = slot
+        self.table[pos].entry = <int32_t>slot
         self.free_cold(c)
         return ST_OK
 
@@ -1248,13 +1255,11 @@ cdef class Engine:
         cdef Py_ssize_t i, k = 0
         cdef int64_t c
         cdef Pending *pending = NULL
-        cdef int64_t *table = <int64_t *>malloc(1024 * sizeof(int64_t))
-        cdef uint32_t *tags = <uint32_t *>malloc(1024 * sizeof(uint32_t))
+        cdef Place *table = <Place *>malloc(1024 * sizeof(Place))
         if self.n_cold:
             pending = <Pending *>malloc(self.n_cold * sizeof(Pending))
-        if table == NULL or tags == NULL or (self.n_cold and pending == NULL):
+        if table == NULL or (self.n_cold and pending == NULL):
             free(table)
-            free(tags)
             free(pending)
             return ST_NO_MEMORY
         for i in range(order.shape[0]):
@@ -1271,10 +1276,9 @@ cdef class Engine:
         self.cold_cap = self.cold_top = 0
         self.cold_free_head = EMPTY
         free(self.table)
-        free(self.tags)
-        self.table, self.tags, self.table_mask = table, tags, 1023
+        self.table, self.table_mask = table, 1023
         for i in range(1024):
-            self.table[i] = EMPTY
+            self.table[i].entry = EMPTY
         free(self.heap)
         self.heap = NULL
         self.heap_cap = self.heap_len = 0
@@ -1304,7 +1308,7 @@ cdef class Engine:
         self.pending = NULL
         self.n_pending = 0
         for j in range(self.table_mask + 1):
-            self.table[j] = EMPTY
+            self.table[j].entry = EMPTY
         self.heap_len = 0
         while <uint64_t>self.n_open * 2 > self.table_mask:
             if self.grow_table() != ST_OK:
@@ -1322,8 +1326,7 @@ cdef class Engine:
             pos = self.find(self.entry_key(entry), self.entry_hash(entry))
             if self.heap_push(entry, self.entry_seen_max(entry)) != ST_OK:
                 return ST_NO_MEMORY
-            self.table[pos] = entry
-            self.tags[pos] = <uint32_t>self.entry_hash(entry)
+            self.table[pos] = Place(<int32_t>entry, <uint32_t>self.entry_hash(entry))
         return ST_OK
 
     cdef int indexed(self):
@@ -1337,7 +1340,7 @@ cdef class Engine:
 
     cdef int release(self, Py_ssize_t table_pos) noexcept nogil:
         """Finish the flow at table_pos and give its record back."""
-        cdef int64_t entry = self.table[table_pos]
+        cdef int64_t entry = self.table[table_pos].entry
         cdef Py_ssize_t was_open = self.n_open
         cdef int status
         self.heap_remove(self.pool[entry].heap_pos if entry >= 0 else self.cold[COLD_BASE - entry].heap_pos)
@@ -1387,20 +1390,14 @@ cdef class Engine:
         cdef int64_t slot, ahead
         cdef int k, o, status
         cdef Flow *f
-        cdef const char *line
-        cdef size_t b
         for j in range(n):
             i = rows[j] if rows != NULL else j
             if j + PREFETCH_TABLE < n:
                 __builtin_prefetch(&self.table[hashes[j + PREFETCH_TABLE] & self.table_mask])
-                __builtin_prefetch(&self.tags[hashes[j + PREFETCH_TABLE] & self.table_mask])
             if j + PREFETCH_RECORD < n:
-                ahead = self.table[hashes[j + PREFETCH_RECORD] & self.table_mask]
+                ahead = self.table[hashes[j + PREFETCH_RECORD] & self.table_mask].entry
                 if ahead >= 0:
-                    line = <const char *>&self.pool[ahead]
-                    for b in range(0, HOT_BYTES, 64):
-                        __builtin_prefetch(line + b)
-                    __builtin_prefetch(line + HOT_BYTES - 1)
+                    prefetch_hot(&self.pool[ahead])
             sp = sport[i]
             dp = dport[i]
             a_is_src = make_key(&key, src + 16 * i, dst + 16 * i, sp, dp, vlan[i] if self.vlan_aware else 0)
@@ -1410,12 +1407,12 @@ cdef class Engine:
             synack = (flags & SYN) != 0 and (flags & ACK) != 0
 
             pos = self.find(&key, h)
-            slot = self.table[pos]
+            slot = self.table[pos].entry
             if slot < EMPTY:
                 status = self.revive(pos)
                 if status != ST_OK:
                     return status
-                slot = self.table[pos]
+                slot = self.table[pos].entry
             new_epoch = slot == EMPTY
             new_conn = new_epoch
             if slot != EMPTY:
@@ -1588,7 +1585,7 @@ cdef class Engine:
         if everything:
             # a removal shifts later entries back into pos, so pos advances only past kept entries
             while pos <= <Py_ssize_t>self.table_mask:
-                if self.table[pos] != EMPTY:
+                if self.table[pos].entry != EMPTY:
                     status = self.release(pos)
                     if status != ST_OK:
                         return status
@@ -1800,7 +1797,7 @@ cdef class Engine:
                 continue
             rec.hash = key_hash(&rec.key, self.hash_seed)
             pos = self.find(&rec.key, rec.hash)
-            if self.table[pos] != EMPTY:
+            if self.table[pos].entry != EMPTY:
                 raise ValueError("snapshot block: a connection that is already open")
             rec.hist.data = NULL
             rec.hist.cap = 0
@@ -1850,7 +1847,7 @@ cdef class Engine:
             rec.next_free = EMPTY
             self.pool[slot] = rec
             if self.add_open(pos, slot, rec.seen_max) != ST_OK:
-                if self.table[pos] != slot:      # not in the table: the record's memory is still ours
+                if self.table[pos].entry != slot:      # not in the table: the record's memory is still ours
                     free(rec.hist.data)
                     free(rec.deferred)
                     free_alt(&rec)

@@ -4,12 +4,20 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
-cdef inline uint64_t load_be64(const uint8_t *p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v = (v << 8) | p[i]
-    return v
+cdef extern from *:
+    """
+    #include <string.h>
+    /* one load and a byte swap: gcc does not always merge the byte-by-byte version */
+    static inline uint64_t ff_load_be64(const uint8_t *p) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+    #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        v = __builtin_bswap64(v);
+    #endif
+        return v;
+    }
+    """
+    uint64_t load_be64 "ff_load_be64" (const uint8_t *p) nogil
 
 
 cdef inline uint64_t _end_hash(uint64_t hi, uint64_t lo, uint16_t port) noexcept nogil:
