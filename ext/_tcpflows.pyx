@@ -201,8 +201,6 @@ cdef struct Cold:               # an open connection whose record waits in the s
     int64_t heap_pos
 
 
-
-
 cdef struct Pending:            # a spilled record finish() has still to read, once the Cold entries are let go
     int64_t offset              # of its Flow record in the spill file; -1 once read (or listed again as Cold)
     uint64_t first_frame
@@ -211,7 +209,7 @@ cdef struct Pending:            # a spilled record finish() has still to read, o
     Alt *alt
 
 
-cdef struct Place:                # a hash table place: an entry and the low 32 bits of its hash, in one 8-byte
+cdef struct Place:              # a hash table place: an entry and the low 32 bits of its hash, in one 8-byte
     int32_t entry               # load (with a million open connections each lookup is a cache miss); the
     uint32_t tag                # tag is compared first and gives the entry's home without reading its record
 
