@@ -17,6 +17,8 @@ frames at a time, each run read front to back; their rows that belong to later b
 (those of the connections that cross a batch's end)."""
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 import os
 import tempfile
@@ -33,6 +35,11 @@ from .summary import analyse_assigned
 #: segments held in memory (about 135 bytes each with their analysed columns); beyond that the oldest
 #: batches go to a temporary file
 SEGMENTS_IN_MEMORY = 1 << 20
+
+#: a batch smaller than this joins the newest batch held while their rows together stay below it (and below
+#: an eighth of SEGMENTS_IN_MEMORY): each finished() looks at every batch held, so small batches (a small
+#: capture among rotated ones; the tests' batches of one packet) made that quadratic in the rows held
+JOIN_ROWS = 1024
 
 
 def _concat_rows(parts: list[dict]) -> dict:
@@ -105,24 +112,38 @@ class _Stored:
 class _Run:
     """The rows of connections still open when their batches were spilled: stored sorted by connection
     (conn_first, then frame), read back in that order, one range of first frames at a time. `bounds` are
-    the first frames the ranges can end at (the batches' first frames, known when the run is made: its
-    connections all started before it), `stops` the row each range ends at."""
+    the first frames the ranges can end at (the batches' first frames from the cursor to the horizon, known
+    when the run is made: its connections all started before the horizon), `stops` the row each range ends
+    at. Only the first bound and those at which the stop moves on are kept: with a cursor that stays put
+    (one long connection) every run would otherwise hold every batch's bound, quadratic in memory. `due`
+    is the first frame take_below gives rows at."""
 
     def __init__(self, stored: _Stored, bounds: np.ndarray, stops: np.ndarray):
-        self.stored, self.bounds, self.stops = stored, bounds, stops
+        moves = np.flatnonzero(np.diff(stops, prepend=-1))
+        self.stored, self.bounds, self.stops = stored, bounds[moves].tolist(), stops[moves].tolist()
+        self.last_bound = int(bounds[-1])
         self.read = 0
+        self.due = self._due()
+
+    def _due(self) -> int:
+        at = bisect.bisect_right(self.stops, self.read)      # the first bound whose stop is past what was read
+        return self.bounds[at] if at < len(self.bounds) else self.last_bound + 1
 
     def take_below(self, frame: int) -> dict | None:
         """The rows of connections that started before `frame` (one of the bounds, or past them all) not
         taken yet."""
-        at = int(np.searchsorted(self.bounds, frame))
-        if at < self.bounds.size and self.bounds[at] != frame:
-            raise AssertionError("a spilled run read up to a frame it has no bound for")
-        stop = int(self.stops[at]) if at < self.bounds.size else self.stored.rows
+        if frame > self.last_bound:
+            stop = self.stored.rows
+        else:
+            at = bisect.bisect_right(self.bounds, frame) - 1
+            if at < 0:
+                raise AssertionError("a spilled run read up to a frame before its first bound")
+            stop = self.stops[at]
         if stop <= self.read:
             return None
         rows = self.stored.load(self.read, stop)
         self.read = stop
+        self.due = self._due()
         return rows
 
 
@@ -146,6 +167,19 @@ class _Chunk:
     @property
     def spilled(self) -> bool:
         return self.rows is None
+
+    def join(self, rows: dict) -> None:
+        """Take the rows of the next batch (not spilled). The rows written stay, so that first_frame (a
+        spilled run's bound, perhaps) does not move."""
+        old, n = self.size, len(rows["frame"])
+        self.rows = {name: np.concatenate([values, rows[name]]) for name, values in self.rows.items()}
+        self.frame, self.conn_first = self.rows["frame"], self.rows["conn_first"]
+        self.todo = np.concatenate([self.todo, np.arange(old, old + n, dtype=np.int64)])
+        if self.result is not None:     # room for the new rows' analysed columns, filled when they finish
+            self.result = {name: np.concatenate([values, np.empty((n,) + values.shape[1:], values.dtype)])
+                           for name, values in self.result.items()}
+        self.size += n
+        self.last_frame = int(self.frame[-1])
 
     def drop_written(self) -> None:
         """Forget the rows already written (before spilling the rest)."""
@@ -194,13 +228,16 @@ class SegmentStream:
         self.server_ports = server_ports
         self.vlan_aware = vlan_aware
         self.chunks: list[_Chunk] = []
+        self.n_spilled = 0      # the first n_spilled chunks are spilled: found without a walk over them all
         # conn_id of written flows whose segments may not all be written yet: first frame, last frame, id
         self.ids = (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         self.rows_held = 0      # rows added and not written yet, in memory or in the temporary file
         self.read_upto = 0      # one past the last frame added
         self.spilled_rows = 0   # rows moved to the temporary file so far
         self.spill: _SpillFile | None = None
-        self.runs: list[_Run] = []
+        self.runs: list[tuple[int, int, _Run]] = []     # a heap: (due, order made, run)
+        self.runs_made = 0
+        self.first_frames = np.zeros(0, np.uint64)         # the chunks', to search them without a walk
         self.patches: list[dict] = []
         self.horizon = 0        # connections that started before this frame are analysed when written
         self.result_memory: BatchMemory | None = None
@@ -214,12 +251,18 @@ class SegmentStream:
 
     def rows_in_memory(self) -> tuple[int, int]:
         """Rows held in memory: in the batches not spilled, and in the patches."""
-        return (sum(c.size - c.written for c in self.chunks if not c.spilled),
+        return (sum(c.size - c.written for c in self.chunks[self.n_spilled:]),
                 sum(len(p["frame"]) for p in self.patches))
 
     def add(self, rows: dict | None) -> None:
         if rows is not None and len(rows["frame"]):
-            self.chunks.append(_Chunk(rows))
+            last = self.chunks[-1] if self.chunks else None
+            if last is not None and not last.spilled and \
+                    last.size + len(rows["frame"]) <= min(JOIN_ROWS, SEGMENTS_IN_MEMORY // 8):
+                last.join(rows)
+            else:
+                self.chunks.append(_Chunk(rows))
+                self.first_frames = np.append(self.first_frames, np.uint64(self.chunks[-1].first_frame))
             self.rows_held += len(rows["frame"])
             self.read_upto = max(self.read_upto, int(rows["frame"][-1]) + 1)
 
@@ -239,7 +282,7 @@ class SegmentStream:
     def _take_todo(self, wanted: Callable[[np.ndarray], np.ndarray]) -> list:
         """The rows in memory whose connection (conn_first) is wanted, as (chunk, positions); no longer to do."""
         picks = []
-        for chunk in self.chunks:
+        for chunk in self.chunks[self.n_spilled:]:
             if not chunk.todo.size:
                 continue
             hit = wanted(chunk.conn_first[chunk.todo])
@@ -304,6 +347,7 @@ class SegmentStream:
         if not picked:
             return None
         self.chunks = kept
+        self.first_frames = np.array([c.first_frame for c in kept], np.uint64)
         rows = _concat_rows(picked)
         self.rows_held -= len(rows["frame"])
         return rows, analyse_assigned(rows, rows["conn_first"], self.server_ports, self.vlan_aware)
@@ -333,18 +377,25 @@ class SegmentStream:
             self._write(below)
             if self.cursor >= self.horizon:
                 break
-            upto = next((c.first_frame for c in self.chunks if c.first_frame > self.cursor), self.horizon)
+            at = int(np.searchsorted(self.first_frames, np.uint64(self.cursor), side="right"))
+            upto = int(self.first_frames[at]) if at < len(self.chunks) else self.horizon
             if upto > limit:
                 break
             self._analyse_below(upto)
         self._spill_if_needed()
-        if self.spill is not None and not self.runs and not any(c.spilled for c in self.chunks):
+        if self.spill is not None and not self.runs and not self.n_spilled:
             self.close()
 
     def _analyse_below(self, upto: int) -> None:
         """Analyse the connections that started from the cursor to `upto` (a batch's first frame)."""
-        parts = [rows for rows in (run.take_below(upto) for run in self.runs) if rows is not None]
-        self.runs = [run for run in self.runs if run.read < run.stored.rows]
+        parts = []
+        while self.runs and self.runs[0][0] <= upto:     # the runs that have rows below it, not all of them
+            run = heapq.heappop(self.runs)[2]
+            rows = run.take_below(upto)
+            if rows is not None:
+                parts.append(rows)
+            if run.read < run.stored.rows:
+                self._push_run(run)
         spilled = None
         if parts:
             spilled = _concat_rows(parts)
@@ -352,6 +403,10 @@ class SegmentStream:
             spilled = {name: take_rows(values, order) for name, values in spilled.items()}
         self._analyse(spilled, self._take_todo(lambda conn: conn < np.uint64(upto)))
         self.cursor = upto
+
+    def _push_run(self, run: _Run) -> None:
+        heapq.heappush(self.runs, (run.due, self.runs_made, run))
+        self.runs_made += 1
 
     def _write(self, limit: int) -> None:
         """Write the rows read before `limit`, all analysed: spilled chunks whole, with their rows from
@@ -376,6 +431,8 @@ class SegmentStream:
             if end < chunk.size:
                 break
             self.chunks.pop(0)
+            self.first_frames = self.first_frames[1:]
+            self.n_spilled -= chunk.spilled
         firsts, lasts, ids = self.ids
         keep = lasts >= limit     # connections with rows still to come
         if not keep.all():
@@ -406,28 +463,28 @@ class SegmentStream:
         return self._table(columns, result, np.zeros(0, np.int64), 0, chunk.size)
 
     def _spill_if_needed(self) -> None:
-        in_memory = sum(c.size - c.written for c in self.chunks if not c.spilled)
+        in_memory = sum(c.size - c.written for c in self.chunks[self.n_spilled:])
         if in_memory <= SEGMENTS_IN_MEMORY:
             return
         # the oldest first, the newest batch aside; down to three quarters of the limit, so that the next
         # batches do not spill a few rows at a time
         open_parts = []
-        for chunk in self.chunks[:-1]:
+        for chunk in self.chunks[self.n_spilled:-1]:
             if in_memory <= SEGMENTS_IN_MEMORY - SEGMENTS_IN_MEMORY // 4:
                 break
-            if chunk.spilled:
-                continue
             if self.spill is None:
                 self.spill = _SpillFile()
             chunk.drop_written()
+            self.first_frames[self.n_spilled] = chunk.first_frame     # moved on past the rows written
             in_memory -= chunk.size
             self.spilled_rows += chunk.size
             open_parts.append(chunk.spill_to(self.spill))
+            self.n_spilled += 1
         if not open_parts:
             return
         # every connection that started before the first chunk held has been analysed (its rows written)
         self.cursor = max(self.cursor, self.chunks[0].first_frame)
-        self.horizon = next(c.first_frame for c in self.chunks if not c.spilled)
+        self.horizon = self.chunks[self.n_spilled].first_frame
         def column(name):
             return np.concatenate([take_rows(rows[name], todo) for rows, todo in open_parts])
         if sum(todo.size for _, todo in open_parts):
@@ -436,13 +493,13 @@ class SegmentStream:
             # the sort keys, sorted already: each let go once stored
             sorted_keys = {"conn_first": conn_first[order], "frame": frame[order]}
             del conn_first, frame
-            bounds = np.array([c.first_frame for c in self.chunks if self.cursor <= c.first_frame <= self.horizon],
-                              np.uint64)
+            low = int(np.searchsorted(self.first_frames, np.uint64(self.cursor)))
+            bounds = self.first_frames[low:self.n_spilled + 1]
             stops = np.searchsorted(sorted_keys["conn_first"], bounds)
             # a column at a time, so that the sorted copy of one column is all that is made
             stored = self.spill.store((name, sorted_keys.pop(name) if name in sorted_keys
                                        else take_rows(column(name), order)) for name in open_parts[0][0])
-            self.runs.append(_Run(stored, bounds, stops))
+            self._push_run(_Run(stored, bounds, stops))
 
     def _table(self, rows: dict, result: dict | None, todo: np.ndarray, start: int, end: int) -> pa.Table:
         part = slice(start, end)

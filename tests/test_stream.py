@@ -181,6 +181,8 @@ def test_synthetic_capture_same_rows_and_bytes_at_any_batch_size(tmp_path, monke
     def segment_spill_counted(self):
         real_segment_spill(self)
         segments_spilled.append(self.spilled_rows)
+        if batch_size == 1:     # batches of a packet join the newest batch held up to JOIN_ROWS rows
+            assert len(self.chunks) <= sum(c.size for c in self.chunks) // segment_stream.JOIN_ROWS + 2
         if wait_in_memory == 100:
             # in memory: the limit, the batch being written and the newest one
             in_batches, _ = self.rows_in_memory()
@@ -305,18 +307,22 @@ def test_segments_wait_for_their_connection_not_for_the_end(tmp_path, monkeypatc
 
 
 def count_segments_held(monkeypatch) -> list:
-    """(rows spilled so far, rows in memory in batches, in patches, rows held) after every spill check and
-    every range of connections analysed from the spilled runs."""
+    """(rows spilled so far, rows in memory in batches, in patches, rows held, batches held, most bounds
+    kept by a spilled run) after every spill check and every range of connections analysed from the runs."""
     seen = []
     real_spill, real_analyse = SegmentStream._spill_if_needed, SegmentStream._analyse_below
 
+    def counts(self):
+        return (self.spilled_rows, *self.rows_in_memory(), self.rows_held, len(self.chunks),
+                max((len(run.bounds) for _, _, run in self.runs), default=0))
+
     def spill_counted(self):
         real_spill(self)
-        seen.append((self.spilled_rows, *self.rows_in_memory(), self.rows_held))
+        seen.append(counts(self))
 
     def analyse_counted(self, upto):
         real_analyse(self, upto)
-        seen.append((self.spilled_rows, *self.rows_in_memory(), self.rows_held))
+        seen.append(counts(self))
     monkeypatch.setattr(SegmentStream, "_spill_if_needed", spill_counted)
     monkeypatch.setattr(SegmentStream, "_analyse_below", analyse_counted)
     return seen
@@ -334,7 +340,7 @@ def stream_segments_spilled(capture, tmp_path, monkeypatch) -> tuple:
     assert_same_table(pq.read_table(out), pq.read_table(w))
     want = segments_of(w)
     assert_same_table(segments_of(out), want)
-    return want, tuple(map(max, zip(*seen)))
+    return want, tuple(map(max, zip(*seen)))[:4], tuple(map(max, zip(*seen)))[4:]
 
 
 def test_segments_behind_a_long_connection_wait_in_a_file(tmp_path, monkeypatch):
@@ -344,7 +350,8 @@ def test_segments_behind_a_long_connection_wait_in_a_file(tmp_path, monkeypatch)
     again (Zeek's idle timeout, 300 s, keeps the long one open)."""
     capture = tmp_path / "long.pcap"
     sequential_connections(capture, 3000, 10**7, long_lived=True, ports=20)
-    want, (spilled, in_batches, in_patches, held) = stream_segments_spilled(capture, tmp_path, monkeypatch)
+    want, (spilled, in_batches, in_patches, held), (batches, bounds) = \
+        stream_segments_spilled(capture, tmp_path, monkeypatch)
     assert want.num_rows == 21000 + 302
     assert held > 20000                 # everything waited for the long connection ...
     assert spilled > 19000              # ... most of it in the file
@@ -353,6 +360,10 @@ def test_segments_behind_a_long_connection_wait_in_a_file(tmp_path, monkeypatch)
     # later batch: the long connection's (but those still in memory), and the short connections' open
     # across the batch's end
     assert 200 < in_patches <= 500 + 302 + 20 * 7
+    # the long connection keeps the cursor at its first frame, so each run could end a range at any of the
+    # batches held; it keeps only the first bound and those where its rows move on: one per connection it
+    # holds (the long one and at most the 20 short ones open), not one per batch
+    assert batches > 40 and bounds <= 1 + 21
 
 
 def test_segments_of_connections_open_to_the_end_wait_in_a_file(tmp_path, monkeypatch):
@@ -362,7 +373,7 @@ def test_segments_of_connections_open_to_the_end_wait_in_a_file(tmp_path, monkey
     beyond wait in the temporary file by connection, and are analysed and written a batch at a time."""
     capture = tmp_path / "open.pcap"
     sequential_connections(capture, 3000, 10**6, ports=40000)
-    want, (spilled, in_batches, in_patches, held) = stream_segments_spilled(capture, tmp_path, monkeypatch)
+    want, (spilled, in_batches, in_patches, held), _ = stream_segments_spilled(capture, tmp_path, monkeypatch)
     assert want.num_rows == 21000
     assert set(want.column("handshake_step").to_pylist()) == {1, 2, 3, None}
     assert held >= 21000 - 500          # nothing could be written before the end ...
