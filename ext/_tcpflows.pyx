@@ -1142,8 +1142,7 @@ cdef class Engine:
         r.conn_state = conn_state(oe, re, r.orig_size, r.resp_size, f.hist.data, f.hist.len)
         r.hist_offset = self.out_hist.len
         r.hist_len = f.hist.len
-        for i in range(f.hist.len):
-            text_add(&self.out_hist, f.hist.data[i])
+        text_extend(&self.out_hist, f.hist.data, f.hist.len)
         if self.out_hist.failed:
             return ST_NO_MEMORY
 

@@ -4,7 +4,7 @@ functions on a per-connection struct, shared by the whole-capture pass (_tcpstat
 engine (_tcpflows.pyx). Names follow Zeek's source; docs/zeek.md lists the rules and deviations."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport realloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 cdef enum:
     FIN = 0x01
@@ -111,6 +111,26 @@ cdef inline void text_add(Text *t, char c) noexcept nogil:
         t.cap = t.cap * 2 if t.cap else 16
     t.data[t.len] = c
     t.len += 1
+
+
+cdef inline void text_extend(Text *t, const char *s, Py_ssize_t n) noexcept nogil:
+    """text_add of n characters: one check for room and one copy (a connection's history, appended to the
+    engine's text as it finishes, took a call a character: 2.5% of a one-core run in perf)."""
+    cdef Py_ssize_t cap = t.cap if t.cap else 16
+    cdef char *grown
+    if n <= 0:
+        return
+    if t.len + n > t.cap:
+        while cap < t.len + n:
+            cap *= 2
+        grown = <char *>realloc(t.data, <size_t>cap)
+        if grown == NULL:
+            t.failed = True
+            return
+        t.data = grown
+        t.cap = cap
+    memcpy(t.data + t.len, s, <size_t>n)
+    t.len += n
 
 
 cdef inline char lower(char c) noexcept nogil:
