@@ -632,16 +632,13 @@ cdef class Decoder:
     def take(self):
         """Hand over the rows decoded since the last take() as a dict of arrays."""
         cdef Py_ssize_t n = self.n
-        if n == self.capacity:
-            out = self.arrays          # full batch: give the arrays away, no copy
-            self._allocate()
-        elif n:
-            # the last rows of an input: give their part of the arrays away too (a copy of up to a batch
-            # was half the page faults of decoding a 1 M-packet capture); the next rows get fresh arrays
-            out = {name: a[:n] for name, a in self.arrays.items()}
-            self._allocate()
-        else:
-            out = {name: a[:0].copy() for name, a in self.arrays.items()}
+        if n == 0:
+            return {name: np.empty((0,) + tail, dtype) for name, dtype, tail in COLUMN_LAYOUT}
+        # the arrays are given away, no copy: a short batch (the input's last rows) as slices of them (a copy
+        # was half the page faults of decoding a 1 M-packet capture). The next rows get fresh arrays, made
+        # when feed() needs them: after the last rows, none are
+        out = self.arrays if n == self.capacity else {name: a[:n] for name, a in self.arrays.items()}
+        self.arrays = None
         self.n = 0
         return out
 
@@ -663,6 +660,8 @@ cdef class Decoder:
         cdef int stop
         if self.stop >= STOP_END:
             return 0
+        if self.arrays is None:
+            self._allocate()
         if length > 0:
             p = &data[0]
         with nogil:
