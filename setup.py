@@ -7,6 +7,7 @@ import sys
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 
 def pkg_config(*args):
@@ -67,4 +68,19 @@ def extension(name: str, pcap: bool = False, numpy_headers: bool = True) -> Exte
 extensions = [extension("_decode", pcap=True), extension("_tcpstate"), extension("_tcpflows"), extension("_dgram"),
               extension("_sha1", numpy_headers=False), extension("_address_text", numpy_headers=False)]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives, include_path=["ext"]))
+
+
+class ParallelBuildExt(build_ext):
+    """The C compiles on every core unless --parallel says otherwise: pip's build (scripts/setup.sh) gives no
+    way to ask, and _tcpflows.c alone is most of a serial build."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
+
+cores = os.cpu_count() or 1
+setup(ext_modules=cythonize(extensions, compiler_directives=directives, include_path=["ext"],
+                            nthreads=cores if cores > 1 else 0),
+      cmdclass={"build_ext": ParallelBuildExt})
