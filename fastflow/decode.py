@@ -119,10 +119,11 @@ class BatchMemory:
     #: waste pages and could run into the kernel's limit on mappings)
     MIN_BYTES = 1 << 20
 
-    def __init__(self, keep: int = 1, min_bytes: int = MIN_BYTES, layout=None, huge_from: int = 1):
+    def __init__(self, keep: int = 1, min_bytes: int = MIN_BYTES, layout=None, huge_from: int | None = None):
         self.layout = _decode.COLUMN_LAYOUT if layout is None else tuple(layout)
-        # transparent huge pages from this mapping on; not for the first by default: in a batch that an
-        # input does not fill, each column's first page would be zeroed whole, 2 MiB
+        # transparent huge pages from this mapping on (None: never). For the decoder's batches, which it
+        # fills whole but for the last; a batch of rows(n) fills each column only to n, and the rest of a
+        # column's last 2 MiB page would be memory too
         self.huge_from = huge_from
         # one free mapping is enough: the decoder makes a batch once the one before the last has been let go
         # (pipeline._in_background), and each mapping kept free holds a batch's worth of memory for nothing
@@ -153,7 +154,7 @@ class BatchMemory:
         if block is None:
             # private: a shared mapping would be shared with the processes fastflow batch -j forks
             block = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            if HUGE_PAGES and self.mappings >= self.huge_from:
+            if HUGE_PAGES and self.huge_from is not None and self.mappings >= self.huge_from:
                 # a batch is written from end to end once: 2 MiB pages fault 512 times less often than 4 KiB
                 # ones (the faults of fresh batch mappings were a third of decoding a 1 M-packet capture)
                 block.madvise(mmap.MADV_HUGEPAGE)
@@ -182,7 +183,8 @@ class CaptureReader:
                  verify_checksums: bool = False, memory: BatchMemory | None = None):
         self.source = source
         if memory is None:
-            # a file larger than a batch's columns fills the first batch too
+            # huge pages from the second batch on; from the first for a file larger than a batch's columns
+            # (in a batch the input does not fill, each column's first page would be zeroed whole, 2 MiB)
             memory = BatchMemory(huge_from=0 if (source.size or 0) >= BIG_INPUT else 1)
         self.decoder = _decode.Decoder(batch_size, filter_expr, verify_checksums, memory)
         self.filter_expr = filter_expr
