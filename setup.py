@@ -69,7 +69,6 @@ extensions = [extension("_decode", pcap=True), extension("_tcpstate"), extension
               extension("_sha1", numpy_headers=False), extension("_address_text", numpy_headers=False)]
 
 
-
 class ParallelBuildExt(build_ext):
     """The C compiles on every core unless --parallel says otherwise: pip's build (scripts/setup.sh) gives no
     way to ask, and _tcpflows.c alone is most of a serial build."""

@@ -125,3 +125,58 @@ def test_rows_of_varying_counts_share_a_mapping():
     gc.collect()
     assert memory.rows(900)["frame"].shape == (900,)
     assert memory.capacity == 1024 and memory.mappings == 1
+
+
+def _thp_eligible(address: int) -> bool | None:
+    """The kernel's THPeligible for the mapping holding address (/proc/self/smaps); None where it says none."""
+    smaps = Path("/proc/self/smaps")
+    if not smaps.exists():
+        return None
+    inside = False
+    for line in smaps.read_text().splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("THPeligible:"):
+            return line.split()[1] == "1"
+    return None
+
+
+def _thp_mode() -> str | None:
+    try:
+        modes = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return modes[modes.index("[") + 1:modes.index("]")] if "[" in modes else None
+
+
+@pytest.mark.skipif(_thp_mode() != "madvise", reason="transparent huge pages are not in madvise mode here "
+                    "(then eligibility does not follow MADV_HUGEPAGE)")
+def test_huge_pages_asked_for_from_the_chosen_mapping():
+    """The decoder's batches ask for huge pages from mapping huge_from on; a BatchMemory without it (the
+    segment stream's, whose columns fill only in part) never does."""
+    capacity = 1 << 16      # about 8 MB of columns: room for whole 2 MiB pages
+    memory = BatchMemory(huge_from=1)
+    first = memory(capacity)
+    second = memory(capacity)
+    assert memory.mappings == 2
+    assert _thp_eligible(first["frame"].ctypes.data) is False
+    assert _thp_eligible(second["frame"].ctypes.data) is True
+    plain = BatchMemory()
+    held = [plain(capacity) for _ in range(2)]
+    assert [_thp_eligible(batch["frame"].ctypes.data) for batch in held] == [False, False]
+
+
+def test_captures_from_32_mb_get_huge_pages_from_the_first_batch(tmp_path):
+    """A file smaller than one batch's columns may not fill the first: its huge pages start at the second."""
+    small = tmp_path / "small.pcap"
+    small.write_bytes(CAPTURE.read_bytes())
+    big = tmp_path / "big.pcap"
+    big.write_bytes(CAPTURE.read_bytes())
+    with open(big, "ab") as f:          # a sparse tail: the size is what CaptureReader looks at
+        f.truncate(32 << 20)
+    with Source(str(small)) as source:
+        assert CaptureReader(source).memory.huge_from == 1
+    with Source(str(big)) as source:
+        assert CaptureReader(source).memory.huge_from == 0
