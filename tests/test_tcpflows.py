@@ -11,8 +11,8 @@ from corpus import CAPTURES, capture_names, decode_all, requires_corpus
 from fastflow.decode import PFlag, Status
 from fastflow.pipeline import SEGMENT_INPUT_COLUMNS, add_network_time
 from fastflow.summary import analyse
-from fastflow.tcpflows import (NO_OPEN_CONNECTION, PartedTcpFlows, TcpFlows, _by_first_frame, packet_parts,
-                               rows_to_flows)
+from fastflow.tcpflows import (NO_OPEN_CONNECTION, PartedTcpFlows, TcpFlows, _by_first_frame, concat_packed,
+                               packet_parts, rows_to_flows)
 
 SECOND = 10**9
 
@@ -36,13 +36,7 @@ def concat_flows(parts: list[dict]) -> dict:
 def concat_drained(parts: list[tuple]) -> dict:
     """The engine's drains (drain_packed) as one, converted once: rows_to_flows per drain of a few rows
     cost more than the engine (about 40 masked arrays each)."""
-    rows, at = [], 0
-    for r, text in parts:
-        r = r.copy()
-        r["hist_offset"] += at
-        rows.append(r)
-        at += len(text)
-    return rows_to_flows(*_by_first_frame(np.concatenate(rows), b"".join(bytes(text) for _, text in parts)))
+    return rows_to_flows(*_by_first_frame(*concat_packed(parts)))
 
 
 def stream(seg: dict, chunk: int, timeout_ns=300 * SECOND, vlan_aware=False, check_open=False,
