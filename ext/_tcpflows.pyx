@@ -19,6 +19,7 @@ from libc.stdint cimport uint8_t, uint16_t, int16_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset, memcpy
 from posix.unistd cimport pread, pwrite
+from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
 
 import os
 
@@ -290,6 +291,11 @@ cdef inline void store_be64(uint8_t *p, uint64_t v) noexcept nogil:
 cdef extern from *:
     void __builtin_prefetch(const void *address) nogil
 
+cdef extern from "<sys/mman.h>" nogil:
+    int MADV_HUGEPAGE
+    int MREMAP_MAYMOVE
+    void *mremap(void *old_address, size_t old_size, size_t new_size, int flags)
+
 
 cdef inline void prefetch_hot(const Flow *f) noexcept nogil:
     """The lines of the fields a segment touches (those before hist: see Flow). Their span is a constant
@@ -546,6 +552,68 @@ cdef int grow_array(void **data, Py_ssize_t *capacity, size_t item_size) noexcep
     return 0
 
 
+cdef enum:
+    BIG_BYTES = 2 << 20         # from here on an array is a mapping of its own, in huge pages (see big_alloc)
+
+
+cdef inline size_t mapped_bytes(size_t nbytes) noexcept nogil:
+    """The size of big_alloc()'s mapping for nbytes: whole 2 MiB pages, so that the kernel places it on a 2 MiB
+    boundary (it does so for anonymous mappings of such sizes) and every page of it can be a huge one."""
+    return nbytes if nbytes < BIG_BYTES else (nbytes + BIG_BYTES - 1) & ~(<size_t>BIG_BYTES - 1)
+
+
+cdef void *big_alloc(size_t nbytes) noexcept nogil:
+    """Memory for the arrays read at random, a segment at a time (the records, the hash table, the heap): with
+    hundreds of MB of them each access misses the cache and, in 4 KiB pages, the TLB too. From BIG_BYTES on
+    they get a mapping of their own with transparent huge pages asked for (THP is commonly in madvise mode,
+    so glibc's heap never gets them); smaller ones come from the heap. big_free() must get the same size."""
+    cdef void *p
+    if nbytes < BIG_BYTES:
+        return malloc(nbytes)
+    p = mmap(NULL, mapped_bytes(nbytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED:
+        return NULL
+    madvise(p, mapped_bytes(nbytes), MADV_HUGEPAGE)    # advice: without THP the pages stay small
+    return p
+
+
+cdef void big_free(void *p, size_t nbytes) noexcept nogil:
+    if p == NULL:
+        return
+    if nbytes < BIG_BYTES:
+        free(p)
+    else:
+        munmap(p, mapped_bytes(nbytes))
+
+
+cdef int grow_big(void **data, Py_ssize_t *capacity, size_t item_size) noexcept nogil:
+    """grow_array() for big_alloc() memory, the capacity filling the mapping's last 2 MiB page: a mapping
+    grows in place or moves without a copy (mremap keeps its huge pages and its advice)."""
+    cdef Py_ssize_t cap = capacity[0] * 2 if capacity[0] else 1024
+    cdef size_t was = capacity[0] * item_size, nbytes = cap * item_size
+    cdef void *grown
+    if nbytes < BIG_BYTES:
+        grown = realloc(data[0], nbytes)
+        if grown == NULL:
+            return 1
+    else:
+        cap = mapped_bytes(nbytes) // item_size
+        if was >= BIG_BYTES:
+            grown = mremap(data[0], mapped_bytes(was), mapped_bytes(nbytes), MREMAP_MAYMOVE)
+            if grown == MAP_FAILED:
+                return 1
+        else:
+            grown = big_alloc(nbytes)
+            if grown == NULL:
+                return 1
+            if was:
+                memcpy(grown, data[0], was)
+            free(data[0])
+    data[0] = grown
+    capacity[0] = cap
+    return 0
+
+
 cdef int write_all(int fd, const char *data, int64_t length, int64_t offset) noexcept nogil:
     cdef ssize_t done
     while length > 0:
@@ -657,12 +725,12 @@ cdef class Engine:
             for i in range(self.pool_top):
                 if self.pool[i].used:
                     free_flow_memory(&self.pool[i])
-        free(self.pool)
+        big_free(self.pool, self.pool_cap * sizeof(Flow))
         if self.cold != NULL:
             for i in range(self.cold_top):
                 if self.cold[i].offset >= 0:
                     free_spilled_memory(self.cold[i].hist_data, self.cold[i].deferred, self.cold[i].alt)
-        free(self.cold)
+        big_free(self.cold, self.cold_cap * sizeof(Cold))
         if self.pending != NULL:
             for i in range(self.n_pending):
                 if self.pending[i].offset >= 0:
@@ -671,8 +739,8 @@ cdef class Engine:
         free(self.staged)
         free(self.free_offsets)
         free(self.read_cache)
-        free(self.table)
-        free(self.heap)
+        big_free(self.table, (self.table_mask + 1) * sizeof(Place))
+        big_free(self.heap, self.heap_cap * sizeof(HeapEntry))
         free(self.rows)
         free(self.out_hist.data)
 
@@ -688,6 +756,13 @@ cdef class Engine:
     @property
     def spill_bytes(self):
         return self.spill_end
+
+    def memory_areas(self):
+        """{name: (address, bytes)} of the arrays big_alloc() gives out (records, hash table, deadline heap):
+        for tests that check where huge pages are asked for."""
+        return {"records": (<size_t>self.pool, self.pool_cap * sizeof(Flow)),
+                "table": (<size_t>self.table, (self.table_mask + 1) * sizeof(Place)),
+                "heap": (<size_t>self.heap, self.heap_cap * sizeof(HeapEntry))}
 
     def set_spill_file(self, int fd):
         """A file descriptor (read/write, positioned anywhere) the engine may write records to."""
@@ -732,10 +807,12 @@ cdef class Engine:
 
     cdef int grow_table(self) noexcept nogil:
         cdef uint64_t new_size = (self.table_mask + 1) * 2
-        cdef Place *fresh = <Place *>malloc(new_size * sizeof(Place))
+        cdef Place *fresh
         cdef uint64_t i, pos
-        if fresh == NULL or new_size > (<uint64_t>1 << 32):
-            free(fresh)
+        if new_size > (<uint64_t>1 << 32):
+            return ST_NO_MEMORY
+        fresh = <Place *>big_alloc(new_size * sizeof(Place))
+        if fresh == NULL:
             return ST_NO_MEMORY
         for i in range(new_size):
             fresh[i].entry = EMPTY
@@ -745,7 +822,7 @@ cdef class Engine:
                 while fresh[pos].entry != EMPTY:
                     pos = (pos + 1) & (new_size - 1)
                 fresh[pos] = self.table[i]
-        free(self.table)
+        big_free(self.table, (self.table_mask + 1) * sizeof(Place))
         self.table = fresh
         self.table_mask = new_size - 1
         return ST_OK
@@ -773,7 +850,7 @@ cdef class Engine:
             return slot
         if self.pool_top == MAX_ENTRIES:
             return EMPTY
-        if self.pool_top == self.pool_cap and grow_array(<void **>&self.pool, &self.pool_cap, sizeof(Flow)):
+        if self.pool_top == self.pool_cap and grow_big(<void **>&self.pool, &self.pool_cap, sizeof(Flow)):
             return EMPTY
         slot = self.pool_top
         self.pool_top += 1
@@ -815,7 +892,7 @@ cdef class Engine:
         self.heap_set(i, e)
 
     cdef int heap_push(self, int64_t entry, int64_t key) noexcept nogil:
-        if self.heap_len == self.heap_cap and grow_array(<void **>&self.heap, &self.heap_cap, sizeof(HeapEntry)):
+        if self.heap_len == self.heap_cap and grow_big(<void **>&self.heap, &self.heap_cap, sizeof(HeapEntry)):
             return ST_NO_MEMORY
         self.heap_set(self.heap_len, HeapEntry(key, entry))
         self.heap_len += 1
@@ -857,7 +934,7 @@ cdef class Engine:
             return c
         if self.cold_top == MAX_ENTRIES:
             return EMPTY
-        if self.cold_top == self.cold_cap and grow_array(<void **>&self.cold, &self.cold_cap, sizeof(Cold)):
+        if self.cold_top == self.cold_cap and grow_big(<void **>&self.cold, &self.cold_cap, sizeof(Cold)):
             return EMPTY
         c = self.cold_top
         self.cold_top += 1
@@ -1268,15 +1345,15 @@ cdef class Engine:
                 k += 1
         self.pending = pending
         self.n_pending = k
-        free(self.cold)
+        big_free(self.cold, self.cold_cap * sizeof(Cold))
         self.cold = NULL
         self.cold_cap = self.cold_top = 0
         self.cold_free_head = EMPTY
-        free(self.table)
+        big_free(self.table, (self.table_mask + 1) * sizeof(Place))
         self.table, self.table_mask = table, 1023
         for i in range(1024):
             self.table[i].entry = EMPTY
-        free(self.heap)
+        big_free(self.heap, self.heap_cap * sizeof(HeapEntry))
         self.heap = NULL
         self.heap_cap = self.heap_len = 0
         self.unindexed = True

@@ -11,6 +11,7 @@ import pytest
 from fastflow import _decode
 from fastflow.decode import BatchMemory, CaptureReader
 from fastflow.source import Source
+from huge_pages import requires_thp_madvise, thp_eligible
 
 CAPTURE = Path(__file__).parent / "data" / "ip_v4_fragments.pcap"     # 10 packets
 
@@ -127,32 +128,7 @@ def test_rows_of_varying_counts_share_a_mapping():
     assert memory.capacity == 1024 and memory.mappings == 1
 
 
-def _thp_eligible(address: int) -> bool | None:
-    """The kernel's THPeligible for the mapping holding address (/proc/self/smaps); None where it says none."""
-    smaps = Path("/proc/self/smaps")
-    if not smaps.exists():
-        return None
-    inside = False
-    for line in smaps.read_text().splitlines():
-        head = line.split(" ", 1)[0]
-        if "-" in head and ":" not in head:
-            start, end = (int(x, 16) for x in head.split("-"))
-            inside = start <= address < end
-        elif inside and line.startswith("THPeligible:"):
-            return line.split()[1] == "1"
-    return None
-
-
-def _thp_mode() -> str | None:
-    try:
-        modes = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return None
-    return modes[modes.index("[") + 1:modes.index("]")] if "[" in modes else None
-
-
-@pytest.mark.skipif(_thp_mode() != "madvise", reason="transparent huge pages are not in madvise mode here "
-                    "(then eligibility does not follow MADV_HUGEPAGE)")
+@requires_thp_madvise
 def test_huge_pages_asked_for_from_the_chosen_mapping():
     """The decoder's batches ask for huge pages from mapping huge_from on; a BatchMemory without it (the
     segment stream's, whose columns fill only in part) never does."""
@@ -161,11 +137,11 @@ def test_huge_pages_asked_for_from_the_chosen_mapping():
     first = memory(capacity)
     second = memory(capacity)
     assert memory.mappings == 2
-    assert _thp_eligible(first["frame"].ctypes.data) is False
-    assert _thp_eligible(second["frame"].ctypes.data) is True
+    assert thp_eligible(first["frame"].ctypes.data) is False
+    assert thp_eligible(second["frame"].ctypes.data) is True
     plain = BatchMemory()
     held = [plain(capacity) for _ in range(2)]
-    assert [_thp_eligible(batch["frame"].ctypes.data) for batch in held] == [False, False]
+    assert [thp_eligible(batch["frame"].ctypes.data) for batch in held] == [False, False]
 
 
 def test_captures_from_32_mb_get_huge_pages_from_the_first_batch(tmp_path):

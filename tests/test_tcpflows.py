@@ -13,6 +13,7 @@ from fastflow.pipeline import SEGMENT_INPUT_COLUMNS, add_network_time
 from fastflow.summary import analyse
 from fastflow.tcpflows import (NO_OPEN_CONNECTION, PartedTcpFlows, TcpFlows, _by_first_frame, concat_packed,
                                packet_parts, rows_to_flows)
+from huge_pages import requires_thp_madvise, thp_eligible
 
 SECOND = 10**9
 
@@ -371,6 +372,29 @@ def test_memory_follows_open_connections():
     rows = engine.drain()
     _, ref = analyse(seg, 5 * SECOND)
     assert len(rows["first_frame"]) == len(ref["conn_id"])
+
+
+@requires_thp_madvise
+def test_big_arrays_ask_for_huge_pages():
+    """With thousands of connections open, the records are read at random a segment at a time: from 2 MiB on
+    they are a mapping with huge pages asked for (from the heap by a copy, then grown with mremap), as are
+    the hash table and the heap at that size; and the flows stay the same."""
+    n, chunk = 40000, 1000
+    seg = random_segments(np.random.default_rng(3), n)
+    seg["sport"] = (1024 + np.arange(n) % 30000).astype(np.uint16)      # a pair of its own for most segments
+    seg["dport"] = (1024 + np.arange(n) // 30000).astype(np.uint16)
+    engine = TcpFlows(300 * SECOND, max_in_memory=None)
+    record_sizes = []
+    for start in range(0, n, chunk):
+        engine.feed({k: v[start:start + chunk] for k, v in seg.items()})
+        areas = engine._engine.memory_areas()
+        record_sizes.append(areas["records"][1])
+        for name, (address, size) in areas.items():
+            if address:
+                assert thp_eligible(address) is (size >= 2 << 20), (name, size)
+    assert record_sizes[0] < 2 << 20 <= record_sizes[-1] // 4       # grown past the copy, then twice more
+    engine.finish()
+    assert_same_flows(analyse(seg, 300 * SECOND)[1], engine.drain(), "many open connections")
 
 
 def test_spilled_connections_really_go_to_the_file_and_come_back():
