@@ -150,11 +150,14 @@ _TCPDUMP_FLAGS = ((0x001, "F"), (0x002, "S"), (0x004, "R"), (0x008, "P"), (0x010
 
 
 def _tcpdump_flag_names() -> list[str]:
-    names = []
-    for bits in range(4096):
-        text = "".join(letter for bit, letter in _TCPDUMP_FLAGS if bits & bit)
-        names.append(text or "none")
-    return names
+    # each value's letters are those of the value without its highest bit, then that bit's (made at every
+    # start: a join over the nine flags for each of the 4096 values took 4 ms)
+    letters = dict(_TCPDUMP_FLAGS)
+    text = [""] * 4096
+    for bits in range(1, 4096):
+        high = 1 << (bits.bit_length() - 1)
+        text[bits] = text[bits ^ high] + letters.get(high, "")
+    return [t or "none" for t in text]
 
 
 TCPDUMP_FLAG_NAMES = _tcpdump_flag_names()

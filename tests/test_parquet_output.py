@@ -281,6 +281,15 @@ def test_flags_are_tcpdump_names(result):
                                                for f in seg.column("tcp_flags").to_pylist()]
 
 
+def test_tcpdump_flag_names_in_tcpdump_order():
+    """print-tcp.c prints the flags F S R P . U E W e in that order, "none" when no flag is set."""
+    order = "FSRP.UEWe"
+    for bits in range(4096):
+        assert TCPDUMP_FLAG_NAMES[bits] == ("".join(order[i] for i in range(9) if bits >> i & 1) or "none")
+    assert [TCPDUMP_FLAG_NAMES[f] for f in (0x002, 0x012, 0x018, 0x011, 0x004, 0x014, 0x0c2, 0x000)] == [
+        "S", "S.", "P.", "F.", "R", "R.", "SEW", "none"]
+
+
 def test_writer_layout(tmp_path, result):
     """Sorted integers as deltas, random 32-bit values plain, the rest with a dictionary; no min/max statistics
     on strings; zstd level 1 by default; one row group per 1 Mi rows."""
