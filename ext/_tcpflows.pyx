@@ -291,10 +291,29 @@ cdef inline void store_be64(uint8_t *p, uint64_t v) noexcept nogil:
 cdef extern from *:
     void __builtin_prefetch(const void *address) nogil
 
-cdef extern from "<sys/mman.h>" nogil:
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <sys/mman.h>
+    /* Linux's; elsewhere no advice (0 is MADV_NORMAL), and a mapping grows by a new one and a copy */
+    #ifndef MADV_HUGEPAGE
+    #define MADV_HUGEPAGE 0
+    #endif
+    static void *ff_mremap(void *old, size_t old_size, size_t new_size) {
+    #ifdef MREMAP_MAYMOVE
+        return mremap(old, old_size, new_size, MREMAP_MAYMOVE);
+    #else
+        void *p = mmap(NULL, new_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) {
+            memcpy(p, old, old_size);
+            munmap(old, old_size);
+        }
+        return p;
+    #endif
+    }
+    """
     int MADV_HUGEPAGE
-    int MREMAP_MAYMOVE
-    void *mremap(void *old_address, size_t old_size, size_t new_size, int flags)
+    void *ff_mremap(void *old, size_t old_size, size_t new_size) nogil
 
 
 cdef inline void prefetch_hot(const Flow *f) noexcept nogil:
@@ -599,7 +618,7 @@ cdef int grow_big(void **data, Py_ssize_t *capacity, size_t item_size) noexcept 
     else:
         cap = mapped_bytes(nbytes) // item_size
         if was >= BIG_BYTES:
-            grown = mremap(data[0], mapped_bytes(was), mapped_bytes(nbytes), MREMAP_MAYMOVE)
+            grown = ff_mremap(data[0], mapped_bytes(was), mapped_bytes(nbytes))
             if grown == MAP_FAILED:
                 return 1
         else:
