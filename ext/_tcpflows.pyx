@@ -560,17 +560,6 @@ cdef int defer(Flow *f, int k, uint16_t flags, uint32_t seq, uint32_t ack, uint3
     return ST_OK
 
 
-cdef int grow_array(void **data, Py_ssize_t *capacity, size_t item_size) noexcept nogil:
-    """Double an array's capacity (1024 items at first); non-zero when memory ran out (the array stays)."""
-    cdef Py_ssize_t cap = capacity[0] * 2 if capacity[0] else 1024
-    cdef void *grown = realloc(data[0], cap * item_size)
-    if grown == NULL:
-        return 1
-    data[0] = grown
-    capacity[0] = cap
-    return 0
-
-
 cdef enum:
     BIG_BYTES = 2 << 20         # from here on an array is a mapping of its own, in huge pages (see big_alloc)
 
@@ -582,10 +571,11 @@ cdef inline size_t mapped_bytes(size_t nbytes) noexcept nogil:
 
 
 cdef void *big_alloc(size_t nbytes) noexcept nogil:
-    """Memory for the arrays read at random, a segment at a time (the records, the hash table, the heap): with
-    hundreds of MB of them each access misses the cache and, in 4 KiB pages, the TLB too. From BIG_BYTES on
-    they get a mapping of their own with transparent huge pages asked for (THP is commonly in madvise mode,
-    so glibc's heap never gets them); smaller ones come from the heap. big_free() must get the same size."""
+    """Memory for the engine's arrays (grow_array). The records, the hash table and the heap are read at
+    random, a segment at a time: with hundreds of MB of them each access misses the cache and, in 4 KiB
+    pages, the TLB too. From BIG_BYTES on an array gets a mapping of its own with transparent huge pages asked
+    for (THP is commonly in madvise mode, so glibc's heap never gets them); smaller ones come from the heap.
+    big_free() must get the same size."""
     cdef void *p
     if nbytes < BIG_BYTES:
         return malloc(nbytes)
@@ -605,9 +595,10 @@ cdef void big_free(void *p, size_t nbytes) noexcept nogil:
         munmap(p, mapped_bytes(nbytes))
 
 
-cdef int grow_big(void **data, Py_ssize_t *capacity, size_t item_size) noexcept nogil:
-    """grow_array() for big_alloc() memory, the capacity filling the mapping's last 2 MiB page: a mapping
-    grows in place or moves without a copy (mremap keeps its huge pages and its advice)."""
+cdef int grow_array(void **data, Py_ssize_t *capacity, size_t item_size) noexcept nogil:
+    """Double a big_alloc() array's capacity (1024 items at first; from BIG_BYTES on, up to the end of the
+    mapping's last 2 MiB page); non-zero when memory ran out (the array stays). A mapping grows in place or
+    moves without a copy (mremap keeps its huge pages and its advice)."""
     cdef Py_ssize_t cap = capacity[0] * 2 if capacity[0] else 1024
     cdef size_t was = capacity[0] * item_size, nbytes = cap * item_size
     cdef void *grown
@@ -732,7 +723,7 @@ cdef class Engine:
         self.min_first = NO_FRAME
         self.min_first_known = True
         self.table_mask = 1023
-        self.table = <Place *>malloc(1024 * sizeof(Place))
+        self.table = <Place *>big_alloc(1024 * sizeof(Place))
         if self.table == NULL:
             raise MemoryError()
         for i in range(1024):
@@ -756,7 +747,7 @@ cdef class Engine:
                     free_spilled_memory(self.pending[i].hist_data, self.pending[i].deferred, self.pending[i].alt)
         free(self.pending)
         free(self.staged)
-        free(self.free_offsets)
+        big_free(self.free_offsets, self.free_offsets_cap * sizeof(int64_t))
         free(self.read_cache)
         big_free(self.table, (self.table_mask + 1) * sizeof(Place))
         big_free(self.heap, self.heap_cap * sizeof(HeapEntry))
@@ -869,7 +860,7 @@ cdef class Engine:
             return slot
         if self.pool_top == MAX_ENTRIES:
             return EMPTY
-        if self.pool_top == self.pool_cap and grow_big(<void **>&self.pool, &self.pool_cap, sizeof(Flow)):
+        if self.pool_top == self.pool_cap and grow_array(<void **>&self.pool, &self.pool_cap, sizeof(Flow)):
             return EMPTY
         slot = self.pool_top
         self.pool_top += 1
@@ -911,7 +902,7 @@ cdef class Engine:
         self.heap_set(i, e)
 
     cdef int heap_push(self, int64_t entry, int64_t key) noexcept nogil:
-        if self.heap_len == self.heap_cap and grow_big(<void **>&self.heap, &self.heap_cap, sizeof(HeapEntry)):
+        if self.heap_len == self.heap_cap and grow_array(<void **>&self.heap, &self.heap_cap, sizeof(HeapEntry)):
             return ST_NO_MEMORY
         self.heap_set(self.heap_len, HeapEntry(key, entry))
         self.heap_len += 1
@@ -953,7 +944,7 @@ cdef class Engine:
             return c
         if self.cold_top == MAX_ENTRIES:
             return EMPTY
-        if self.cold_top == self.cold_cap and grow_big(<void **>&self.cold, &self.cold_cap, sizeof(Cold)):
+        if self.cold_top == self.cold_cap and grow_array(<void **>&self.cold, &self.cold_cap, sizeof(Cold)):
             return EMPTY
         c = self.cold_top
         self.cold_top += 1
@@ -1348,11 +1339,11 @@ cdef class Engine:
         cdef Py_ssize_t i, k = 0
         cdef int64_t c
         cdef Pending *pending = NULL
-        cdef Place *table = <Place *>malloc(1024 * sizeof(Place))
+        cdef Place *table = <Place *>big_alloc(1024 * sizeof(Place))
         if self.n_cold:
             pending = <Pending *>malloc(self.n_cold * sizeof(Pending))
         if table == NULL or (self.n_cold and pending == NULL):
-            free(table)
+            big_free(table, 1024 * sizeof(Place))
             free(pending)
             return ST_NO_MEMORY
         for i in range(order.shape[0]):
