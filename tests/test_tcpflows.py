@@ -378,7 +378,8 @@ def test_memory_follows_open_connections():
 def test_big_arrays_ask_for_huge_pages():
     """With thousands of connections open, the records are read at random a segment at a time: from 2 MiB on
     they are a mapping with huge pages asked for (from the heap by a copy, then grown with mremap), as are
-    the hash table and the heap at that size; and the flows stay the same."""
+    the hash table and the heap at that size; and the flows stay the same. (Without the advice it fails:
+    where THP is in madvise mode the mappings are then not THPeligible.)"""
     n, chunk = 40000, 1000
     seg = random_segments(np.random.default_rng(3), n)
     seg["sport"] = (1024 + np.arange(n) % 30000).astype(np.uint16)      # a pair of its own for most segments
@@ -390,8 +391,10 @@ def test_big_arrays_ask_for_huge_pages():
         areas = engine._engine.memory_areas()
         record_sizes.append(areas["records"][1])
         for name, (address, size) in areas.items():
-            if address:
-                assert thp_eligible(address) is (size >= 2 << 20), (name, size)
+            # only the big ones: a small one lies in glibc's heap, where a numpy array that was there may
+            # have asked for huge pages before (the full suite's workers showed it)
+            if size >= 2 << 20:
+                assert thp_eligible(address) is True, (name, size)
     assert record_sizes[0] < 2 << 20 <= record_sizes[-1] // 4       # grown past the copy, then twice more
     engine.finish()
     assert_same_flows(analyse(seg, 300 * SECOND)[1], engine.drain(), "many open connections")
