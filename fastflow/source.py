@@ -16,8 +16,10 @@ from typing import BinaryIO, Iterator
 from .errors import InputError
 
 BLOCK_SIZE = 8 << 20
-#: bytes of a plain file mapped at once; a window moves on to where the decoder stopped
-WINDOW_SIZE = 64 << 20
+#: bytes of a plain file mapped at once; a window moves on to where the decoder stopped. Its pages count in
+#: the peak RSS and the decoder reads each once: 16 MB rather than 64 took the peak of a 3.08 M-packet real
+#: capture from 348-398 to 333-337 MB, in the same time (a window costs about 20 us to map and unmap)
+WINDOW_SIZE = 16 << 20
 
 # magic bytes at offset 0 -> compression name
 _MAGICS = (
