@@ -1,7 +1,7 @@
 """Run the fastflow benchmark suite and write benchmarks/RESULTS.md.
 
     python3 benchmarks/run.py [--packets 2000000] [--runs 3] [--quick] [--with-slow] [--input FILE ...]
-                              [--real-packets 1000000 | --no-real] [--scale-packets 26400000] [--no-install]
+                              [--real-packets 3080000 | --no-real] [--scale-packets 26400000] [--no-install]
 
 Inputs:
 - two seeded synthetic captures built by benchmarks/generate.py into benchmarks/data/ (snaplen 128 and full
@@ -1008,8 +1008,8 @@ def main(argv=None) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per command (default 600)")
     parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic inputs")
     parser.add_argument("--real-packets", type=int, default=None,
-                        help="packets in the real nginx + wrk loopback capture (default 1000000, 100000 with "
-                             "--quick; e.g. 3000000 for one the size of the issue's)")
+                        help="packets in the real nginx + wrk loopback capture (default 3080000, the size of the "
+                             "speed issue's capture; 100000 with --quick)")
     parser.add_argument("--no-real", action="store_true", help="skip the real loopback capture")
     parser.add_argument("--scale-packets", type=int, default=0,
                         help="also a synthetic input of this many packets (snaplen 128, --seed) on which only "
@@ -1023,7 +1023,7 @@ def main(argv=None) -> None:
     if args.quick and "--packets" not in " ".join(given):
         args.packets = 200_000
     if args.real_packets is None:
-        args.real_packets = 100_000 if args.quick else 1_000_000
+        args.real_packets = 100_000 if args.quick else 3_080_000
     command = "python3 benchmarks/run.py" + (" " + shlex.join(given) if given else "")
     # SIGTERM as an exception, so that the finally blocks stop the servers the suite started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
