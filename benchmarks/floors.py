@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from run import compile_bytecode, measure  # benchmarks/run.py, beside this file
+from run import compile_bytecode, measure, pinned  # benchmarks/run.py, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,13 +74,9 @@ os.remove(out)
 """
 
 
-def pinned(cmd: list[str]) -> list[str]:
-    return ["taskset", "-c", "0", *cmd]
-
-
 def timed_inside(cmd: list[str], out: str) -> float:
     """Run cmd (it prints its own seconds as its last line) and return them."""
-    o = measure(pinned(cmd), 600, stdout_path=out)
+    o = measure(pinned(cmd, 1), 600, stdout_path=out)
     if o.status != "ok":
         sys.exit(f"floors: {' '.join(cmd[:3])}: {o.status}")
     with open(out) as f:
@@ -111,8 +107,8 @@ def main() -> None:
         runs: dict[str, list[float]] = {}
         for _ in range(args.runs):
             for name, take in (
-                    ("fastflow process", lambda: measure(pinned(process), 600).seconds),
-                    ("startup", lambda: measure(pinned([py, "-c", IMPORTS]), 60).seconds),
+                    ("fastflow process", lambda: measure(pinned(process, 1), 600).seconds),
+                    ("startup", lambda: measure(pinned([py, "-c", IMPORTS], 1), 60).seconds),
                     ("map", lambda: timed_inside([py, "-c", MAP, args.capture], printed)),
                     ("write, pyarrow defaults", lambda: timed_inside([py, "-c", WRITE, flows, again, "defaults"],
                                                                      printed)),

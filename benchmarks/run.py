@@ -972,6 +972,10 @@ def render_speedups(b: dict, rows: list[dict]) -> list[str]:
     return lines
 
 
+def met(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
 def render_targets(b: dict, rows: list[dict]) -> list[str]:
     """Whether the speed issue's three targets are met on this (the --scale-packets) input, from the rows."""
     by = {row["tool"]: row for row in rows}
@@ -980,10 +984,6 @@ def render_targets(b: dict, rows: list[dict]) -> list[str]:
         return ["", "Targets: not checked (fastflow did not complete on 1 and 2 cores)."]
     target_2 = TARGET_SPEEDUP_2 * TARGET_PPS_1
     rss = max(one["rss_mb"], two["rss_mb"])
-
-    def met(ok: bool) -> str:
-        return "**met**" if ok else "**not met**"
-
     return ["", (f"Targets of the speed issue on this input (computed from the medians above): "
             f"1 core {fmt_rate(one['pps'])} packets/s vs {fmt_rate(TARGET_PPS_1)}: {met(one['pps'] >= TARGET_PPS_1)}; "
             f"2 cores {fmt_rate(two['pps'])} packets/s vs {fmt_rate(target_2)} ({TARGET_SPEEDUP_2}x "
@@ -999,15 +999,14 @@ def render_real_targets(rows: list[dict]) -> list[str]:
     one = by.get(FF_1, {})
     if "pps" not in one:
         return ["", "Targets: not checked (fastflow did not complete on 1 core)."]
-    parts = [f"1 core {fmt_rate(one['pps'])} packets/s vs {fmt_rate(TARGET_PPS_1)}: "
-             f"{'**met**' if one['pps'] >= TARGET_PPS_1 else '**not met**'}"]
+    parts = [f"1 core {fmt_rate(one['pps'])} packets/s vs {fmt_rate(TARGET_PPS_1)}: {met(one['pps'] >= TARGET_PPS_1)}"]
     for peer, times in TARGET_FASTER_THAN.items():
         ratio = by.get(peer, {}).get("ratio_1")
         name = peer.split()[0]
         if ratio is None:
             parts.append(f"{name} {times:g}x: not checked ({by.get(peer, {}).get('status', 'not run')})")
         else:
-            parts.append(f"{name} {ratio:.2f}x slower vs {times:g}x: {'**met**' if ratio >= times else '**not met**'}")
+            parts.append(f"{name} {ratio:.2f}x slower vs {times:g}x: {met(ratio >= times)}")
     return ["", "Targets of the speed issue for a real capture, on this one (computed from the medians above): "
             + "; ".join(parts) + "."]
 
@@ -1016,8 +1015,7 @@ def segments_rss(row: dict) -> str:
     """The memory target with --segments too (the issue: at most 1 GiB whatever the input)."""
     if "rss_mb" not in row:
         return ""
-    met = "**met**" if row["rss_mb"] <= TARGET_RSS_MB else "**not met**"
-    return f"; with --segments (2 cores) {row['rss_mb']:.0f} MiB: {met}"
+    return f"; with --segments (2 cores) {row['rss_mb']:.0f} MiB: {met(row['rss_mb'] <= TARGET_RSS_MB)}"
 
 
 def main(argv=None) -> None:
