@@ -31,9 +31,7 @@ import sys
 import tempfile
 import time
 
-from run import compile_bytecode, measure, pinned  # benchmarks/run.py, beside this file
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from run import ROOT, compile_bytecode, measure, pinned  # benchmarks/run.py, beside this file
 
 IMPORTS = "import numpy, pyarrow.parquet, fastflow, fastflow.cli, fastflow.pipeline, fastflow.write"
 
